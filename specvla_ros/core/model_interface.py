@@ -1,0 +1,100 @@
+"""The one interface every VLA model sits behind (shipped tiny model, OpenVLA,
+any transformers causal LM with a vision prefix), and the drafter interface.
+
+A decision runs as:
+
+    vision = target.encode_vision(image)            # once per frame, shared with the draft
+    cache, out = target.prefill(vision, instruction, proprio)
+    out = target.forward(new_tokens, cache)         # logits + hidden states for new tokens
+    cache.truncate(n)                               # roll back rejected tokens, no recompute
+
+Token ids follow one vocabulary: text ids, an end-of-narration id (EON) and,
+as the last ``n_bins`` ids, the action tokens of ``ActionTokenizer``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from specvla_ros.core.action_tokenizer import ActionTokenizer
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint directory is missing, incomplete or inconsistent (message says which file and why)."""
+
+
+@runtime_checkable
+class KVCache(Protocol):
+    """Key/value cache of one sequence. ``len(cache)`` counts every position held (prefix included)."""
+
+    def __len__(self) -> int: ...
+
+    def truncate(self, length: int) -> None:
+        """Drop every position at index >= length; the kept part is not recomputed."""
+        ...
+
+
+@dataclass
+class VisionFeatures:
+    """Output of the shared vision encoder for one frame.
+
+    patches: (1, n_patches, d_vision) on the model's device.
+    frame_id: the frame these belong to (None: not cacheable).
+    """
+
+    patches: torch.Tensor
+    frame_id: int | None = None
+
+
+@dataclass
+class StepOutput:
+    """Model outputs for the n positions just fed.
+
+    logits: (n, vocab_size) float32.
+    hidden: (n, d_model) last-layer hidden states (after the final norm, before the LM head).
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    vocab_size: int
+    eon_token_id: int  # ends the narration; 7 action tokens follow it
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@runtime_checkable
+class VLAModel(Protocol):
+    """A vision-language-action model with an incremental, truncatable decoder."""
+
+    text_tokenizer: TextTokenizer
+    action_tokenizer: ActionTokenizer
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode_vision(self, image: np.ndarray) -> VisionFeatures:
+        """HxWx3 uint8 RGB (model input size) -> patch features; computed once per frame."""
+        ...
+
+    def prefill(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> tuple[KVCache, StepOutput]:
+        """Build the prefix (vision tokens, prompt, proprioception) and run it.
+
+        Returns a fresh cache holding the prefix and the outputs of its LAST position
+        (n = 1), whose logits predict the first generated token.
+        """
+        ...
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache) -> StepOutput:
+        """Feed ``tokens`` (shape (n,), int64) after what ``cache`` holds; the cache grows by n."""
+        ...

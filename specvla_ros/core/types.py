@@ -1,0 +1,136 @@
+"""Plain data passed between the layers: observations, robot state, safety
+verdicts, decode statistics and what one policy step returns.
+
+These are the contracts between core, sim, ros and bench; keep them free of
+torch and rclpy so every layer can build and read them.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Order of the 7 action dimensions (OpenVLA's layout).
+ACTION_DIM_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+ACTION_DIM = len(ACTION_DIM_NAMES)
+
+#: Franka Panda arm joints, in the order every array in the project uses.
+PANDA_JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
+PANDA_FINGER_JOINT_NAMES: tuple[str, ...] = ("panda_finger_joint1", "panda_finger_joint2")
+
+
+@dataclass
+class Observation:
+    """What the policy sees at one control step.
+
+    image: HxWx3 uint8 RGB, already the model's input size.
+    instruction: the task in plain language.
+    proprio: float32 vector (arm joint positions then gripper opening [m]).
+    frame_id: identifies the camera frame so vision features are computed once
+        per frame (e.g. the image message stamp in ns); None means "always new".
+    """
+
+    image: np.ndarray
+    instruction: str
+    proprio: np.ndarray
+    frame_id: int | None = None
+
+
+@dataclass
+class RobotState:
+    """Measured state of the arm, in PANDA_JOINT_NAMES order (or the configured order)."""
+
+    q: np.ndarray  # joint positions [rad], shape (n,)
+    gripper: float = 0.0  # gripper opening [m] (sum of both fingers)
+    dq: np.ndarray | None = None  # joint velocities [rad/s], shape (n,), optional
+    stamp: float = 0.0  # seconds
+
+
+class SafetyStatus(enum.IntEnum):
+    """Verdict codes. Values match specvla_msgs/SafetyVerdict constants."""
+
+    OK = 0
+    SCALED = 1
+    HALT_JOINT_LIMIT = 10
+    HALT_VELOCITY = 11
+    HALT_WORKSPACE = 12
+    HALT_COLLISION = 13
+    HALT_IK = 14
+    HALT_SINGULARITY = 15
+    HALT_NONFINITE = 16
+    HALT_STALE_INPUT = 20
+    HALT_ESTOP = 21
+    HALT_DEADLINE = 22
+    HALT_BAD_INPUT = 23
+    HALT_NOT_READY = 24
+
+    @property
+    def is_halt(self) -> bool:
+        return self.value >= 10
+
+
+@dataclass
+class Verdict:
+    """Outcome of the safety gate for one action.
+
+    joint_command is what may be sent: the checked joint target, or the hold
+    command (measured positions) on any HALT_*.
+    """
+
+    status: SafetyStatus
+    reason: str
+    joint_command: np.ndarray  # joint position target [rad], shape (n,)
+    gripper_command: float  # gripper opening target [m], clamped to range
+    raw_action: np.ndarray = field(default_factory=lambda: np.full(ACTION_DIM, np.nan))
+    scale: float = 1.0  # uniform speed scale applied (1.0 = none)
+    min_distance: float = float("nan")  # [m] to obstacles / between links
+    tcp_speed: float = float("nan")  # [m/s] of the commanded motion
+    worst_joint_margin: float = float("nan")  # [rad] smallest distance to a joint limit
+    check_time_s: float = 0.0
+
+    @property
+    def is_halt(self) -> bool:
+        return self.status.is_halt
+
+
+@dataclass
+class DecodeStats:
+    """Per-decision statistics of the speculative decoder (all times in seconds)."""
+
+    mode: str = "greedy"
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens accepted by the target
+    emitted: int = 0  # tokens produced in total (narration + EON + 7 actions)
+    target_passes: int = 0
+    draft_passes: int = 0
+    vision_time_s: float = 0.0
+    prefill_time_s: float = 0.0
+    draft_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    overhead_time_s: float = 0.0
+    gate_time_s: float = 0.0
+    total_time_s: float = 0.0
+    vision_cached: bool = False
+    # safety-aware verification paths
+    redecoded: int = 0
+    safety_path: str = ""  # "accepted", "redecoded", "scaled", "halted"
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per target verify pass (>= 1)."""
+        return self.emitted / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class PolicyOutput:
+    """What one policy step produces: narration, raw action, verdict and stats."""
+
+    narration: str
+    action: np.ndarray  # 7-DoF action in robot units (NaN when nothing decoded)
+    verdict: Verdict
+    stats: DecodeStats

@@ -1,0 +1,1 @@
+"""specvla_ros.train."""
