@@ -17,7 +17,22 @@ $(STAMP): requirements.txt setup.py
 	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+# specvla_msgs (sibling interface package) is generated with colcon and
+# installed into the venv prefix: the venv's lib/ is already on the ROS wheels'
+# LD_LIBRARY_PATH and its site-packages on sys.path, so `from specvla_msgs.msg
+# import SafetyVerdict` works in python, pytest and console scripts alike.
+MSG_STAMP := $(VENV)/.specvla_msgs_stamp
+MSG_SRCS := $(wildcard specvla_msgs/msg/*.msg specvla_msgs/srv/*.srv) specvla_msgs/CMakeLists.txt specvla_msgs/package.xml
+ABS_VENV = $(abspath $(VENV))
+
+$(MSG_STAMP): $(STAMP) $(MSG_SRCS)
+	AMENT_PREFIX_PATH=$(ABS_VENV) CMAKE_PREFIX_PATH=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH \
+	  $(VENV)/bin/colcon --log-base build/colcon_log build --base-paths specvla_msgs \
+	  --build-base build/msgs --install-base $(ABS_VENV) --merge-install \
+	  --event-handlers console_direct- --cmake-args -DPython3_EXECUTABLE=$(ABS_VENV)/bin/python -DBUILD_TESTING=OFF
+	touch $(MSG_STAMP)
+
+setup: $(STAMP) $(MSG_STAMP)
 
 test: setup
 	$(PY) -m pytest -q test
