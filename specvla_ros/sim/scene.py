@@ -51,9 +51,16 @@ TARGET_RADIUS = 0.05
 
 #: Ready pose of the arm [rad] (TCP ~0.3 m above the table, fingers down).
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])
+#: TCP as core.kinematics defines it: panda_link8 = link7 + 0.107 m along z, then
+#: 0.1034 m further along z (between the fingertips), rotated Rz(-pi/4).
+TCP_OFFSET_FROM_LINK7 = 0.107 + 0.1034
+TCP_SITE = "tcp"
 #: Fingers fully open: each finger's travel [m] (opening = 2 * this).
 FINGER_MAX = 0.04
 
+#: Geom group rendered by the camera: robosuite's visual meshes are group 1, its
+#: collision meshes group 0 (hidden), the scene's geoms this one.
+VISIBLE_GROUP = 2
 PHYSICS_TIMESTEP = 0.002  # [s]
 # Joint servo (like the Franka's joint impedance controller): stiffness
 # [Nm/rad], damping [Nms/rad] and torque limits [Nm] per joint.
@@ -71,9 +78,9 @@ OBJECT_SLOTS: tuple[str, ...] = tuple(f"object_{c}" for c in COLORS)  # one slot
 TARGET_BODY = "push_target"
 CAMERA_NAME = "front"
 #: Third-person camera: position and the point it looks at (world frame) [m].
-CAMERA_POS = (1.15, 0.45, 0.8)
-CAMERA_LOOKAT = (0.4, 0.0, 0.12)
-CAMERA_FOVY = 48.0
+CAMERA_POS = (1.1, 0.42, 0.72)
+CAMERA_LOOKAT = (0.45, 0.0, 0.1)
+CAMERA_FOVY = 42.0
 
 
 def robosuite_assets() -> Path:
@@ -151,6 +158,9 @@ def build_spec() -> mujoco.MjSpec:
         if body.name in (HAND_BODY, *FINGER_BODIES, "g_eef"):
             body.gravcomp = 1.0
 
+    spec.body("panda_link7").add_site(
+        name=TCP_SITE, pos=[0.0, 0.0, TCP_OFFSET_FROM_LINK7], size=[0.005, 0.0, 0.0],
+        quat=[np.cos(-np.pi / 8), 0.0, 0.0, np.sin(-np.pi / 8)], group=5)
     _add_table(spec)
     _add_objects(spec)
     _add_camera_and_lights(spec)
@@ -172,15 +182,15 @@ def _add_table(spec: mujoco.MjSpec) -> None:
     table.add_geom(name="table_top", type=mujoco.mjtGeom.mjGEOM_BOX,
                    size=[hx, hy, TABLE_THICKNESS / 2],
                    pos=[cx, 0.0, TABLE_TOP_Z - TABLE_THICKNESS / 2],
-                   rgba=[0.72, 0.6, 0.45, 1.0], friction=[0.6, 0.005, 0.0001])
+                   rgba=[0.72, 0.6, 0.45, 1.0], friction=[0.6, 0.005, 0.0001], group=VISIBLE_GROUP)
     leg_h = (TABLE_TOP_Z - TABLE_THICKNESS) - FLOOR_Z
     for sx in (TABLE_X_RANGE[0] + 0.05, TABLE_X_RANGE[1] - 0.05):
         for sy in (TABLE_Y_RANGE[0] + 0.05, TABLE_Y_RANGE[1] - 0.05):
             table.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.025, 0.025, leg_h / 2],
-                           pos=[sx, sy, FLOOR_Z + leg_h / 2], rgba=[0.4, 0.33, 0.25, 1.0],
+                           pos=[sx, sy, FLOOR_Z + leg_h / 2], rgba=[0.4, 0.33, 0.25, 1.0], group=VISIBLE_GROUP,
                            contype=0, conaffinity=0)
     wb.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3.0, 3.0, 0.1],
-                pos=[0.0, 0.0, FLOOR_Z], rgba=[0.35, 0.35, 0.38, 1.0])
+                pos=[0.0, 0.0, FLOOR_Z], rgba=[0.35, 0.35, 0.38, 1.0], group=VISIBLE_GROUP)
 
 
 def _add_objects(spec: mujoco.MjSpec) -> None:
@@ -195,13 +205,14 @@ def _add_objects(spec: mujoco.MjSpec) -> None:
         body.inertia = [i, i, i]
         for shape, (gtype, size) in SHAPES.items():
             body.add_geom(name=f"{slot}_{shape}", type=gtype, size=list(size), rgba=list(color),
-                          friction=[1.0, 0.01, 0.0005], condim=4, mass=0.0)
+                          friction=[1.0, 0.01, 0.0005], condim=4, mass=0.0, group=VISIBLE_GROUP)
     target = spec.worldbody.add_body(name=TARGET_BODY, mocap=True, pos=[0.0, 0.0, -0.5])
     target.add_geom(name="push_target_disc", type=mujoco.mjtGeom.mjGEOM_CYLINDER,
                     size=[TARGET_RADIUS, 0.0008, 0.0], rgba=[0.95, 0.95, 0.95, 1.0],
-                    contype=0, conaffinity=0)
+                    contype=0, conaffinity=0, group=VISIBLE_GROUP)
     target.add_geom(name="push_target_dot", type=mujoco.mjtGeom.mjGEOM_CYLINDER,
-                    size=[0.012, 0.0012, 0.0], rgba=[0.1, 0.1, 0.1, 1.0], contype=0, conaffinity=0)
+                    size=[0.012, 0.0012, 0.0], rgba=[0.1, 0.1, 0.1, 1.0], contype=0, conaffinity=0,
+                    group=VISIBLE_GROUP)
 
 
 def _add_camera_and_lights(spec: mujoco.MjSpec) -> None:
@@ -221,6 +232,7 @@ class SceneIds:
     arm_qpos: np.ndarray  # qpos addresses of panda_joint1..7
     arm_dof: np.ndarray  # dof addresses of panda_joint1..7
     finger_qpos: np.ndarray  # qpos addresses of both finger joints
+    finger_dof: np.ndarray  # dof addresses of both finger joints
     arm_act: np.ndarray  # actuator ids of the arm servos
     finger_act: np.ndarray  # actuator ids of the finger servos
     slot_body: np.ndarray  # body id per object slot
@@ -228,6 +240,7 @@ class SceneIds:
     slot_geoms: dict[str, dict[str, int]]  # slot -> shape -> geom id
     target_mocap: int
     camera: int
+    tcp_site: int
     robot_bodies: frozenset[int]
     gripper_bodies: frozenset[int]  # hand + fingers (may touch the task's object)
     finger_bodies: frozenset[int]
@@ -262,6 +275,7 @@ class SceneIds:
             arm_qpos=np.array([model.jnt_qposadr[j] for j in arm_j]),
             arm_dof=np.array([model.jnt_dofadr[j] for j in arm_j]),
             finger_qpos=np.array([model.jnt_qposadr[j] for j in fin_j]),
+            finger_dof=np.array([model.jnt_dofadr[j] for j in fin_j]),
             arm_act=np.array(acts),
             finger_act=np.array(fin_a),
             slot_body=np.array(slots),
@@ -269,6 +283,7 @@ class SceneIds:
             slot_geoms=geoms,
             target_mocap=int(model.body_mocapid[bid(TARGET_BODY)]),
             camera=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_NAME),
+            tcp_site=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, TCP_SITE),
             robot_bodies=robot,
             gripper_bodies=gripper,
             finger_bodies=fingers,
