@@ -5,3 +5,23 @@ import tempfile
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_roslog_"))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- tiny random VLA checkpoints (issue 2) ------------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """(target_dir, draft_dir, eagle_dir): random "test"-preset checkpoints built once per session.
+
+    target: TinyVLA (model_type "specvla_tiny"); draft: independent 1-layer draft VLA;
+    eagle: EAGLE head. Load with specvla_ros.core.model_loading.load_vla / load_drafter.
+    """
+    from specvla_ros.core.tiny_vla import make_random_checkpoint, make_random_draft
+
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    target = make_random_checkpoint(root / "target", preset="test", seed=0)
+    draft = make_random_draft(root / "draft", target, kind="model", seed=1)
+    eagle = make_random_draft(root / "eagle", target, kind="eagle", seed=2)
+    return target, draft, eagle

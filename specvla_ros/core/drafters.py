@@ -1,0 +1,376 @@
+"""Drafters: propose k tokens for the target to verify in one pass.
+
+Shaped like transformers' ``CandidateGenerator`` (``get_candidates`` ->
+``propose``, ``update_candidate_strategy`` -> ``update``). One decision runs:
+
+    drafter.begin(ctx)                        # after the target's prefill chose the first token
+    loop:
+        tokens, probs = drafter.propose(k, grammar, state, sample, temperature, generator)
+        ... target verifies [last, *tokens] ...
+        drafter.accept(n_accepted, next_token, target_hidden)   # roll own cache back
+        drafter.update(n_accepted, len(tokens))                 # adapt k
+
+Both drafters follow the same output grammar (bias rows) as the target, so
+every proposed token is allowed where it stands.
+
+Implementations:
+- ``ModelDrafter``: an independent small causal VLA (a ``TinyVLA`` without
+  vision encoder) reading the target's vision features through its own projector.
+- ``EagleDrafter``: an EAGLE-style head, one LLaMA decoder layer whose input at
+  position j is ``fc([embed(x_j), h_{j-1}])`` with ``h`` the target's last hidden
+  state (post-norm); it predicts ``h_j`` and uses the target's LM head.
+
+Training API of the EAGLE head (teacher forcing, aligned with the target):
+
+    EagleHead.forward_train(input_embeds (B,S,d), target_hidden (B,S,d), valid (B,S), lm_head)
+        -> (logits (B,S,V), hidden (B,S,d))  where hidden[:, j] predicts target_hidden[:, j]
+    (input_embeds, target_hidden, valid come from ``TinyVLA.forward_train(..., return_full=True)``.)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+
+from specvla_ros.core.kv_cache import StaticKVCache
+from specvla_ros.core.model_interface import VisionFeatures
+from specvla_ros.core.output_grammar import OutputGrammar
+from specvla_ros.core.tiny_vla import (
+    CACHE_MARGIN, CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, TinyVLAConfig, rope_tables, run_llama_layers,
+)
+from specvla_ros.core.text_tokenizer import VLATextTokenizer
+
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DraftContext:
+    """What a drafter needs to start a decision.
+
+    target: the target model (EAGLE reads its embeddings and LM head).
+    vision: the frame's shared vision features.
+    first_token: the token the target's prefill chose (already emitted).
+    target_prefix_hidden: (P, d) target hidden states of the whole prefix (EAGLE only).
+    """
+
+    target: object
+    vision: VisionFeatures
+    instruction: str
+    proprio: np.ndarray
+    first_token: int
+    target_prefix_hidden: torch.Tensor | None = None
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Proposes draft tokens; see the module docstring for the call order."""
+
+    num_draft_tokens: int  # current k
+    max_draft_len: int
+    needs_target_hidden: bool  # the decoder must pass full prefix hidden states in DraftContext
+    passes: int  # draft forward passes run since begin()
+
+    def begin(self, ctx: DraftContext) -> None: ...
+
+    def propose(
+        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
+        generator: torch.Generator | None,
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k tokens (fewer if the grammar ends) and, when sampling, their
+        distributions q (n, V) float32 (masked by the grammar, temperature applied)."""
+        ...
+
+    def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
+        """The target kept ``n_accepted`` drafts then emitted ``next_token`` (None: decode finished).
+        target_hidden: (n_fed, d) target hidden states of the verify pass [last, *drafts]."""
+        ...
+
+    def update(self, num_accepted: int, num_proposed: int) -> None: ...
+
+
+class AdaptiveDraftLength:
+    """transformers' heuristic: k += 2 after a fully accepted draft, k -= 1 otherwise, in [1, max]."""
+
+    def __init__(self, draft_len: int, max_draft_len: int, adaptive: bool) -> None:
+        if not 1 <= draft_len <= max_draft_len:
+            raise ValueError(f"draft_len must be in [1, max_draft_len={max_draft_len}], got {draft_len}")
+        self.initial = draft_len
+        self.num_draft_tokens = draft_len
+        self.max_draft_len = max_draft_len
+        self.adaptive = adaptive
+
+    def update(self, num_accepted: int, num_proposed: int) -> None:
+        if not self.adaptive or num_proposed == 0:
+            return
+        if num_accepted >= num_proposed:
+            self.num_draft_tokens = min(self.num_draft_tokens + 2, self.max_draft_len)
+        else:
+            self.num_draft_tokens = max(1, self.num_draft_tokens - 1)
+
+
+def _pick(
+    logits: torch.Tensor, bias: torch.Tensor, sample: bool, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masked argmax or sample from (V,) logits -> (token (1,) int64, q (V,) or None)."""
+    masked = logits.float() + bias
+    if not sample:
+        return masked.argmax(-1, keepdim=True), None
+    q = torch.softmax(masked / temperature, dim=-1)
+    return torch.multinomial(q, 1, generator=generator), q
+
+
+class ModelDrafter(AdaptiveDraftLength):
+    """Independent small VLA drafting from the target's shared vision features."""
+
+    needs_target_hidden = False
+
+    def __init__(self, model: TinyVLA, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True) -> None:
+        super().__init__(draft_len, max_draft_len, adaptive)
+        self.model = model
+        self.cache: StaticKVCache | None = None
+        self.passes = 0
+        self._prefix_len = 0
+        self._committed: list[int] = []
+        self._n_fed = 0  # committed tokens whose keys/values the cache holds
+        self._drafts: list[int] = []
+        self._n_spec = 0  # drafts fed speculatively in the last propose
+
+    def begin(self, ctx: DraftContext) -> None:
+        self.cache, _ = self.model.prefill(ctx.vision, ctx.instruction, ctx.proprio)
+        self._prefix_len = len(self.cache)
+        self._committed = [int(ctx.first_token)]
+        self._n_fed = 0
+        self._drafts, self._n_spec = [], 0
+        self.passes = 1
+        self.num_draft_tokens = self.initial
+
+    @torch.inference_mode()
+    def propose(self, k, grammar, state, sample, temperature, generator):
+        if self.cache is None:
+            raise RuntimeError("ModelDrafter.propose called before begin()")
+        pending = torch.tensor(self._committed[self._n_fed :], dtype=torch.long, device=self.model.device)
+        logits = self.model.forward(pending, self.cache).logits[-1]
+        self.passes += 1
+        self._n_fed = len(self._committed)
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        for i in range(k):
+            tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
+            tokens.append(tok)
+            if q is not None:
+                probs.append(q)
+            # only narration positions need the token's value to advance the grammar
+            tok_int = int(tok) if grammar.is_text(state) else -1
+            state = grammar.advance(state, tok_int)
+            if i == k - 1 or grammar.is_done(state):
+                break
+            logits = self.model.forward(tok, self.cache).logits[-1]
+            self.passes += 1
+        self._drafts = torch.cat(tokens).tolist()
+        self._n_spec = len(self._drafts) - 1
+        return self._drafts, (torch.stack(probs) if probs else None)
+
+    def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
+        kept = min(n_accepted, self._n_spec)
+        self._n_fed += kept
+        if self.cache is not None:
+            self.cache.truncate(self._prefix_len + self._n_fed)
+        self._committed.extend(self._drafts[:n_accepted])
+        if next_token is not None:
+            self._committed.append(int(next_token))
+        self._drafts, self._n_spec = [], 0
+
+
+# --- EAGLE --------------------------------------------------------------------------------
+
+@dataclass
+class EagleConfig:
+    """Geometry of the EAGLE head; d_model must equal the target's."""
+
+    model_type: str = DRAFT_MODEL_TYPE
+    draft_kind: str = "eagle"
+    vocab_size: int = 472
+    d_model: int = 64
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    intermediate_size: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        if self.draft_kind != "eagle":
+            raise ValueError(f"EagleConfig.draft_kind must be 'eagle', got {self.draft_kind!r}")
+        for name in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "intermediate_size", "max_positions"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"EagleConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"EagleConfig.d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EagleConfig":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        return cls(**data)
+
+
+class EagleHead(nn.Module):
+    """fc(2d -> d) + one LLaMA decoder layer + RMSNorm; predicts the target's next hidden state."""
+
+    def __init__(self, cfg: EagleConfig) -> None:
+        super().__init__()
+        from transformers import LlamaConfig
+
+        self.config = cfg
+        lcfg = LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=1, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+            max_position_embeddings=cfg.max_positions, rms_norm_eps=cfg.rms_norm_eps,
+            rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
+        )
+        self.fc = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=True)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(lcfg, 0)])
+        self.norm = LlamaRMSNorm(cfg.d_model, eps=cfg.rms_norm_eps)
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.normal_(mod.weight, std=0.02)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+        cos, sin = rope_tables(cfg.d_model // cfg.n_heads, cfg.max_positions, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    def new_cache(self, capacity: int) -> StaticKVCache:
+        c = self.config
+        return StaticKVCache(1, c.n_kv_heads, c.d_model // c.n_heads, capacity, self.fc.weight.device, self.dtype)
+
+    def step(self, embeds: torch.Tensor, feats: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """embeds, feats (n, d) -> predicted hidden states (n, d); the cache grows by n."""
+        n = embeds.shape[0]
+        start = len(cache)
+        x = self.fc(torch.cat([embeds, feats.to(embeds.dtype)], dim=-1))[None]
+        cos = self.rope_cos[start : start + n].to(self.dtype)
+        sin = self.rope_sin[start : start + n].to(self.dtype)
+        x = run_llama_layers(self.layers, x, cos, sin, self.config.n_heads, self.config.n_kv_heads, cache=cache)
+        return self.norm(x)[0]
+
+    def forward_train(
+        self, input_embeds: torch.Tensor, target_hidden: torch.Tensor, valid: torch.Tensor, lm_head: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: input_embeds, target_hidden (B,S,d), valid (B,S) -> (logits (B,S,V), hidden (B,S,d)).
+
+        hidden[:, j] is built from (input_embeds[:, j], target_hidden[:, j-1]) and predicts
+        target_hidden[:, j]; logits[:, j] = lm_head(hidden[:, j]) predicts the token after j.
+        """
+        bsz, seq_len, d = input_embeds.shape
+        prev = torch.cat([target_hidden.new_zeros(bsz, 1, d), target_hidden[:, :-1]], dim=1)
+        x = self.fc(torch.cat([input_embeds, prev.to(input_embeds.dtype)], dim=-1))
+        offsets = (~valid).sum(dim=1)  # left padding
+        positions = (torch.arange(seq_len, device=x.device)[None, :] - offsets[:, None]).clamp(min=0)
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(seq_len, dtype=torch.bool, device=x.device)
+        mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
+        cos, sin = self.rope_cos.to(self.dtype)[positions], self.rope_sin.to(self.dtype)[positions]
+        x = run_llama_layers(self.layers, x, cos, sin, self.config.n_heads, self.config.n_kv_heads, attn_mask=mask)
+        hidden = self.norm(x)
+        return lm_head(hidden).float(), hidden
+
+    def save_pretrained(self, out_dir: str | Path, text_tokenizer: VLATextTokenizer, storage_dtype: str = "float32") -> None:
+        from safetensors.torch import save_file
+
+        if storage_dtype not in _STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be one of {sorted(_STORAGE_DTYPES)}, got {storage_dtype!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        sd = {k: v.detach().to("cpu", _STORAGE_DTYPES[storage_dtype]).contiguous() for k, v in self.state_dict().items()}
+        save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt", "model_type": DRAFT_MODEL_TYPE})
+        text_tokenizer.save(out)
+
+
+class EagleDrafter(AdaptiveDraftLength):
+    """EAGLE-style drafting from the target's hidden states, embeddings and LM head.
+
+    The target must expose ``embed_tokens(ids)``, ``prefix_embeds(vision, instruction, proprio)``
+    and ``lm_head`` (TinyVLA does).
+    """
+
+    needs_target_hidden = True
+
+    def __init__(self, head: EagleHead, target: TinyVLA, draft_len: int = 4, max_draft_len: int = 8,
+                 adaptive: bool = True) -> None:
+        super().__init__(draft_len, max_draft_len, adaptive)
+        self.head = head
+        self.target = target
+        self.cache: StaticKVCache | None = None
+        self.passes = 0
+        self._pending: list[int] = []
+        self._pending_feats: list[torch.Tensor] = []
+        self._drafts: list[int] = []
+        self._n_spec = 0
+
+    @torch.inference_mode()
+    def begin(self, ctx: DraftContext) -> None:
+        if ctx.target_prefix_hidden is None:
+            raise ValueError("EagleDrafter needs the target's prefix hidden states (target_prefix_hidden)")
+        embeds = self.target.prefix_embeds(ctx.vision, ctx.instruction, ctx.proprio)[0]  # (P, d)
+        hidden = ctx.target_prefix_hidden.to(embeds.dtype)
+        prev = torch.cat([hidden.new_zeros(1, hidden.shape[1]), hidden[:-1]], dim=0)
+        self.cache = self.head.new_cache(embeds.shape[0] + CACHE_MARGIN)
+        self.head.step(embeds, prev, self.cache)
+        self.passes = 1
+        self._pending = [int(ctx.first_token)]
+        self._pending_feats = [hidden[-1:]]
+        self._drafts, self._n_spec = [], 0
+        self.num_draft_tokens = self.initial
+
+    @torch.inference_mode()
+    def propose(self, k, grammar, state, sample, temperature, generator):
+        if self.cache is None:
+            raise RuntimeError("EagleDrafter.propose called before begin()")
+        device = self.head.fc.weight.device
+        pending = torch.tensor(self._pending, dtype=torch.long, device=device)
+        feats = torch.cat(self._pending_feats, dim=0)
+        g = self.head.step(self.target.embed_tokens(pending), feats, self.cache)[-1:]
+        self.passes += 1
+        self._pending, self._pending_feats = [], []
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        for i in range(k):
+            logits = self.target.lm_head(g)[0]
+            tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
+            tokens.append(tok)
+            if q is not None:
+                probs.append(q)
+            tok_int = int(tok) if grammar.is_text(state) else -1
+            state = grammar.advance(state, tok_int)
+            if i == k - 1 or grammar.is_done(state):
+                break
+            g = self.head.step(self.target.embed_tokens(tok), g, self.cache)
+            self.passes += 1
+        self._drafts = torch.cat(tokens).tolist()
+        self._n_spec = len(self._drafts) - 1
+        return self._drafts, (torch.stack(probs) if probs else None)
+
+    def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
+        # speculative positions were fed with draft features: drop them, refeed with the target's
+        if self.cache is not None:
+            self.cache.truncate(len(self.cache) - self._n_spec)
+        self._pending.extend(self._drafts[:n_accepted])
+        if next_token is not None:
+            self._pending.append(int(next_token))
+        n_new = n_accepted + (next_token is not None)
+        self._pending_feats.append(target_hidden[:n_new])
+        self._drafts, self._n_spec = [], 0

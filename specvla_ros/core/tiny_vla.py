@@ -1,0 +1,601 @@
+"""The project's own small VLA: patch vision encoder + projector + LLaMA decoder.
+
+Architecture (one class, ``TinyVLA``, also used for the independent draft model):
+
+    image (128x128 RGB uint8) -> PatchVisionEncoder -> (n_patches=16, d_vision)   [shared by draft and target]
+    prefix = [ projector(patches) (16) | proprio token (1) | BOS + prompt tokens ]
+    LLaMA decoder (transformers' LlamaModel modules, our own cached attention loop) -> lm_head -> logits
+
+The decoder's weights are exactly a ``transformers.LlamaModel`` (same module
+names), so the backbone can be handed to ``LlamaForCausalLM`` unchanged (the
+tests check our loop against ``generate``). Incremental decoding uses a
+preallocated ``StaticKVCache`` that truncates without recomputation.
+
+Checkpoint directory (``save_pretrained`` / ``from_pretrained``):
+
+    config.json               TinyVLAConfig, "model_type": "specvla_tiny" (draft: "specvla_draft")
+    model.safetensors         weights (stored fp32/fp16/bf16, loaded to the requested dtype)
+    tokenizer.json            ``tokenizers`` WordPiece; last 256 ids are action tokens
+    tokenizer_words.json      task vocabulary (for ``unknown_words``)
+    dataset_statistics.json   OpenVLA-layout q01/q99 action statistics (targets only)
+
+Training API (teacher forcing, batched; what the training loops use):
+
+    TinyVLA.encode_vision_batch(images (B,H,W,3) uint8|float) -> (B, n_patches, d_vision)
+    TinyVLA.forward_train(images (B,H,W,3), instructions list[str], proprio (B,8),
+                          target_ids (B,T) int64 right-padded, vision_patches=None (B,n,d_vision),
+                          return_full=False)
+        -> (logits (B,T,V), hidden (B,T,d))      logits[b,t] predicts target_ids[b,t]
+        with return_full=True -> TrainOutputs (adds the whole sequence's input embeddings,
+        hidden states and validity mask, which the EAGLE head trains on).
+    A draft TinyVLA (no vision encoder) takes ``vision_patches`` from the target's
+    ``encode_vision_batch``. ``EagleHead.forward_train`` lives in ``drafters.py``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.kv_cache import StaticKVCache
+from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures
+from specvla_ros.core.text_tokenizer import VLATextTokenizer
+
+TARGET_MODEL_TYPE = "specvla_tiny"
+DRAFT_MODEL_TYPE = "specvla_draft"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATS_FILE = "dataset_statistics.json"
+DEFAULT_UNNORM_KEY = "sim_panda"
+PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
+#: Extra cache positions reserved after the prefix (narration + EON + 7 actions + a full draft).
+CACHE_MARGIN = 64
+
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class TinyVLAConfig:
+    """Geometry of a TinyVLA (target or draft). Saved as config.json."""
+
+    model_type: str = TARGET_MODEL_TYPE
+    draft_kind: str = ""  # "" for a target, "model" for an independent draft model
+    vocab_size: int = 472
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    intermediate_size: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_positions: int = 512
+    # vision
+    has_vision_encoder: bool = True
+    image_size: int = 128
+    patch_size: int = 16
+    patch_pool: int = 2
+    d_vision: int = 32
+    vision_layers: int = 1
+    vision_heads: int = 2
+    proprio_dim: int = PROPRIO_DIM
+    n_action_bins: int = 256
+    prompt_template: str = "what action should the robot take to {instruction} ?"
+    unnorm_key: str = DEFAULT_UNNORM_KEY
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                     "max_positions", "image_size", "patch_size", "patch_pool", "d_vision", "proprio_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TinyVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vision_layers < 0:
+            raise ValueError(f"TinyVLAConfig.vision_layers must be >= 0, got {self.vision_layers}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"TinyVLAConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"TinyVLAConfig head dim {self.d_model // self.n_heads} must be even (rotary embedding)")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"TinyVLAConfig.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.image_size % (self.patch_size * self.patch_pool):
+            raise ValueError(
+                f"TinyVLAConfig.image_size ({self.image_size}) must be a multiple of patch_size*patch_pool "
+                f"({self.patch_size * self.patch_pool})"
+            )
+        if self.vision_layers and self.d_vision % self.vision_heads:
+            raise ValueError(f"TinyVLAConfig.d_vision ({self.d_vision}) must be divisible by vision_heads ({self.vision_heads})")
+        if self.vocab_size <= self.n_action_bins:
+            raise ValueError(f"TinyVLAConfig.vocab_size ({self.vocab_size}) must exceed n_action_bins ({self.n_action_bins})")
+        if self.model_type not in (TARGET_MODEL_TYPE, DRAFT_MODEL_TYPE):
+            raise ValueError(f"TinyVLAConfig.model_type must be {TARGET_MODEL_TYPE!r} or {DRAFT_MODEL_TYPE!r}, got {self.model_type!r}")
+        if "{instruction}" not in self.prompt_template:
+            raise ValueError(f"TinyVLAConfig.prompt_template must contain '{{instruction}}', got {self.prompt_template!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // (self.patch_size * self.patch_pool)) ** 2
+
+    def llama_config(self) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=self.vocab_size, hidden_size=self.d_model, intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+            max_position_embeddings=self.max_positions, rms_norm_eps=self.rms_norm_eps,
+            rope_parameters={"rope_theta": self.rope_theta, "rope_type": "default"}, tie_word_embeddings=False,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TinyVLAConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        return cls(**data)
+
+
+#: Named sizes. "default" target: 8 x 384 (~15 M params), a step dominated by compute.
+PRESETS: dict[str, dict] = {
+    "test": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=128, d_vision=32,
+                 vision_layers=1, vision_heads=2),
+    "default": dict(d_model=384, n_layers=8, n_heads=6, n_kv_heads=6, intermediate_size=1024, d_vision=128,
+                    vision_layers=2, vision_heads=4),
+}
+#: Independent draft model geometry per preset (1 decoder layer).
+DRAFT_PRESETS: dict[str, dict] = {
+    "test": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
+    "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
+}
+
+
+# --- rotary embedding and the cached LLaMA layer loop (shared with the drafters) ---------
+
+def rope_tables(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (max_positions, head_dim) in float32, identical to LlamaRotaryEmbedding's."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def run_llama_layers(
+    layers: nn.ModuleList,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    cache: StaticKVCache | None = None,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run LlamaDecoderLayer modules on ``x`` (B, n, d) -> (B, n, d) (before the final norm).
+
+    cos/sin: (n, Dh) (shared positions) or (B, n, Dh).
+    With ``cache`` (B = 1) the new keys/values are appended and attention is causal
+    over cache + new positions; without it ``attn_mask`` (B, 1, n, n) bool, True =
+    attend, must be given (teacher forcing).
+    """
+    bsz, n, d = x.shape
+    head_dim = d // n_heads
+    if cos.dim() == 2:
+        cos, sin = cos[None, None], sin[None, None]
+    else:
+        cos, sin = cos[:, None], sin[:, None]
+    gqa = n_kv_heads != n_heads
+    if cache is not None:
+        past = cache.length
+        cache.reserve(n)
+        if n > 1:
+            attn_mask = (torch.arange(past + n, device=x.device)[None, :]
+                         <= (past + torch.arange(n, device=x.device))[:, None])
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(bsz, n, n_heads, head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(bsz, n, n_kv_heads, head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(bsz, n, n_kv_heads, head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.write(i, k, v)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(bsz, n, d))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    if cache is not None:
+        cache.advance(n)
+    return x
+
+
+# --- vision ------------------------------------------------------------------------------
+
+class PatchVisionEncoder(nn.Module):
+    """RGB image -> patch tokens: conv patchify, conv pool, small transformer.
+
+    forward: images float (B, 3, H, W) normalised -> (B, n_patches, d_vision).
+    """
+
+    def __init__(self, cfg: TinyVLAConfig) -> None:
+        super().__init__()
+        dv = cfg.d_vision
+        self.patch = nn.Conv2d(3, dv, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pool = nn.Conv2d(dv, dv, kernel_size=cfg.patch_pool, stride=cfg.patch_pool)
+        self.pos = nn.Parameter(torch.randn(1, cfg.n_patches, dv) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dv, cfg.vision_heads, 2 * dv, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(cfg.vision_layers)
+        )
+        self.norm = nn.LayerNorm(dv)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.gelu(self.patch(images)))  # (B, dv, g, g)
+        x = x.flatten(2).transpose(1, 2) + self.pos
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+@dataclass
+class TrainOutputs:
+    """Teacher-forcing outputs over the whole padded sequence (prefix + targets).
+
+    logits (B,T,V), hidden (B,T,d): at the positions predicting target_ids.
+    input_embeds (B,S,d), all_hidden (B,S,d): every position (left-padded prefix first).
+    valid (B,S) bool: False on padding. target_offset: index in S of the first target token.
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    input_embeds: torch.Tensor
+    all_hidden: torch.Tensor
+    valid: torch.Tensor
+    target_offset: int
+
+
+class TinyVLA(nn.Module):
+    """Small VLA behind the ``VLAModel`` interface (also the independent draft model)."""
+
+    def __init__(self, cfg: TinyVLAConfig, text_tokenizer: VLATextTokenizer, norm_stats: ActionNormStats | None = None) -> None:
+        super().__init__()
+        if text_tokenizer.vocab_size != cfg.vocab_size:
+            raise ValueError(f"tokenizer has {text_tokenizer.vocab_size} ids but config.vocab_size = {cfg.vocab_size}")
+        self.config = cfg
+        self.text_tokenizer = text_tokenizer
+        self.action_tokenizer = ActionTokenizer(cfg.vocab_size, norm_stats, cfg.n_action_bins)
+        self.vision_encoder = PatchVisionEncoder(cfg) if cfg.has_vision_encoder else None
+        self.projector = nn.Sequential(nn.Linear(cfg.d_vision, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        self.proprio_proj = nn.Sequential(nn.Linear(cfg.proprio_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        self.backbone = LlamaModel(cfg.llama_config())
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_positions, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._prompt_ids: dict[str, torch.Tensor] = {}
+        self.eval()
+
+    # --- VLAModel protocol -------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def _rope(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + n
+        if end > self.config.max_positions:
+            raise ValueError(f"sequence of {end} positions exceeds max_positions={self.config.max_positions}")
+        return self.rope_cos[start:end].to(self.dtype), self.rope_sin[start:end].to(self.dtype)
+
+    def _images_to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B,H,W,3) uint8 [0,255] or float [0,1] -> normalised (B,3,S,S) at the model's input size."""
+        x = torch.as_tensor(images, device=self.device)
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected images of shape (B, H, W, 3), got {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return ((x - 0.5) / 0.25).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode_vision(self, image: np.ndarray) -> VisionFeatures:
+        """HxWx3 RGB image -> VisionFeatures with patches (1, n_patches, d_vision)."""
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 RGB image, got shape {img.shape}")
+        return VisionFeatures(patches=self.encode_vision_batch(img[None]))
+
+    def encode_vision_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B,H,W,3) images -> (B, n_patches, d_vision). Gradients flow (training)."""
+        if self.vision_encoder is None:
+            raise ValueError("this model has no vision encoder (a draft model reads the target's vision features)")
+        return self.vision_encoder(self._images_to_tensor(images))
+
+    def prompt_ids(self, instruction: str) -> torch.Tensor:
+        """BOS + tokenised prompt, (n,) int64 on the model's device (cached per instruction)."""
+        ids = self._prompt_ids.get(instruction)
+        if ids is None:
+            text = self.config.prompt_template.format(instruction=instruction.strip())
+            ids = torch.tensor([self.text_tokenizer.bos_token_id, *self.text_tokenizer.encode(text)],
+                               dtype=torch.long, device=self.device)
+            if len(self._prompt_ids) > 64:
+                self._prompt_ids.clear()
+            self._prompt_ids[instruction] = ids
+        return ids
+
+    def _proprio_tensor(self, proprio: np.ndarray | torch.Tensor, batch: int) -> torch.Tensor:
+        p = torch.as_tensor(np.asarray(proprio, dtype=np.float32) if not torch.is_tensor(proprio) else proprio,
+                            device=self.device).to(self.dtype).reshape(batch, -1)
+        if p.shape[1] != self.config.proprio_dim:
+            raise ValueError(f"proprio must have {self.config.proprio_dim} values per sample, got {p.shape[1]}")
+        return p
+
+    def prefix_embeds(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> torch.Tensor:
+        """Prefix input embeddings (1, P, d): projected patches, proprio token, BOS + prompt."""
+        patches = vision.patches.to(device=self.device, dtype=self.dtype)
+        if patches.shape[-1] != self.config.d_vision:
+            raise ValueError(f"vision features have width {patches.shape[-1]}, model expects d_vision={self.config.d_vision}")
+        parts = [
+            self.projector(patches),
+            self.proprio_proj(self._proprio_tensor(proprio, 1))[:, None, :],
+            self.backbone.embed_tokens(self.prompt_ids(instruction))[None],
+        ]
+        return torch.cat(parts, dim=1)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (...) -> input embeddings (..., d)."""
+        return self.backbone.embed_tokens(tokens)
+
+    def new_cache(self, capacity: int) -> StaticKVCache:
+        cfg = self.config
+        return StaticKVCache(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, capacity, self.device, self.dtype)
+
+    def forward_embeds(self, embeds: torch.Tensor, cache: StaticKVCache, logits_last_only: bool = False) -> StepOutput:
+        """Feed input embeddings (1, n, d) after ``cache``; returns outputs of the n positions."""
+        n = embeds.shape[1]
+        cos, sin = self._rope(len(cache), n)
+        x = run_llama_layers(self.backbone.layers, embeds, cos, sin, self.config.n_heads, self.config.n_kv_heads, cache=cache)
+        hidden = self.backbone.norm(x)[0]
+        logits = self.lm_head(hidden[-1:] if logits_last_only else hidden).float()
+        return StepOutput(logits=logits, hidden=hidden)
+
+    @torch.inference_mode()
+    def prefill(
+        self, vision: VisionFeatures, instruction: str, proprio: np.ndarray, return_all_hidden: bool = False
+    ) -> tuple[StaticKVCache, StepOutput]:
+        """Run the prefix; logits (1, V) of its last position; hidden (1, d), or (P, d) with return_all_hidden."""
+        embeds = self.prefix_embeds(vision, instruction, proprio)
+        cache = self.new_cache(embeds.shape[1] + CACHE_MARGIN)
+        out = self.forward_embeds(embeds, cache, logits_last_only=True)
+        if not return_all_hidden:
+            out = StepOutput(logits=out.logits, hidden=out.hidden[-1:])
+        return cache, out
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, cache: StaticKVCache) -> StepOutput:  # type: ignore[override]
+        """tokens (n,) int64 -> logits (n, V) float32, hidden (n, d); the cache grows by n."""
+        return self.forward_embeds(self.backbone.embed_tokens(tokens)[None], cache)
+
+    # --- training ------------------------------------------------------------------
+    def forward_train(
+        self,
+        images: np.ndarray | torch.Tensor | None,
+        instructions: list[str],
+        proprio: np.ndarray | torch.Tensor,
+        target_ids: torch.Tensor,
+        vision_patches: torch.Tensor | None = None,
+        return_full: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor] | TrainOutputs:
+        """Teacher forcing over a batch; see the module docstring for shapes.
+
+        Prefixes (their prompts differ in length) are left-padded so every sample's
+        targets start at the same index; positions count from each sample's first real token.
+        """
+        bsz = len(instructions)
+        patches = vision_patches if vision_patches is not None else self.encode_vision_batch(images)
+        patches = patches.to(device=self.device, dtype=self.dtype)
+        target_ids = torch.as_tensor(target_ids, device=self.device, dtype=torch.long)
+        if target_ids.shape[0] != bsz or patches.shape[0] != bsz:
+            raise ValueError(f"batch sizes differ: {bsz} instructions, {patches.shape[0]} images, {target_ids.shape[0]} targets")
+        vis = self.projector(patches)
+        prop = self.proprio_proj(self._proprio_tensor(proprio, bsz))[:, None, :]
+        prompts = [self.prompt_ids(s) for s in instructions]
+        n_prefix = [vis.shape[1] + 1 + len(p) for p in prompts]
+        p_max = max(n_prefix)
+        tgt = self.backbone.embed_tokens(target_ids)
+        t_len = target_ids.shape[1]
+        seq_len = p_max + t_len
+        embeds = vis.new_zeros(bsz, seq_len, self.config.d_model)
+        valid = torch.zeros(bsz, seq_len, dtype=torch.bool, device=self.device)
+        for b, prompt in enumerate(prompts):
+            start = p_max - n_prefix[b]
+            embeds[b, start:p_max] = torch.cat([vis[b], prop[b], self.backbone.embed_tokens(prompt)], dim=0)
+            valid[b, start:] = True
+        embeds[:, p_max:] = tgt
+        offsets = torch.tensor([p_max - n for n in n_prefix], device=self.device)
+        positions = (torch.arange(seq_len, device=self.device)[None, :] - offsets[:, None]).clamp(min=0)
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=self.device).tril()
+        eye = torch.eye(seq_len, dtype=torch.bool, device=self.device)
+        mask = (causal[None] & valid[:, None, :]) | eye[None]  # padded queries see themselves: no NaN rows
+        cos = self.rope_cos.to(self.dtype)[positions]
+        sin = self.rope_sin.to(self.dtype)[positions]
+        x = run_llama_layers(self.backbone.layers, embeds, cos, sin, self.config.n_heads, self.config.n_kv_heads,
+                             attn_mask=mask[:, None])
+        all_hidden = self.backbone.norm(x)
+        hidden = all_hidden[:, p_max - 1 : p_max - 1 + t_len]
+        logits = self.lm_head(hidden).float()
+        if not return_full:
+            return logits, hidden
+        return TrainOutputs(logits, hidden, embeds, all_hidden, valid, p_max)
+
+    # --- persistence ---------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | Path, storage_dtype: str = "float32") -> None:
+        """Write config.json, model.safetensors (in ``storage_dtype``), tokenizer, statistics."""
+        from safetensors.torch import save_file
+
+        if storage_dtype not in _STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype must be one of {sorted(_STORAGE_DTYPES)}, got {storage_dtype!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        sd = {k: v.detach().to("cpu", _STORAGE_DTYPES[storage_dtype]).contiguous() for k, v in self.state_dict().items()}
+        save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt", "model_type": self.config.model_type})
+        self.text_tokenizer.save(out)
+        if self.config.model_type == TARGET_MODEL_TYPE:
+            save_norm_stats(out / STATS_FILE, {self.config.unnorm_key: self.action_tokenizer.stats})
+
+    @classmethod
+    def from_pretrained(
+        cls, ckpt_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "TinyVLA":
+        """Load a checkpoint dir; any missing/broken file raises ModelLoadError naming it."""
+        d = Path(ckpt_dir)
+        cfg = TinyVLAConfig.from_dict(read_config(d))
+        try:
+            tok = VLATextTokenizer.load(d)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        stats = None
+        if cfg.model_type == TARGET_MODEL_TYPE:
+            try:
+                stats = load_norm_stats(d / STATS_FILE, cfg.unnorm_key)
+            except ValueError as exc:
+                raise ModelLoadError(str(exc)) from exc
+        try:
+            model = cls(cfg, tok, stats)
+        except ValueError as exc:
+            raise ModelLoadError(f"{d / CONFIG_FILE}: {exc}") from exc
+        load_weights(model, d / WEIGHTS_FILE)
+        return model.to(device=torch.device(device), dtype=dtype).eval()
+
+
+def read_config(ckpt_dir: Path) -> dict:
+    """config.json of a checkpoint dir as a dict (ModelLoadError if missing or not JSON)."""
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not Path(ckpt_dir).is_dir():
+        raise ModelLoadError(f"{ckpt_dir}: checkpoint directory does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: missing (every checkpoint dir needs a config.json)") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load safetensors into ``module`` strictly; ModelLoadError names the file and the mismatch."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise ModelLoadError(f"{path}: missing weights file")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot read safetensors ({exc})") from exc
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ModelLoadError(f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
+    if bad:
+        raise ModelLoadError(f"{path}: tensor shapes do not match the config: {bad[:3]}")
+    sd = {k: v.to(own[k].dtype) for k, v in sd.items()}
+    if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
+        raise ModelLoadError(f"{path}: weights contain NaN or Inf")
+    module.load_state_dict(sd, strict=True)
+
+
+# --- random checkpoints for tests and benchmarks --------------------------------------
+
+def default_norm_stats() -> ActionNormStats:
+    """Plausible statistics for the simulated Panda: +-2 cm, +-0.1 rad per step, gripper 0..1."""
+    return ActionNormStats(
+        q01=np.array([-0.02] * 3 + [-0.1] * 3 + [0.0]),
+        q99=np.array([0.02] * 3 + [0.1] * 3 + [1.0]),
+        mask=np.array([True] * 6 + [False]),
+    )
+
+
+def _resolve_preset(preset: str, table: dict[str, dict]) -> dict:
+    if preset not in table:
+        raise ValueError(f"preset must be one of {sorted(table)}, got {preset!r}")
+    return dict(table[preset])
+
+
+def make_random_checkpoint(out_dir: str | Path, preset: str = "test", seed: int = 0, storage_dtype: str | None = None) -> Path:
+    """Build a randomly initialised target of ``preset`` and save it to ``out_dir`` (returned)."""
+    geometry = _resolve_preset(preset, PRESETS)
+    tok = VLATextTokenizer.build()
+    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **geometry)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyVLA(cfg, tok, default_norm_stats())
+    model.save_pretrained(out_dir, storage_dtype or ("float16" if preset == "default" else "float32"))
+    return Path(out_dir)
+
+
+def make_random_draft(
+    out_dir: str | Path, target_dir: str | Path, kind: str = "model", seed: int = 0, preset: str | None = None,
+    storage_dtype: str | None = None,
+) -> Path:
+    """Build a random drafter for the target in ``target_dir``: kind "model" (1-layer VLA) or "eagle"."""
+    from specvla_ros.core.drafters import EagleConfig, EagleHead
+
+    target_cfg = TinyVLAConfig.from_dict(read_config(Path(target_dir)))
+    tok = VLATextTokenizer.load(target_dir)
+    if preset is None:
+        preset = "default" if target_cfg.d_model >= 256 else "test"
+    storage = storage_dtype or ("float16" if preset == "default" else "float32")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "model":
+            geometry = _resolve_preset(preset, DRAFT_PRESETS)
+            cfg = TinyVLAConfig(
+                model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tok.vocab_size,
+                has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
+                patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
+                prompt_template=target_cfg.prompt_template, **geometry,
+            )
+            TinyVLA(cfg, tok).save_pretrained(out_dir, storage)
+        elif kind == "eagle":
+            cfg = EagleConfig(vocab_size=tok.vocab_size, d_model=target_cfg.d_model, n_heads=target_cfg.n_heads,
+                              n_kv_heads=target_cfg.n_kv_heads, intermediate_size=target_cfg.intermediate_size,
+                              rope_theta=target_cfg.rope_theta, max_positions=target_cfg.max_positions)
+            EagleHead(cfg).save_pretrained(out_dir, tok, storage)
+        else:
+            raise ValueError(f"draft kind must be 'model' or 'eagle', got {kind!r}")
+    return Path(out_dir)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def checkpoint_megabytes(ckpt_dir: str | Path) -> float:
+    return sum(p.stat().st_size for p in Path(ckpt_dir).iterdir() if p.is_file()) / 1e6
+
