@@ -206,6 +206,11 @@ class TaskEnv:
         body = int(self.ids.slot_body[self._slot_of_color[color]])
         return self.data.xpos[body].copy()
 
+    def object_rotation(self, color: str) -> np.ndarray:
+        """Rotation matrix of the object of that colour in the base frame."""
+        body = int(self.ids.slot_body[self._slot_of_color[color]])
+        return self.data.xmat[body].reshape(3, 3).copy()
+
     def target_position(self) -> np.ndarray:
         """Centre of the object the instruction names [m]."""
         return self.object_position(self.layout.target.color)

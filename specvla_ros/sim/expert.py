@@ -1,0 +1,175 @@
+"""ScriptedExpert: solves reach / push / pick from privileged simulator state.
+
+It speaks the robot's action language (``ee_delta``: TCP translation [m] and
+rotation [rad] in the base frame per control step, gripper 1 = open, 0 =
+closed) and says what it is doing with one phrase per phase. Each step it
+looks at the current TCP and object poses, so it recovers from lag or a
+slipping object, and it never asks for more than MAX_STEP_M of TCP motion per
+step (the safety gate allows 0.05 m per 0.2 s step).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from specvla_ros.sim import language
+from specvla_ros.sim.scene import SHAPES
+from specvla_ros.sim.task_env import TaskEnv
+from specvla_ros.sim.tasks import LIFT_HEIGHT, reach_point
+
+MAX_STEP_M = 0.04  # [m] TCP travel per control step when moving freely
+SLOW_STEP_M = 0.03  # [m] per step when lowering onto or pushing an object
+MAX_ROT_STEP = 0.1  # [rad] orientation correction per step and axis
+#: Fingers down, closing along the base y axis (the TCP's home orientation).
+DOWN = np.diag([1.0, -1.0, -1.0])
+APPROACH_HEIGHT = 0.1  # [m] TCP above the object centre before lowering
+GRASP_BELOW_CENTRE = 0.01  # [m] TCP below the object centre when grasping (pads centre on it)
+MIN_TCP_Z = 0.012  # [m] fingertips stay clear of the table
+PUSH_Z = 0.018  # [m] TCP height while pushing
+PUSH_STANDOFF = 0.035  # [m] gap between the object's face and the TCP before pushing
+FINGER_HALF_WIDTH = 0.012  # [m] closed fingers' half thickness around the TCP
+CLOSE_STEPS = 3  # control steps to close the gripper
+LIFT_TCP_Z = 0.16  # [m]
+ARRIVED = 0.008  # [m] waypoint tolerance
+
+
+def zyx_from_matrix(r: np.ndarray) -> np.ndarray:
+    """(roll, pitch, yaw) with r = Rz(yaw) @ Ry(pitch) @ Rx(roll)."""
+    pitch = -np.arcsin(np.clip(r[2, 0], -1.0, 1.0))
+    roll = np.arctan2(r[2, 1], r[2, 2])
+    yaw = np.arctan2(r[1, 0], r[0, 0])
+    return np.array([roll, pitch, yaw])
+
+
+def _toward(current: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
+    delta = np.asarray(goal, dtype=float) - current
+    dist = float(np.linalg.norm(delta))
+    return delta if dist <= max_step else delta * (max_step / dist)
+
+
+class ScriptedExpert:
+    """Privileged-state expert for a TaskEnv; call ``act()`` once per control step
+    (``reset()`` at the start of every episode)."""
+
+    def __init__(self, env: TaskEnv) -> None:
+        self.env = env
+        self.reset()
+
+    def reset(self) -> None:
+        self._phase = "start"
+        self._closing = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _say(self, template: str) -> str:
+        t = self.env.layout.target
+        return language.narration(template, t.color, t.shape)
+
+    def _action(self, translation: np.ndarray, gripper: float) -> np.ndarray:
+        _, rot = self.env.tcp_pose()
+        rpy = np.clip(zyx_from_matrix(DOWN @ rot.T), -MAX_ROT_STEP, MAX_ROT_STEP)
+        return np.concatenate([translation, rpy, [gripper]]).astype(np.float32)
+
+    def _extent_along(self, direction: np.ndarray) -> float:
+        """Half length of the (possibly turned) object along a horizontal direction."""
+        t = self.env.layout.target
+        if t.shape == "ball":
+            return SHAPES["ball"][1][0]
+        rot = self.env.object_rotation(t.color)
+        half = np.array(SHAPES[t.shape][1])
+        d3 = np.array([direction[0], direction[1], 0.0])
+        return float(np.abs(rot.T @ d3) @ half)
+
+    # ------------------------------------------------------------------ policy
+    def act(self) -> tuple[np.ndarray, str]:
+        """Next ee_delta action (7,) float32 and the narration phrase."""
+        if self.env.steps == 0:  # a new episode
+            self.reset()
+        if self.env.success:
+            grip = 0.0 if self.env.task in ("pick", "push") else 1.0
+            return self._action(np.zeros(3), grip), language.HOLD
+        return {"reach": self._reach, "push": self._push, "pick": self._pick}[self.env.task]()
+
+    def _reach(self) -> tuple[np.ndarray, str]:
+        tcp, _ = self.env.tcp_pose()
+        goal = reach_point(self.env.target_position(), self.env.layout.target)
+        return self._action(_toward(tcp, goal, MAX_STEP_M), 1.0), self._say(language.MOVE)
+
+    def _pick(self) -> tuple[np.ndarray, str]:
+        env = self.env
+        tcp, _ = env.tcp_pose()
+        obj = env.target_position()
+        above = obj + [0.0, 0.0, APPROACH_HEIGHT]
+        grasp = np.array([obj[0], obj[1], max(obj[2] - GRASP_BELOW_CENTRE, MIN_TCP_Z)])
+        lifted = obj[2] > env.layout.target.rest_z + 0.01
+        if self._phase in ("start", "move"):
+            if env.robot_state().gripper < 0.07:  # a failed grasp: open again first
+                self._phase = "move"
+                return self._action(np.zeros(3), 1.0), self._say(language.OPEN)
+            self._phase = "move"
+            if np.linalg.norm((tcp - above)[:2]) < 0.01 and abs(tcp[2] - above[2]) < 0.03:
+                self._phase = "lower"
+            else:
+                return self._action(_toward(tcp, above, MAX_STEP_M), 1.0), self._say(language.MOVE)
+        if self._phase == "lower":
+            if np.linalg.norm(tcp - grasp) < ARRIVED:
+                self._phase, self._closing = "close", 0
+            elif np.linalg.norm((tcp - obj)[:2]) > 0.03:  # object moved away: start over
+                self._phase = "move"
+                return self._action(_toward(tcp, above, MAX_STEP_M), 1.0), self._say(language.MOVE)
+            else:
+                return self._action(_toward(tcp, grasp, SLOW_STEP_M), 1.0), self._say(language.LOWER)
+        if self._phase == "close":
+            if self._closing < CLOSE_STEPS:
+                self._closing += 1
+                return self._action(_toward(tcp, grasp, SLOW_STEP_M), 0.0), self._say(language.CLOSE)
+            self._phase = "lift"
+        # lift: if the object stays behind the fingers, the grasp failed
+        if tcp[2] - obj[2] > 0.05 and not lifted:
+            self._phase = "move"
+            return self._action(np.zeros(3), 1.0), self._say(language.OPEN)
+        goal = np.array([tcp[0], tcp[1], max(LIFT_TCP_Z, env.layout.target.rest_z + LIFT_HEIGHT + 0.03)])
+        return self._action(_toward(tcp, goal, MAX_STEP_M), 0.0), self._say(language.LIFT)
+
+    def _push(self) -> tuple[np.ndarray, str]:
+        env = self.env
+        tcp, _ = env.tcp_pose()
+        obj = env.target_position()
+        goal = np.asarray(env.layout.goal_xy, dtype=float)
+        to_goal = goal - obj[:2]
+        dist = float(np.linalg.norm(to_goal))
+        direction = to_goal / max(dist, 1e-9)
+        contact = self._extent_along(direction) + FINGER_HALF_WIDTH
+        start_xy = obj[:2] - direction * (contact + PUSH_STANDOFF)
+        if self._phase == "start":
+            if env.robot_state().gripper > 0.01:
+                return self._action(np.zeros(3), 0.0), self._say(language.CLOSE)
+            self._phase = "move"
+        # lateral offset of the TCP from the line object -> goal
+        rel = tcp[:2] - obj[:2]
+        lateral = abs(rel[0] * direction[1] - rel[1] * direction[0])
+        behind = -float(rel @ direction)  # > 0 when the TCP is on the pushing side
+        if self._phase == "push" and (lateral > 0.02 or behind < contact - 0.02):
+            self._phase = "retreat"
+        if self._phase == "retreat":
+            if tcp[2] < APPROACH_HEIGHT - 0.02:
+                return (self._action(_toward(tcp, [tcp[0], tcp[1], APPROACH_HEIGHT], MAX_STEP_M), 0.0),
+                        self._say(language.MOVE))
+            self._phase = "move"
+        if self._phase == "move":
+            waypoint = np.array([start_xy[0], start_xy[1], APPROACH_HEIGHT])
+            if np.linalg.norm((tcp - waypoint)[:2]) < 0.01:
+                self._phase = "lower"
+            else:
+                # rise first when low, so the hand never sweeps through objects
+                if tcp[2] < APPROACH_HEIGHT - 0.03:
+                    waypoint = np.array([tcp[0], tcp[1], APPROACH_HEIGHT])
+                return self._action(_toward(tcp, waypoint, MAX_STEP_M), 0.0), self._say(language.MOVE)
+        if self._phase == "lower":
+            waypoint = np.array([start_xy[0], start_xy[1], PUSH_Z])
+            if np.linalg.norm(tcp - waypoint) < ARRIVED:
+                self._phase = "push"
+            else:
+                return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.LOWER)
+        # push: move the contact point so the object centre ends on the goal
+        tcp_goal = goal - direction * contact
+        waypoint = np.array([tcp_goal[0], tcp_goal[1], PUSH_Z])
+        return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.PUSH)
