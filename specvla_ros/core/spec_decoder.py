@@ -1,0 +1,308 @@
+"""Speculative decoder: one loop for every accept rule.
+
+Per decision (``SpeculativeDecoder.decode``):
+
+    vision  = target.encode_vision(image)       # cached per Observation.frame_id, shared with the draft
+    prefill = target.prefill(vision, ...)       # the first token comes from the prefix's last logits
+    drafter.begin(...)
+    until the grammar is done (narration, EON, exactly 7 action tokens):
+        drafts, q = drafter.propose(k)          # k = drafter's adaptive length, capped by what is left
+        out = target.forward([last, *drafts])   # ONE verify pass: logits (k+1, V)
+        n, next = rule(out.logits + grammar bias, drafts, q)
+        target cache.truncate(kept)             # roll back rejected positions, no recompute
+        drafter.accept(n, next, out.hidden); drafter.update(n, k)
+
+Accept rules (``DecodeConfig.mode``):
+- "greedy": accept while draft == masked target argmax; emit the target's token at the
+  first mismatch (or a bonus token when all match). Token-identical to target-only greedy.
+- "sample": Leviathan/Chen rejection rule on masked, temperature-scaled distributions;
+  reproduces the target's distribution.
+- "relaxed": greedy, but at action positions a draft within ``relax_bins`` bins of the
+  target's argmax is accepted (text positions stay exact). r = 0 is greedy.
+
+The allowed-token mask (grammar rows plus ``action_bin_mask``) is applied to the
+target's logits before any rule and to the draft's, so accepted, resampled and
+bonus tokens always lie inside it. ``drafter=None`` runs the target-only
+autoregressive baseline through the same loop (k = 0).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from specvla_ros.core.drafters import DraftContext, Drafter
+from specvla_ros.core.model_interface import VisionFeatures, VLAModel
+from specvla_ros.core.output_grammar import OutputGrammar
+from specvla_ros.core.types import ACTION_DIM, DecodeStats, Observation
+
+MODES = ("greedy", "sample", "relaxed")
+
+
+@dataclass
+class DecodeConfig:
+    """How the decoder accepts draft tokens and how long drafts and narrations are."""
+
+    mode: str = "greedy"
+    relax_bins: int = 0
+    draft_len: int = 4
+    max_draft_len: int = 8
+    adaptive_draft: bool = True
+    max_narration_tokens: int = 12
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"DecodeConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.relax_bins < 0:
+            raise ValueError(f"DecodeConfig.relax_bins must be >= 0, got {self.relax_bins}")
+        if self.max_draft_len < 1:
+            raise ValueError(f"DecodeConfig.max_draft_len must be >= 1, got {self.max_draft_len}")
+        if not 1 <= self.draft_len <= self.max_draft_len:
+            raise ValueError(f"DecodeConfig.draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
+        if self.max_narration_tokens < 0:
+            raise ValueError(f"DecodeConfig.max_narration_tokens must be >= 0, got {self.max_narration_tokens}")
+        if not (self.temperature > 0.0 and np.isfinite(self.temperature)):
+            raise ValueError(f"DecodeConfig.temperature must be a finite number > 0, got {self.temperature}")
+
+
+@dataclass
+class DecodeResult:
+    """One decision: narration text and ids, 7 action tokens, the action in robot units, stats."""
+
+    narration: str
+    narration_ids: list[int]
+    action_tokens: np.ndarray  # (7,) int64
+    action: np.ndarray  # (7,) float64, robot units
+    stats: DecodeStats
+    token_ids: list[int]  # everything emitted: narration, EON, 7 action tokens
+
+
+# --- accept rules (pure functions; tested directly) ----------------------------------------
+
+def greedy_accept(
+    logits: torch.Tensor, drafts: torch.Tensor, relax_positions: torch.Tensor | None = None, relax_bins: int = 0
+) -> tuple[int, int]:
+    """Exact (or relaxed) greedy verification.
+
+    logits: (k+1, V) masked target logits at [last, *drafts]; drafts: (k,) int64.
+    relax_positions: (k,) bool, True where |draft - argmax| <= relax_bins also accepts
+    (action positions; adjacent action ids are adjacent bins).
+    Returns (n_accepted, next_token) with next_token = target argmax at position n.
+    """
+    target = logits.argmax(dim=-1)
+    k = drafts.shape[0]
+    if k == 0:
+        return 0, int(target[0])
+    match = drafts == target[:k]
+    if relax_positions is not None and relax_bins > 0:
+        match |= relax_positions & ((drafts - target[:k]).abs() <= relax_bins)
+    n = int(match.to(torch.int32).cumprod(0).sum())
+    return n, int(target[n])
+
+
+def rejection_accept(
+    p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """Leviathan/Chen speculative sampling.
+
+    p: (k+1, V) target probabilities at [last, *drafts]; q: (k, V) draft probabilities
+    the drafts were sampled from; drafts: (k,) int64. Draft i is accepted with
+    probability min(1, p_i(x)/q_i(x)); at the first rejection the token is sampled from
+    norm(max(0, p_n - q_n)); when all k are accepted a bonus token is sampled from p_k.
+    Returns (n_accepted, next_token).
+    """
+    k = drafts.shape[0]
+    if k:
+        idx = torch.arange(k, device=p.device)
+        p_d = p[idx, drafts]
+        q_d = q[idx, drafts]
+        u = torch.rand(k, generator=generator, device=p.device, dtype=p.dtype)
+        accepted = u * q_d < p_d  # u < p/q without dividing by a zero q
+        n = int(accepted.to(torch.int32).cumprod(0).sum())
+    else:
+        n = 0
+    if n < k:
+        residual = (p[n] - q[n]).clamp_(min=0.0)
+        total = residual.sum()
+        dist = residual / total if float(total) > 0.0 else p[n]
+    else:
+        dist = p[n]
+    return n, int(torch.multinomial(dist, 1, generator=generator))
+
+
+# --- the decoder ---------------------------------------------------------------------------
+
+def text_allowed_mask(target: VLAModel) -> np.ndarray:
+    """Ids a narration position may emit: the tokenizer's text ids, else every non-action id."""
+    vocab = target.vocab_size
+    allowed = np.zeros(vocab, dtype=bool)
+    tok = target.text_tokenizer
+    if hasattr(tok, "text_token_ids"):
+        allowed[np.asarray(tok.text_token_ids(), dtype=np.int64)] = True
+    else:
+        allowed[: target.action_tokenizer.action_token_begin] = True
+    return allowed
+
+
+class SpeculativeDecoder:
+    """Decodes narration + 7 action tokens from one observation (see the module docstring).
+
+    Args:
+        target: the verifying VLA.
+        drafter: proposes tokens; None = target-only autoregressive baseline.
+        config: accept rule, draft lengths, narration cap, sampling settings.
+    """
+
+    def __init__(self, target: VLAModel, drafter: Drafter | None, config: DecodeConfig | None = None) -> None:
+        self.target = target
+        self.drafter = drafter
+        self.config = config or DecodeConfig()
+        if drafter is not None:
+            drafter.initial = self.config.draft_len  # type: ignore[attr-defined]
+            drafter.num_draft_tokens = self.config.draft_len
+            drafter.max_draft_len = self.config.max_draft_len
+            if hasattr(drafter, "adaptive"):
+                drafter.adaptive = self.config.adaptive_draft
+        self.generator = torch.Generator(device=target.device)
+        self.generator.manual_seed(self.config.seed)
+        self._text_allowed = text_allowed_mask(target)
+        self._default_grammar = self._make_grammar(None)
+        self._vision_cache: tuple[int, VisionFeatures] | None = None
+        self._cuda = target.device.type == "cuda"
+
+    def _make_grammar(self, action_bin_mask: np.ndarray | None) -> OutputGrammar:
+        at = self.target.action_tokenizer
+        return OutputGrammar(
+            self.target.vocab_size, self.target.text_tokenizer.eon_token_id, self._text_allowed, at.n_bins,
+            self.config.max_narration_tokens, action_bin_mask, self.target.device,
+        )
+
+    def _clock(self) -> float:
+        if self._cuda:  # kernels run asynchronously: time only what has finished
+            torch.cuda.synchronize(self.target.device)
+        return time.perf_counter()
+
+    def vision_features(self, obs: Observation) -> tuple[VisionFeatures, bool]:
+        """Features of ``obs.image``, computed once per ``obs.frame_id`` -> (features, was_cached)."""
+        cached = self._vision_cache
+        if obs.frame_id is not None and cached is not None and cached[0] == obs.frame_id:
+            return cached[1], True
+        feats = self.target.encode_vision(obs.image)
+        feats.frame_id = obs.frame_id
+        self._vision_cache = (obs.frame_id, feats) if obs.frame_id is not None else None
+        return feats, False
+
+    @torch.inference_mode()
+    def decode(self, obs: Observation, action_bin_mask: np.ndarray | None = None) -> DecodeResult:
+        """Observation -> narration + 7 action tokens (raises ValueError on an empty mask row)."""
+        cfg = self.config
+        sample = cfg.mode == "sample"
+        relax = cfg.relax_bins if cfg.mode == "relaxed" else 0
+        grammar = self._default_grammar if action_bin_mask is None else self._make_grammar(action_bin_mask)
+        bias = grammar.bias
+        stats = DecodeStats(mode=cfg.mode)
+        drafter = self.drafter
+        t_start = self._clock()
+
+        vision, stats.vision_cached = self.vision_features(obs)
+        t_vis = self._clock()
+        stats.vision_time_s = t_vis - t_start
+
+        need_hidden = drafter is not None and drafter.needs_target_hidden
+        if need_hidden:
+            cache, out = self.target.prefill(vision, obs.instruction, obs.proprio, return_all_hidden=True)  # type: ignore[call-arg]
+        else:
+            cache, out = self.target.prefill(vision, obs.instruction, obs.proprio)
+        state = grammar.initial_state
+        first_logits = out.logits[-1] + bias[grammar.row(state)]
+        if sample:
+            first = int(torch.multinomial(torch.softmax(first_logits / cfg.temperature, -1), 1, generator=self.generator))
+        else:
+            first = int(first_logits.argmax())
+        tokens = [first]
+        state = grammar.advance(state, first)
+        stats.target_passes = 1
+        t_pre = self._clock()
+        stats.prefill_time_s = t_pre - t_vis
+
+        if drafter is not None:
+            drafter.begin(DraftContext(self.target, vision, obs.instruction, obs.proprio, first,
+                                       out.hidden if need_hidden else None))
+            t_b = self._clock()
+            stats.draft_time_s += t_b - t_pre
+
+        device = self.target.device
+        while not grammar.is_done(state):
+            k = min(drafter.num_draft_tokens, grammar.remaining(state)) if drafter is not None else 0
+            t0 = self._clock()
+            q = None
+            drafts: list[int] = []
+            if k > 0:
+                drafts, q = drafter.propose(k, grammar, state, sample, cfg.temperature, self.generator)
+            t1 = self._clock()
+            stats.draft_time_s += t1 - t0
+            inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
+            out = self.target.forward(inp, cache)
+            t2 = self._clock()
+            stats.verify_time_s += t2 - t1
+
+            # grammar rows of the k+1 verified positions (states follow the drafts)
+            states = [state]
+            for d in drafts:
+                states.append(grammar.advance(states[-1], d))
+            n_draft = len(drafts)
+            # a position after the grammar's end is never used; give it any valid row
+            rows = [grammar.row(min(s, grammar.done_state - 1)) for s in states]
+            logits = out.logits + bias[rows]
+            draft_t = inp[1:]
+            if sample:
+                p = torch.softmax(logits / cfg.temperature, dim=-1)
+                n, nxt = rejection_accept(p, q if q is not None else p[:0], draft_t, self.generator)
+            else:
+                relax_pos = None
+                if relax > 0 and n_draft:
+                    relax_pos = torch.tensor([grammar.is_action_row(r) for r in rows[:n_draft]], device=device)
+                n, nxt = greedy_accept(logits, draft_t, relax_pos, relax)
+            finished = n == n_draft and grammar.is_done(states[n_draft])
+            next_token = None if finished else nxt
+            # keep [last, drafts[:n]] in the target cache; the next token is fed next round
+            cache.truncate(len(cache) - (n_draft - n))
+            tokens.extend(drafts[:n])
+            state = states[n]
+            if next_token is not None:
+                tokens.append(next_token)
+                state = grammar.advance(state, next_token)
+            stats.target_passes += 1
+            stats.drafted += n_draft
+            stats.accepted += n
+            if drafter is not None:
+                drafter.accept(n, next_token, out.hidden)
+                drafter.update(n, n_draft)
+
+        if drafter is not None:
+            stats.draft_passes = drafter.passes
+        t_end = self._clock()
+        stats.total_time_s = t_end - t_start
+        stats.emitted = len(tokens)
+        # overhead: everything that is not a model call (rules, bookkeeping, output assembly)
+        stats.overhead_time_s = max(0.0, stats.total_time_s - stats.vision_time_s - stats.prefill_time_s
+                                    - stats.draft_time_s - stats.verify_time_s)
+        return self._result(tokens, grammar, stats)
+
+    def _result(self, tokens: list[int], grammar: OutputGrammar, stats: DecodeStats) -> DecodeResult:
+        eon = grammar.eon_token_id
+        cut = tokens.index(eon)
+        narration_ids = tokens[:cut]
+        action_tokens = np.asarray(tokens[cut + 1 : cut + 1 + ACTION_DIM], dtype=np.int64)
+        return DecodeResult(
+            narration=self.target.text_tokenizer.decode(narration_ids),
+            narration_ids=narration_ids,
+            action_tokens=action_tokens,
+            action=self.target.action_tokenizer.decode(action_tokens).astype(np.float64),
+            stats=stats,
+            token_ids=list(tokens),
+        )
