@@ -1,0 +1,243 @@
+"""Conversions between ROS messages and the numpy/dataclass types of ``core``.
+
+Every input conversion either returns a valid value or raises
+``InputError`` with a message fit for a log line and a diagnostic; callers
+hold the robot on it. Nothing here touches a node, so it is unit-tested on
+real message objects without a ROS graph.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from cv_bridge import CvBridge, CvBridgeError
+from diagnostic_msgs.msg import KeyValue
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray, Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
+
+#: Encodings the node accepts on the camera topic (8-bit colour or grey).
+SUPPORTED_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "mono8")
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "mono8": 1}
+
+_bridge = CvBridge()
+
+
+class InputError(ValueError):
+    """An input message cannot be used; the message says which field and why."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _resize(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    h, w = size_hw
+    if rgb.shape[:2] == (h, w):
+        return np.ascontiguousarray(rgb)
+    # INTER_AREA avoids aliasing when shrinking (the usual case: 640x480 -> 224x224).
+    shrinking = rgb.shape[0] >= h and rgb.shape[1] >= w
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (w, h), interpolation=interp)
+
+
+def image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, mono8) -> HxWx3 uint8 RGB at ``size_hw``.
+
+    Raises:
+        InputError: unsupported encoding, empty image, or data/step inconsistent with the size.
+    """
+    enc = msg.encoding.lower()
+    if enc not in _CHANNELS:
+        raise InputError(f"camera encoding '{msg.encoding}' not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+    if msg.width == 0 or msg.height == 0:
+        raise InputError(f"camera image is empty ({msg.width}x{msg.height})")
+    row = msg.width * _CHANNELS[enc]
+    if msg.step < row:
+        raise InputError(f"camera image step {msg.step} < width*channels {row}")
+    if len(msg.data) < msg.step * msg.height:
+        raise InputError(f"camera image has {len(msg.data)} bytes, expected step*height = {msg.step * msg.height}")
+    if msg.step != row or len(msg.data) != row * msg.height:
+        # cv_bridge ignores row padding: repack the rows tightly first.
+        rows = np.frombuffer(bytes(msg.data[: msg.step * msg.height]), np.uint8).reshape(msg.height, msg.step)
+        packed = Image(header=msg.header, height=msg.height, width=msg.width, encoding=enc,
+                       is_bigendian=msg.is_bigendian, step=row, data=rows[:, :row].tobytes())
+        msg = packed
+    try:
+        if enc == "mono8":
+            grey = _bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+            rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+        else:
+            rgb = _bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    except (CvBridgeError, TypeError, ValueError) as exc:
+        raise InputError(f"camera image ({msg.encoding} {msg.width}x{msg.height}) could not be converted: {exc}") from exc
+    return _resize(np.asarray(rgb, dtype=np.uint8), size_hw)
+
+
+def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png) -> HxWx3 uint8 RGB at ``size_hw``.
+
+    Raises:
+        InputError: the data does not decode to a 1-, 3- or 4-channel 8-bit image.
+    """
+    if len(msg.data) == 0:
+        raise InputError("compressed camera image is empty")
+    try:
+        img = _bridge.compressed_imgmsg_to_cv2(msg, desired_encoding="passthrough")
+    except (CvBridgeError, cv2.error, TypeError, ValueError) as exc:
+        raise InputError(f"compressed camera image ({msg.format}) could not be decoded: {exc}") from exc
+    if img is None or img.dtype != np.uint8:
+        raise InputError(f"compressed camera image ({msg.format}) could not be decoded to an 8-bit image")
+    # OpenCV decodes to BGR(A) or grey.
+    codes = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    code = codes.get(channels)
+    if code is None:
+        raise InputError(f"compressed camera image has {channels} channels, expected 1, 3 or 4")
+    return _resize(cv2.cvtColor(img, code), size_hw)
+
+
+def rgb_to_image(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "camera") -> Image:
+    """HxWx3 uint8 RGB -> sensor_msgs/Image rgb8 (used by the simulator, tests and benchmarks)."""
+    msg = _bridge.cv2_to_imgmsg(np.ascontiguousarray(rgb, dtype=np.uint8), encoding="rgb8")
+    msg.header = Header(stamp=stamp or Time(), frame_id=frame_id)
+    return msg
+
+
+def stamp_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def seconds_to_duration(seconds: float) -> Duration:
+    whole = int(math.floor(seconds))
+    return Duration(sec=whole, nanosec=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+
+
+# --------------------------------------------------------------------------- joint states
+
+
+@dataclass
+class JointSample:
+    """Newest reading of one joint (merged across JointState messages)."""
+
+    position: float
+    velocity: float | None
+    received: float  # monotonic seconds at arrival
+
+
+def merge_joint_state(store: dict[str, JointSample], msg: JointState, received: float) -> None:
+    """Record every named joint of ``msg`` in ``store`` (drivers may split arm and gripper).
+
+    Cheap on purpose: it runs inside the subscription callback. A malformed
+    message (more names than positions) stores NaN so the check reports it.
+    """
+    n_pos, n_vel = len(msg.position), len(msg.velocity)
+    for i, name in enumerate(msg.name):
+        pos = float(msg.position[i]) if i < n_pos else math.nan
+        vel = float(msg.velocity[i]) if n_vel == len(msg.name) else None
+        store[name] = JointSample(pos, vel, received)
+
+
+def joint_vector(store: Mapping[str, JointSample], names: Sequence[str], now: float,
+                 max_age: float) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Positions (and velocities when all are known) of ``names`` in that order.
+
+    Returns (q, dq or None, age of the oldest sample [s]).
+
+    Raises:
+        InputError: a joint was never received or its position is not finite.
+    """
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise InputError(f"joint_states lacks joint(s) {', '.join(missing)}")
+    q = np.array([store[n].position for n in names], dtype=np.float64)
+    bad = [n for n, v in zip(names, q) if not math.isfinite(v)]
+    if bad:
+        raise InputError(f"joint_states has non-finite position for {', '.join(bad)}")
+    vels = [store[n].velocity for n in names]
+    dq = None
+    if all(v is not None and math.isfinite(v) for v in vels):
+        dq = np.array(vels, dtype=np.float64)
+    age = max(now - store[n].received for n in names)
+    return q, dq, age
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def joint_trajectory(joint_names: Sequence[str], positions: np.ndarray, period_s: float) -> JointTrajectory:
+    """One-point trajectory reached ``period_s`` from now.
+
+    The header stamp stays zero: joint_trajectory_controller then starts it on
+    arrival, independent of clock offsets between machines.
+    """
+    point = JointTrajectoryPoint(positions=[float(p) for p in positions],
+                                 time_from_start=seconds_to_duration(period_s))
+    return JointTrajectory(joint_names=list(joint_names), points=[point])
+
+
+def position_array(values: Sequence[float] | np.ndarray) -> Float64MultiArray:
+    return Float64MultiArray(data=[float(v) for v in values])
+
+
+def gripper_command(opening_m: float) -> Float64MultiArray:
+    """Gripper opening [m] -> target of one finger joint (the other mimics it)."""
+    return Float64MultiArray(data=[float(opening_m) / 2.0])
+
+
+# --------------------------------------------------------------------------- status messages
+
+
+def verdict_to_msg(verdict: Verdict, header: Header):  # -> specvla_msgs.msg.SafetyVerdict
+    from specvla_msgs.msg import SafetyVerdict
+
+    status = SafetyStatus(verdict.status)
+    return SafetyVerdict(
+        header=header,
+        status=int(status.value),
+        status_name=status.name,
+        reason=verdict.reason,
+        raw_action=[float(v) for v in np.asarray(verdict.raw_action, dtype=np.float64).ravel()],
+        joint_command=[float(v) for v in np.asarray(verdict.joint_command, dtype=np.float64).ravel()],
+        gripper_command=float(verdict.gripper_command),
+        scale=float(verdict.scale),
+        min_distance=float(verdict.min_distance),
+        tcp_speed=float(verdict.tcp_speed),
+        worst_joint_margin=float(verdict.worst_joint_margin),
+        check_time=float(verdict.check_time_s),
+    )
+
+
+def stats_to_msg(stats: DecodeStats, header: Header):  # -> specvla_msgs.msg.SpecDecodeStats
+    from specvla_msgs.msg import SpecDecodeStats
+
+    def u32(v: int) -> int:
+        return max(0, min(int(v), 2**32 - 1))
+
+    return SpecDecodeStats(
+        header=header,
+        mode=str(stats.mode),
+        drafted=u32(stats.drafted),
+        accepted=u32(stats.accepted),
+        emitted=u32(stats.emitted),
+        target_passes=u32(stats.target_passes),
+        draft_passes=u32(stats.draft_passes),
+        mean_accepted_length=float(stats.mean_accepted_length),
+        vision_time=float(stats.vision_time_s),
+        prefill_time=float(stats.prefill_time_s),
+        draft_time=float(stats.draft_time_s),
+        verify_time=float(stats.verify_time_s),
+        gate_time=float(stats.gate_time_s),
+        total_time=float(stats.total_time_s),
+        vision_cached=bool(stats.vision_cached),
+        safety_path=str(stats.safety_path),
+    )
+
+
+def key_values(values: Mapping[str, object]) -> list[KeyValue]:
+    return [KeyValue(key=str(k), value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]

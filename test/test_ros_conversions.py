@@ -1,0 +1,132 @@
+"""Message <-> numpy conversions on real message objects (no ROS graph)."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+from cv_bridge import CvBridge
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
+from specvla_ros.ros import conversions as conv
+from std_msgs.msg import Header
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def _img(arr: np.ndarray, enc: str, pad: int = 0) -> Image:
+    h, w = arr.shape[:2]
+    rows = arr.reshape(h, -1)
+    if pad:
+        rows = np.pad(rows, ((0, 0), (0, pad)))
+    return Image(height=h, width=w, encoding=enc, step=rows.shape[1], data=rows.tobytes())
+
+
+@pytest.mark.parametrize("enc,arr", [
+    ("rgb8", RGB),
+    ("bgr8", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR)),
+    ("rgba8", cv2.cvtColor(RGB, cv2.COLOR_RGB2RGBA)),
+])
+def test_colour_encodings_convert_to_rgb(enc: str, arr: np.ndarray) -> None:
+    out = conv.image_to_rgb(_img(arr, enc), (48, 64))
+    assert out.dtype == np.uint8 and out.shape == (48, 64, 3)
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_mono8_with_row_padding_becomes_grey_rgb_and_resizes() -> None:
+    grey = RGB[:, :, 1].copy()
+    out = conv.image_to_rgb(_img(grey, "mono8", pad=7), (48, 64))
+    np.testing.assert_array_equal(out[:, :, 0], grey)
+    np.testing.assert_array_equal(out[:, :, 2], grey)
+    small = conv.image_to_rgb(_img(grey, "mono8"), (24, 32))
+    assert small.shape == (24, 32, 3)
+
+
+def test_resize_to_model_input() -> None:
+    out = conv.image_to_rgb(_img(RGB, "rgb8"), (128, 128))
+    assert out.shape == (128, 128, 3)
+    # a flat colour stays that colour through resizing
+    flat = np.full((30, 40, 3), (10, 200, 30), np.uint8)
+    np.testing.assert_array_equal(conv.image_to_rgb(_img(flat, "rgb8"), (8, 8))[4, 4], [10, 200, 30])
+
+
+@pytest.mark.parametrize("msg,needle", [
+    (Image(height=4, width=4, encoding="16UC1", step=8, data=bytes(32)), "not supported"),
+    (Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)), "not supported"),
+    (Image(height=0, width=4, encoding="rgb8", step=12, data=b""), "empty"),
+    (Image(height=4, width=4, encoding="rgb8", step=12, data=bytes(20)), "bytes"),
+    (Image(height=4, width=4, encoding="rgb8", step=5, data=bytes(48)), "step"),
+])
+def test_bad_images_raise_input_error(msg: Image, needle: str) -> None:
+    with pytest.raises(conv.InputError, match=needle):
+        conv.image_to_rgb(msg, (8, 8))
+
+
+def test_compressed_png_and_garbage() -> None:
+    bgr = cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR)
+    msg = CvBridge().cv2_to_compressed_imgmsg(bgr, "png")
+    np.testing.assert_array_equal(conv.compressed_to_rgb(msg, (48, 64)), RGB)
+    with pytest.raises(conv.InputError):
+        conv.compressed_to_rgb(CompressedImage(format="jpeg", data=b"not an image at all"), (8, 8))
+    with pytest.raises(conv.InputError, match="empty"):
+        conv.compressed_to_rgb(CompressedImage(format="jpeg"), (8, 8))
+
+
+def test_rgb_to_image_round_trip() -> None:
+    np.testing.assert_array_equal(conv.image_to_rgb(conv.rgb_to_image(RGB), (48, 64)), RGB)
+
+
+def test_joint_states_merge_by_name_across_messages() -> None:
+    store: dict[str, conv.JointSample] = {}
+    arm = [f"panda_joint{i}" for i in range(1, 8)]
+    # reversed order, gripper in its own message, extra joints ignored
+    conv.merge_joint_state(store, JointState(name=arm[::-1] + ["other"], position=[float(i) for i in range(8)],
+                                             velocity=[0.5] * 8), received=10.0)
+    conv.merge_joint_state(store, JointState(name=["panda_finger_joint1", "panda_finger_joint2"],
+                                             position=[0.01, 0.02]), received=10.2)
+    q, dq, age = conv.joint_vector(store, arm, now=10.3, max_age=1.0)
+    np.testing.assert_allclose(q, [6, 5, 4, 3, 2, 1, 0])
+    assert dq is not None and np.allclose(dq, 0.5)
+    assert age == pytest.approx(0.3)
+    g, gdq, _ = conv.joint_vector(store, ["panda_finger_joint1", "panda_finger_joint2"], now=10.3, max_age=1.0)
+    assert g.sum() == pytest.approx(0.03) and gdq is None
+
+
+def test_joint_states_missing_or_nonfinite_raise() -> None:
+    store: dict[str, conv.JointSample] = {}
+    conv.merge_joint_state(store, JointState(name=["a", "b"], position=[0.0, math.nan]), received=0.0)
+    with pytest.raises(conv.InputError, match="lacks joint.*c"):
+        conv.joint_vector(store, ["a", "c"], now=0.0, max_age=1.0)
+    with pytest.raises(conv.InputError, match="non-finite.*b"):
+        conv.joint_vector(store, ["a", "b"], now=0.0, max_age=1.0)
+    # more names than positions: the unpaired joint is reported, not silently zero
+    conv.merge_joint_state(store, JointState(name=["x", "y"], position=[1.0]), received=0.0)
+    with pytest.raises(conv.InputError, match="y"):
+        conv.joint_vector(store, ["x", "y"], now=0.0, max_age=1.0)
+
+
+def test_command_messages() -> None:
+    q = np.linspace(-1, 1, 7)
+    traj = conv.joint_trajectory(["j%d" % i for i in range(7)], q, 0.2)
+    assert len(traj.points) == 1 and traj.points[0].positions.tolist() == pytest.approx(q.tolist())
+    assert (traj.points[0].time_from_start.sec, traj.points[0].time_from_start.nanosec) == (0, 200_000_000)
+    assert traj.header.stamp.sec == 0  # start on arrival
+    assert conv.seconds_to_duration(1.5).sec == 1 and conv.seconds_to_duration(1.5).nanosec == 500_000_000
+    assert conv.gripper_command(0.08).data.tolist() == [0.04]
+    assert conv.position_array(q).data.tolist() == pytest.approx(q.tolist())
+
+
+def test_verdict_and_stats_messages() -> None:
+    pytest.importorskip("specvla_msgs.msg")
+    verdict = Verdict(SafetyStatus.SCALED, "tcp speed scaled", joint_command=np.zeros(7), gripper_command=0.04,
+                      raw_action=np.arange(7.0), scale=0.5, tcp_speed=0.25, check_time_s=1e-4)
+    msg = conv.verdict_to_msg(verdict, Header())
+    assert (msg.status, msg.status_name, msg.scale) == (1, "SCALED", 0.5)
+    assert msg.raw_action.tolist() == list(range(7)) and math.isnan(msg.min_distance)
+    stats = DecodeStats(mode="relaxed", drafted=10, accepted=7, emitted=12, target_passes=4, total_time_s=0.03,
+                        vision_cached=True, safety_path="accepted")
+    smsg = conv.stats_to_msg(stats, Header())
+    assert (smsg.accepted, smsg.mean_accepted_length, smsg.vision_cached) == (7, 3.0, True)
