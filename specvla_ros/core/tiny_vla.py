@@ -336,8 +336,9 @@ class TinyVLA(nn.Module):
         ids = self._prompt_ids.get(instruction)
         if ids is None:
             text = self.config.prompt_template.format(instruction=instruction.strip())
-            ids = torch.tensor([self.text_tokenizer.bos_token_id, *self.text_tokenizer.encode(text)],
-                               dtype=torch.long, device=self.device)
+            with torch.inference_mode(False):  # a normal tensor, usable by training code too
+                ids = torch.tensor([self.text_tokenizer.bos_token_id, *self.text_tokenizer.encode(text)],
+                                   dtype=torch.long, device=self.device)
             if len(self._prompt_ids) > 64:
                 self._prompt_ids.clear()
             self._prompt_ids[instruction] = ids
