@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import queue
+import sqlite3
 import statistics
 import sys
 import threading
@@ -657,13 +659,73 @@ class RecordConfig:
 _IGNORED_TOPICS = frozenset({"/rosout", "/parameter_events"})
 
 
+class _WriterThread:
+    """Owns a rosbags Writer on one thread.
+
+    sqlite3 objects may not cross threads, and disk writes should not block
+    executor callbacks: callbacks only enqueue, this thread writes.
+    """
+
+    def __init__(self, output: Path, storage: str) -> None:
+        self.output = output
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(storage,), name="bag_writer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error:
+            raise BagError(self._error)
+
+    def add_connection(self, topic: str, msgtype: str, msgdef: str, rihs01: str, offered: list[Qos]) -> None:
+        self._queue.put(("conn", topic, msgtype, msgdef, rihs01, offered))
+
+    def write(self, topic: str, stamp_ns: int, raw: bytes) -> None:
+        self._queue.put(("msg", topic, stamp_ns, raw))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error:
+            raise BagError(self._error)
+
+    def _run(self, storage: str) -> None:
+        try:
+            writer = Writer(self.output, version=9, storage_plugin=STORAGE_IDS[storage])
+            writer.open()
+        except (WriterError, OSError) as exc:
+            self._error = f"cannot create bag {self.output}: {exc}"
+            self._ready.set()
+            return
+        self._ready.set()
+        conns: dict[str, Connection] = {}
+        try:
+            while (item := self._queue.get()) is not None:
+                if item[0] == "conn":
+                    _, topic, msgtype, msgdef, rihs01, offered = item
+                    conns[topic] = writer.add_connection(
+                        topic, msgtype, msgdef=msgdef, rihs01=rihs01, offered_qos_profiles=offered
+                    )
+                else:
+                    _, topic, stamp_ns, raw = item
+                    writer.write(conns[topic], stamp_ns, raw)
+            writer.close()
+        except (WriterError, OSError, sqlite3.Error) as exc:
+            self._error = f"error while writing bag {self.output}: {exc}"
+            writer.abort()
+            while self._queue.get() is not None:  # drain so close() returns
+                pass
+
+
 class BagRecorder:
     """Record topics from the graph into a rosbag2 bag with raw subscriptions.
 
     Topic types are discovered from the graph (a timer keeps looking for
     topics that appear later); custom types are added to the typestore from
-    their .msg files. Timestamps are the node clock at reception (sim time
-    when the node uses it). Call `close()` to write metadata.yaml.
+    their .msg files. Subscription QoS adapts to the publishers (like
+    rosbag2), and their offered QoS is stored in the bag. Timestamps are the
+    node clock at reception (sim time when the node uses it). Call `close()`
+    to write metadata.yaml.
     """
 
     def __init__(self, node: Node, config: RecordConfig) -> None:
@@ -674,24 +736,26 @@ class BagRecorder:
         self.skipped: dict[str, str] = {}
         self.done = threading.Event()  # set when max_messages is reached
         self._lock = threading.Lock()
+        self._closed = False
         self._subs: dict[str, Any] = {}
-        self._connections: dict[str, Connection] = {}
-        self._writer: Writer | None = Writer(config.output, version=9, storage_plugin=STORAGE_IDS[config.storage])
-        self._writer.open()
+        self._writer = _WriterThread(config.output, config.storage)
         self._timer = node.create_timer(config.discovery_period_s, self.discover)
         self.discover()
 
     def discover(self) -> None:
         """Subscribe to wanted topics that have appeared on the graph."""
-        for topic, types in self.node.get_topic_names_and_types():
-            if topic in self._subs or topic in self.skipped or not types:
-                continue
-            if self.config.all_topics:
-                if topic in _IGNORED_TOPICS:
+        with self._lock:  # runs from the timer and from __init__
+            if self._closed:
+                return
+            for topic, types in self.node.get_topic_names_and_types():
+                if topic in self._subs or topic in self.skipped or not types:
                     continue
-            elif topic not in self.config.topics:
-                continue
-            self._subscribe(topic, types[0])
+                if self.config.all_topics:
+                    if topic in _IGNORED_TOPICS:
+                        continue
+                elif topic not in self.config.topics:
+                    continue
+                self._subscribe(topic, types[0])
 
     def _subscribe(self, topic: str, msgtype: str) -> None:
         cls = import_msg_class(msgtype)
@@ -702,13 +766,11 @@ class BagRecorder:
             return
         offered = [info.qos_profile for info in self.node.get_publishers_info_by_topic(topic)]
         qos = qos_preset(self.config.qos[topic]) if topic in self.config.qos else _subscriber_qos(offered)
-        with self._lock:
-            if self._writer is None:
-                return
-            self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=self.typestore, offered_qos_profiles=[qos_to_rosbags(q) for q in offered]
-            )
-            self.counts[topic] = 0
+        msgdef, _ = self.typestore.generate_msgdef(msgtype, ros_version=2)
+        self._writer.add_connection(
+            topic, msgtype, msgdef, self.typestore.hash_rihs01(msgtype), [qos_to_rosbags(q) for q in offered]
+        )
+        self.counts[topic] = 0
         self._subs[topic] = self.node.create_subscription(
             cls, topic, lambda raw, t=topic: self._on_message(t, raw), qos, raw=True
         )
@@ -716,30 +778,29 @@ class BagRecorder:
     def _on_message(self, topic: str, raw: bytes) -> None:
         stamp = self.node.get_clock().now().nanoseconds
         with self._lock:
-            if self._writer is None:
+            if self._closed:
                 return
-            self._writer.write(self._connections[topic], stamp, raw)
+            self._writer.write(topic, stamp, bytes(raw))
             self.counts[topic] += 1
             if self.config.max_messages and sum(self.counts.values()) >= self.config.max_messages:
                 self.done.set()
 
     @property
     def subscribed_topics(self) -> list[str]:
-        return sorted(self._subs)
+        with self._lock:
+            return sorted(self._subs)
 
     def close(self) -> Path:
         """Stop recording and finish the bag (writes metadata.yaml). Idempotent."""
-        self.node.destroy_timer(self._timer)
-        for sub in self._subs.values():
-            self.node.destroy_subscription(sub)
-        self._subs.clear()
         with self._lock:
-            writer, self._writer = self._writer, None
-        if writer is not None:
-            try:
-                writer.close()
-            except WriterError as exc:
-                raise BagError(f"could not finish bag {self.config.output}: {exc}") from None
+            if self._closed:
+                return self.config.output
+            self._closed = True
+            subs, self._subs = list(self._subs.values()), {}
+        self.node.destroy_timer(self._timer)
+        for sub in subs:
+            self.node.destroy_subscription(sub)
+        self._writer.close()
         return self.config.output
 
 
