@@ -1,0 +1,320 @@
+"""The safety gate: a pure function of (action, measured state, limits, scene)
+returning a Verdict with the joint command that may be sent.
+
+It behaves like MoveIt Servo: a command over a speed limit that uniform
+scaling (same direction) brings back inside is SCALED; anything else that
+fails a check halts, and a halt commands the measured joint positions. Motion
+that leaves a violated region (back into the workspace, away from a joint
+limit, away from an obstacle) is allowed so the robot can recover.
+
+Check order: input finiteness and shape, gripper clamp, raw bounds and speed
+(scale), target (IK for ee_delta), joint velocity/acceleration and TCP speed of
+the target (scale again), joint limits, workspace, singularity, collision.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pinocchio as pin
+
+from specvla_ros.core.collision_scene import CollisionScene
+from specvla_ros.core.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
+from specvla_ros.core.safety_config import SafetyConfig
+from specvla_ros.core.safety_envelope import ee_delta_envelope, joint_envelope
+from specvla_ros.core.types import ACTION_DIM_NAMES, RobotState, SafetyStatus, Verdict
+
+#: Scale factors this close to 1 count as "no scaling" (floating point).
+_SCALE_TOL = 1e-6
+#: Re-targeting rounds when the target's joint/TCP speeds still exceed a limit.
+_SPEED_ROUNDS = 4
+
+
+class SafetyGate:
+    """Checks one action against every limit of ``config`` for the arm ``kinematics``.
+
+    Args:
+        config: limits and scene (see ``config/safety.yaml``).
+        kinematics: the arm (default: loaded from ``config.urdf``, the shipped Panda when None).
+
+    Attributes:
+        lower, upper: position limits [rad] (the stricter of URDF and joint_limits YAML).
+        vmax: allowed joint speed [rad/s] (``velocity_scale`` x the stricter max velocity).
+        collision_checking: set False to skip distance checks (benchmarks; not for robots).
+    """
+
+    def __init__(self, config: SafetyConfig, kinematics: ArmKinematics | None = None) -> None:
+        self.config = config
+        self.kin = kinematics if kinematics is not None else ArmKinematics.from_urdf(config.urdf)
+        jl = config.joint_limits
+        if tuple(jl.names) != tuple(self.kin.joint_names):
+            raise ValueError(f"joint_limits joints {jl.names} differ from the URDF's {self.kin.joint_names}")
+        self.n = self.kin.nq
+        self.lower = np.maximum(self.kin.lower, jl.min_position)
+        self.upper = np.minimum(self.kin.upper, jl.max_position)
+        self.vmax = np.minimum(self.kin.velocity_limits, jl.max_velocity) * config.velocity_scale
+        self.amax = jl.max_acceleration
+        self.scene = CollisionScene(self.kin, config) if config.collision_enabled else None
+        self.collision_checking = self.scene is not None
+        self._lo_raw = np.asarray(config.action_low, dtype=np.float64)
+        self._hi_raw = np.asarray(config.action_high, dtype=np.float64)
+        self._wmin = np.asarray(config.workspace_min, dtype=np.float64)
+        self._wmax = np.asarray(config.workspace_max, dtype=np.float64)
+
+    # --- public API -------------------------------------------------------------
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    def hold(self, state: RobotState, status: SafetyStatus, reason: str, **figures: float) -> Verdict:
+        """The hold command: measured joint positions, gripper kept (clamped to range)."""
+        q = np.array(state.q, dtype=np.float64, copy=True).reshape(-1)
+        return Verdict(status=SafetyStatus(status), reason=reason, joint_command=q,
+                       gripper_command=self._clamp_gripper(state.gripper), **figures)
+
+    def envelope(self, state: RobotState, dt: float, shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Robot-unit interval (low, high) per action dimension passing the separable checks.
+
+        Shape (7,) for ee_delta, (n_joints,) for the joint spaces. Raises ValueError on
+        a non-finite state or dt (the policy checks those first).
+        """
+        q = np.asarray(state.q, dtype=np.float64).reshape(-1)
+        if q.shape != (self.n,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"envelope needs {self.n} finite joint positions, got {state.q}")
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be finite and > 0, got {dt}")
+        if self.config.action_space == "ee_delta":
+            pos, _ = self.kin.fk(q)
+            return ee_delta_envelope(self.config, pos, dt, shrink)
+        return joint_envelope(self.config, q, dt, self.lower, self.upper, self.vmax, shrink)
+
+    def check(self, action: np.ndarray, state: RobotState, dt: float) -> Verdict:
+        """Check one action (robot units) for a control step of ``dt`` seconds."""
+        t0 = time.perf_counter()
+        verdict = self._check(action, state, dt)
+        verdict.check_time_s = time.perf_counter() - t0
+        return verdict
+
+    # --- the checks -------------------------------------------------------------
+    def _check(self, action: np.ndarray, state: RobotState, dt: float) -> Verdict:
+        cfg = self.config
+        try:
+            a = np.array(action, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            return self.hold(state, SafetyStatus.HALT_BAD_INPUT, f"action is not numeric: {exc}")
+        try:
+            q = np.array(state.q, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT, f"joint state is not numeric: {exc}")
+        if q.shape != (self.n,):
+            return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT, f"expected {self.n} joint positions, got {q.shape[0]}")
+        if not np.all(np.isfinite(q)):
+            return self._halt(state, a, SafetyStatus.HALT_NONFINITE, f"measured joint positions not finite: {q}")
+        if not (np.isfinite(dt) and dt > 0):
+            return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT, f"control period dt={dt} must be finite and > 0")
+        ee = cfg.action_space == "ee_delta"
+        sizes = (len(ACTION_DIM_NAMES),) if ee else (self.n, self.n + 1)
+        if a.shape[0] not in sizes:
+            return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT,
+                              f"{cfg.action_space} action needs {' or '.join(map(str, sizes))} values, got {a.shape[0]}")
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            names = [ACTION_DIM_NAMES[i] if ee else f"a[{i}]" for i in bad]
+            return self._halt(state, a, SafetyStatus.HALT_NONFINITE, f"action not finite in {', '.join(names)}: {a[bad]}")
+
+        # gripper: clamped, never a reason to halt
+        if ee or a.shape[0] == self.n + 1:
+            grip_action = a[-1]
+            gripper = self._clamp_gripper(grip_action * cfg.gripper_max_opening)
+        else:
+            gripper = self._clamp_gripper(state.gripper)
+        motion = a[:6] if ee else a[:self.n]
+
+        pos0, R0 = self.kin.fk(q)
+        reasons: list[str] = []
+        if ee:
+            s = self._raw_scale(motion, self._lo_raw[:6], self._hi_raw[:6], reasons)
+            s = min(s, self._ee_speed_scale(motion, dt, reasons))
+            delta = None
+        elif cfg.action_space == "joint_delta":
+            s = self._raw_scale(motion, self._lo_raw[:self.n], self._hi_raw[:self.n], reasons)
+            delta = motion
+        else:  # joint_position: raw bounds are absolute; outside them is a limit violation
+            out = np.flatnonzero((motion < self._lo_raw[:self.n]) | (motion > self._hi_raw[:self.n]))
+            if out.size:
+                return self._halt(state, a, SafetyStatus.HALT_JOINT_LIMIT,
+                                  f"joint position target outside action bounds for joints {out.tolist()}: {motion[out]}")
+            s, delta = 1.0, motion - q
+
+        dq_meas = None
+        if state.dq is not None:
+            dq_arr = np.asarray(state.dq, dtype=np.float64).reshape(-1)
+            if dq_arr.shape == (self.n,) and np.all(np.isfinite(dq_arr)):
+                dq_meas = dq_arr
+
+        # target, then shrink it until joint and TCP speeds are inside their limits
+        q_t = q
+        for _ in range(_SPEED_ROUNDS):
+            if ee:
+                pos_t, R_t = apply_ee_delta(self.kin, q, s * motion)
+                ik = self.kin.ik(pos_t, R_t, q, max_iters=cfg.ik_max_iterations,
+                                 pos_tol=cfg.ik_position_tolerance, rot_tol=cfg.ik_rotation_tolerance)
+                if not ik.success:
+                    return self._halt(state, a, SafetyStatus.HALT_IK,
+                                      f"no IK solution within limits (position error {ik.pos_err * 1000:.1f} mm, "
+                                      f"rotation error {ik.rot_err:.3f} rad)", scale=s)
+                q_t = ik.q
+            else:
+                q_t = q + s * delta
+            f = self._speed_factor(q, q_t, pos0, R0, dt, dq_meas, reasons)
+            if f >= 1.0 - _SCALE_TOL:
+                break
+            if f <= 0.0:
+                return self._halt(state, a, SafetyStatus.HALT_VELOCITY,
+                                  "speed limits cannot be met by scaling: " + "; ".join(reasons), scale=0.0)
+            s *= f * 0.995
+        else:
+            return self._halt(state, a, SafetyStatus.HALT_VELOCITY,
+                              "speed limits still exceeded after scaling: " + "; ".join(reasons), scale=s)
+
+        dq = q_t - q
+        pos_t, R_t = self.kin.fk(q_t)
+        figures = {
+            "scale": float(s),
+            "tcp_speed": float(np.linalg.norm(pos_t - pos0) / dt),
+            "worst_joint_margin": float(np.min(np.minimum(q_t - self.lower, self.upper - q_t))),
+        }
+
+        # joint limits: inside the margin and moving toward the limit
+        m = cfg.joint_limit_margin
+        toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
+        if np.any(toward):
+            j = np.flatnonzero(toward)
+            names = [self.kin.joint_names[i] for i in j]
+            return self._halt(state, a, SafetyStatus.HALT_JOINT_LIMIT,
+                              f"{', '.join(names)} within {m} rad of a limit and moving toward it "
+                              f"(target {np.round(q_t[j], 4).tolist()})", **figures)
+
+        # workspace: the TCP stays in the box, or at least moves no further out
+        tol = cfg.ik_position_tolerance
+        out = ((pos_t < self._wmin - tol) & (pos_t < pos0 - tol)) | ((pos_t > self._wmax + tol) & (pos_t > pos0 + tol))
+        if np.any(out):
+            axes = [("x", "y", "z")[i] for i in np.flatnonzero(out)]
+            return self._halt(state, a, SafetyStatus.HALT_WORKSPACE,
+                              f"TCP target {np.round(pos_t, 4).tolist()} leaves the workspace along {', '.join(axes)}",
+                              **figures)
+
+        # singularity: condition number past the threshold and growing
+        cond_t = self.kin.condition_number(q_t)
+        if cond_t > cfg.singularity_halt_condition and cond_t > self.kin.condition_number(q):
+            return self._halt(state, a, SafetyStatus.HALT_SINGULARITY,
+                              f"Jacobian condition number {cond_t:.1f} > {cfg.singularity_halt_condition} and rising",
+                              **figures)
+
+        # collision: too close and getting closer
+        if self.collision_checking and self.scene is not None:
+            d_t = self.scene.distances(q_t)
+            figures["min_distance"] = d_t.minimum
+            obs_bad = d_t.obstacle < cfg.min_obstacle_distance
+            self_bad = d_t.self_ < cfg.min_self_distance
+            if obs_bad or self_bad:
+                d_0 = self.scene.distances(q)
+                if obs_bad and d_t.obstacle < d_0.obstacle - 1e-9:
+                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
+                                      f"{d_t.obstacle_pair[0]} would come within {d_t.obstacle * 1000:.1f} mm of "
+                                      f"{d_t.obstacle_pair[1]} (min {cfg.min_obstacle_distance * 1000:.1f} mm)", **figures)
+                if self_bad and d_t.self_ < d_0.self_ - 1e-9:
+                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
+                                      f"{d_t.self_pair[0]} would come within {d_t.self_ * 1000:.1f} mm of "
+                                      f"{d_t.self_pair[1]} (min {cfg.min_self_distance * 1000:.1f} mm)", **figures)
+
+        scaled = s < 1.0 - _SCALE_TOL
+        status = SafetyStatus.SCALED if scaled else SafetyStatus.OK
+        reason = f"scaled to {s:.3f}: " + "; ".join(reasons) if scaled else "ok"
+        return Verdict(status=status, reason=reason, joint_command=q_t, gripper_command=gripper,
+                       raw_action=a.copy(), **figures)
+
+    # --- helpers ----------------------------------------------------------------
+    def _halt(self, state: RobotState, a: np.ndarray, status: SafetyStatus, reason: str, **figures: float) -> Verdict:
+        v = self.hold(state, status, reason, **figures)
+        if a.ndim == 1:
+            v.raw_action = a.copy()
+        return v
+
+    def _clamp_gripper(self, opening: float) -> float:
+        lo, hi = self.config.gripper_min_opening, self.config.gripper_max_opening
+        try:
+            g = float(opening)
+        except (TypeError, ValueError):
+            return lo
+        return float(np.clip(g, lo, hi)) if np.isfinite(g) else lo
+
+    @staticmethod
+    def _raw_scale(motion: np.ndarray, lo: np.ndarray, hi: np.ndarray, reasons: list[str]) -> float:
+        """Largest s <= 1 with s * motion inside [lo, hi] (bounds contain 0, checked by the config)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(motion > hi, hi / motion, np.where(motion < lo, lo / motion, 1.0))
+        s = float(np.min(r))
+        if s < 1.0 - _SCALE_TOL:
+            reasons.append(f"raw action beyond bounds (x{1 / s:.2f})")
+        return s
+
+    def _ee_speed_scale(self, motion: np.ndarray, dt: float, reasons: list[str]) -> float:
+        cfg = self.config
+        s = 1.0
+        lin = float(np.linalg.norm(motion[:3])) / dt
+        if lin > cfg.tcp_max_speed:
+            s = cfg.tcp_max_speed / lin
+            reasons.append(f"TCP speed {lin:.3f} m/s > {cfg.tcp_max_speed}")
+        ang = _rotation_angle(rpy_matrix(*motion[3:6])) / dt
+        if ang > cfg.tcp_max_angular_speed:
+            # the composed angle is not linear in s; |r|+|p|+|y| bounds it and is
+            s_ang = cfg.tcp_max_angular_speed * dt / float(np.sum(np.abs(motion[3:6])))
+            s = min(s, s_ang)
+            reasons.append(f"TCP angular speed {ang:.3f} rad/s > {cfg.tcp_max_angular_speed}")
+        return s
+
+    def _speed_factor(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
+                      dq_meas: np.ndarray | None, reasons: list[str]) -> float:
+        """Factor (<= 1) that brings the step q -> q_t inside joint velocity,
+        joint acceleration and TCP speed limits; 0 when no scaling can."""
+        cfg = self.config
+        dq = q_t - q
+        f = 1.0
+        ratio = float(np.max(np.abs(dq) / (self.vmax * dt)))
+        if ratio > 1.0:
+            f = min(f, 1.0 / ratio)
+            reasons.append(f"joint speed x{ratio:.2f} over limit")
+        if dq_meas is not None and np.all(np.isfinite(self.amax)):
+            f_acc = _accel_factor(dq / dt, dq_meas, self.amax * dt)
+            if f_acc < 1.0:
+                reasons.append("joint acceleration over limit")
+                f = min(f, f_acc)
+        pos_t, R_t = self.kin.fk(q_t)
+        slack = cfg.ik_position_tolerance
+        lin = float(np.linalg.norm(pos_t - pos0))
+        if lin > cfg.tcp_max_speed * dt + slack:
+            f = min(f, cfg.tcp_max_speed * dt / lin)
+            reasons.append(f"TCP speed {lin / dt:.3f} m/s > {cfg.tcp_max_speed}")
+        ang = _rotation_angle(R_t @ R0.T)
+        if ang > cfg.tcp_max_angular_speed * dt + cfg.ik_rotation_tolerance:
+            f = min(f, cfg.tcp_max_angular_speed * dt / ang)
+            reasons.append(f"TCP angular speed {ang / dt:.3f} rad/s > {cfg.tcp_max_angular_speed}")
+        return max(f, 0.0)
+
+
+def _rotation_angle(R: np.ndarray) -> float:
+    return float(np.linalg.norm(pin.log3(R)))
+
+
+def _accel_factor(v: np.ndarray, w: np.ndarray, dv_max: np.ndarray) -> float:
+    """Largest s in [0, 1] with |s v - w| <= dv_max for every joint; 0 if none > 0 exists."""
+    lo, hi = 0.0, 1.0
+    for vi, wi, ai in zip(v, w, dv_max):
+        if abs(vi) < 1e-12:
+            if abs(wi) > ai:
+                return 0.0
+            continue
+        a, b = (wi - ai) / vi, (wi + ai) / vi
+        lo, hi = max(lo, min(a, b)), min(hi, max(a, b))
+    return hi if hi >= lo and hi > 0 else 0.0
