@@ -1,0 +1,464 @@
+"""specvla_sim: the MuJoCo Panda workcell as a ROS 2 node that behaves like a real
+arm behind ros2_control.
+
+Publishes the camera (sensor_msgs/Image rgb8, sensor-data QoS), /joint_states,
+/clock (sim_clock), the episode's TaskStatus and the task instruction
+(latched); accepts joint_trajectory_controller, forward_position_controller and
+gripper commands; resets on the ~/reset service (specvla_msgs/ResetEpisode).
+
+Threading: one simulation thread owns the TaskEnv (MuJoCo's GL context belongs
+to the thread that made it) and does all physics, rendering and publishing;
+ROS callbacks only store the newest command or queue a reset request.
+
+Modes:
+- real time (lockstep false): physics advances continuously at
+  real_time_factor x wall time under the latest command, like a real arm.
+- lockstep: physics advances one control period per received arm command, so a
+  slow policy on a slow CPU is evaluated as if it ran at the control rate.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, Header, String
+from trajectory_msgs.msg import JointTrajectory
+
+from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES
+from specvla_ros.ros import qos
+from specvla_ros.ros.params import BOOL, DOUBLE, INT, STRING, ParamSpec, descriptor
+from specvla_ros.sim.language import TASKS
+
+NODE_NAME = "specvla_sim"
+TOPIC_CAMERA = "/camera/image_raw"
+TOPIC_JOINT_STATES = "/joint_states"
+TOPIC_CLOCK = "/clock"
+TOPIC_STATUS = "/specvla_sim/task_status"
+TOPIC_INSTRUCTION = "/specvla/instruction"
+TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
+TOPIC_FORWARD = "/forward_position_controller/commands"
+TOPIC_GRIPPER = "/gripper_controller/commands"
+SERVICE_RESET = "/specvla_sim/reset"
+
+#: Parameters: (spec, default). The same defaults live under specvla_sim: in config/specvla.yaml.
+SIM_PARAMS: tuple[tuple[ParamSpec, Any], ...] = (
+    (ParamSpec("task", STRING, "task family of the first episode (restart; later ones via ~/reset)",
+               choices=TASKS), "pick"),
+    (ParamSpec("seed", INT, "layout seed of the first episode (restart)", min=0), 0),
+    (ParamSpec("image_width", INT, "camera image width [px] (restart)", min=8, max=640), 128),
+    (ParamSpec("image_height", INT, "camera image height [px] (restart)", min=8, max=480), 128),
+    (ParamSpec("camera_rate", DOUBLE, "camera publishing rate in sim time [Hz] (restart)",
+               min=0.5, max=60.0), 10.0),
+    (ParamSpec("joint_state_rate", DOUBLE, "/joint_states publishing rate in sim time [Hz] (restart)",
+               min=1.0, max=500.0), 50.0),
+    (ParamSpec("physics_rate", DOUBLE, "rate the real-time loop advances physics at [Hz]; each "
+               "iteration runs 1/physics_rate s of 2 ms MuJoCo steps (restart)", min=10.0, max=500.0), 100.0),
+    (ParamSpec("real_time_factor", DOUBLE, "sim seconds per wall second in real-time mode; "
+               "0 = as fast as the CPU allows (restart)", min=0.0, max=100.0), 1.0),
+    (ParamSpec("lockstep", BOOL, "advance physics one control_period per received arm command "
+               "instead of in real time (restart)"), False),
+    (ParamSpec("control_period", DOUBLE, "sim time per control step [s]: lockstep advance per "
+               "command; step counting in real time (restart)", min=0.01, max=2.0), 0.2),
+    (ParamSpec("lockstep_gripper_wait", DOUBLE, "lockstep: after an arm command, wait this long "
+               "for the step's gripper command before stepping [s] (restart)", min=0.0, max=1.0), 0.05),
+    (ParamSpec("max_episode_steps", INT, "control steps after which an episode is done; "
+               "0 = the task's default budget (restart)", min=0, max=100000), 0),
+    (ParamSpec("publish_instruction", BOOL, "publish the task instruction on /specvla/instruction "
+               "(latched) at every reset (restart)"), True),
+    (ParamSpec("sim_clock", BOOL, "publish the simulation time on /clock (run other nodes with "
+               "use_sim_time) and stamp messages with it (restart)"), True),
+    (ParamSpec("status_rate", DOUBLE, "task status publishing rate in sim time [Hz] (restart)",
+               min=0.5, max=100.0), 5.0),
+    (ParamSpec("camera_frame_id", STRING, "frame_id of the camera images (restart)"), "camera"),
+)
+
+
+@dataclass
+class SimNodeConfig:
+    """Validated parameter values of the node (see SIM_PARAMS for meanings and units)."""
+
+    task: str = "pick"
+    seed: int = 0
+    image_width: int = 128
+    image_height: int = 128
+    camera_rate: float = 10.0
+    joint_state_rate: float = 50.0
+    physics_rate: float = 100.0
+    real_time_factor: float = 1.0
+    lockstep: bool = False
+    control_period: float = 0.2
+    lockstep_gripper_wait: float = 0.05
+    max_episode_steps: int = 0
+    publish_instruction: bool = True
+    sim_clock: bool = True
+    status_rate: float = 5.0
+    camera_frame_id: str = "camera"
+
+    def __post_init__(self) -> None:
+        for spec, _ in SIM_PARAMS:
+            value = getattr(self, spec.name)
+            if spec.type == DOUBLE and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, spec.name, value)
+            problem = spec.check(value)
+            if problem:
+                raise ValueError(problem)
+
+
+def default_config() -> dict[str, Any]:
+    return {spec.name: default for spec, default in SIM_PARAMS}
+
+
+def _stamp(seconds: float) -> TimeMsg:
+    sec = int(math.floor(seconds))
+    return TimeMsg(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+class SimNode(Node):
+    """The simulated arm, camera and task judge."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        values = {}
+        for spec, default in SIM_PARAMS:
+            if not self.has_parameter(spec.name):
+                self.declare_parameter(spec.name, default, descriptor(spec))
+            values[spec.name] = self.get_parameter(spec.name).value
+        self.cfg = SimNodeConfig(**values)  # raises ValueError naming a bad value
+        cam_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                             durability=DurabilityPolicy.VOLATILE)
+        # reliable publishers reach reliable and best-effort subscribers alike
+        state_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.VOLATILE)
+        over = qos.OVERRIDES
+        self._pub_image = self.create_publisher(Image, TOPIC_CAMERA, cam_qos, qos_overriding_options=over)
+        self._pub_joints = self.create_publisher(JointState, TOPIC_JOINT_STATES, state_qos,
+                                                 qos_overriding_options=over)
+        self._pub_clock = (self.create_publisher(Clock, TOPIC_CLOCK, state_qos) if self.cfg.sim_clock else None)
+        from specvla_msgs.msg import TaskStatus
+        from specvla_msgs.srv import ResetEpisode
+
+        self._TaskStatus = TaskStatus
+        self._pub_status = self.create_publisher(TaskStatus, TOPIC_STATUS, qos.STATUS, qos_overriding_options=over)
+        self._pub_instruction = (self.create_publisher(String, TOPIC_INSTRUCTION, qos.LATCHED,
+                                                       qos_overriding_options=over)
+                                 if self.cfg.publish_instruction else None)
+        self._lock = threading.Lock()
+        self._arm_cmd: np.ndarray | None = None
+        self._grip_cmd: float | None = None
+        self._hold_requested = False
+        self._arm_seq = 0  # arm commands received (lockstep steps on each new one)
+        self._grip_seq = 0
+        self._wake = threading.Condition(self._lock)
+        self._resets: queue.Queue = queue.Queue()
+        self.create_subscription(JointTrajectory, TOPIC_TRAJECTORY, self._on_trajectory, qos.COMMAND,
+                                 qos_overriding_options=over)
+        self.create_subscription(Float64MultiArray, TOPIC_FORWARD, self._on_forward, qos.COMMAND,
+                                 qos_overriding_options=over)
+        self.create_subscription(Float64MultiArray, TOPIC_GRIPPER, self._on_gripper, qos.COMMAND,
+                                 qos_overriding_options=over)
+        self.create_service(ResetEpisode, SERVICE_RESET, self._on_reset,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.episode = 0
+        self._sim_time_offset = 0.0  # sim clock keeps running across resets
+        self._last_status_time = -math.inf
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.env = None  # TaskEnv, made in the sim thread
+        self._thread = threading.Thread(target=self._run, name="specvla_sim", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=120.0)
+        if self._startup_error is not None:
+            raise RuntimeError(f"simulator failed to start: {self._startup_error}") from self._startup_error
+        self.get_logger().info(
+            f"simulating {self.cfg.task!r} seed {self.cfg.seed} "
+            f"({'lockstep' if self.cfg.lockstep else f'real time x{self.cfg.real_time_factor:g}'}), "
+            f"camera {self.cfg.image_width}x{self.cfg.image_height} @ {self.cfg.camera_rate:g} Hz")
+
+    # ------------------------------------------------------------------ callbacks (store only)
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        if not msg.points:
+            # ros2_control convention: an empty trajectory means stop and hold here
+            with self._lock:
+                self._hold_requested = True  # the sim thread reads the position to hold
+                self._arm_seq += 1
+                self._wake.notify_all()
+            return
+        names = list(msg.joint_names)
+        positions = list(msg.points[-1].positions)
+        if len(names) != len(positions) or any(n not in names for n in PANDA_JOINT_NAMES):
+            self.get_logger().warning(
+                f"ignoring joint trajectory: joints {names} with {len(positions)} positions; "
+                f"need all of {list(PANDA_JOINT_NAMES)}", throttle_duration_sec=2.0)
+            return
+        self._store_arm(np.array([positions[names.index(n)] for n in PANDA_JOINT_NAMES]))
+
+    def _on_forward(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) != len(PANDA_JOINT_NAMES):
+            self.get_logger().warning(f"ignoring forward position command with {len(msg.data)} values, "
+                                      f"expected {len(PANDA_JOINT_NAMES)}", throttle_duration_sec=2.0)
+            return
+        self._store_arm(np.asarray(msg.data, dtype=float))
+
+    def _on_gripper(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) != 1 or not math.isfinite(msg.data[0]):
+            self.get_logger().warning(f"ignoring gripper command {list(msg.data)}: expected one finite "
+                                      "panda_finger_joint1 position [m]", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._grip_cmd = 2.0 * float(msg.data[0])  # finger position -> opening
+            self._grip_seq += 1
+            self._wake.notify_all()
+
+    def _store_arm(self, q: np.ndarray) -> None:
+        if not np.all(np.isfinite(q)):
+            self.get_logger().warning("ignoring arm command with non-finite positions", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._arm_cmd = q
+            self._hold_requested = False
+            self._arm_seq += 1
+            self._wake.notify_all()
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        task = request.task or None
+        if task is not None and task not in TASKS:
+            response.success = False
+            response.message = f"unknown task {request.task!r}; expected one of {', '.join(TASKS)}"
+            return response
+        if request.seed < 0:
+            response.success = False
+            response.message = f"seed must be >= 0, got {request.seed}"
+            return response
+        done = threading.Event()
+        result: dict[str, Any] = {}
+        self._resets.put((task, int(request.seed), done, result))
+        with self._lock:
+            self._wake.notify_all()
+        if not done.wait(timeout=30.0):
+            response.success = False
+            response.message = "simulator did not reset within 30 s"
+            return response
+        response.success = bool(result.get("ok"))
+        response.message = str(result.get("message", ""))
+        response.instruction = str(result.get("instruction", ""))
+        return response
+
+    # ------------------------------------------------------------------ simulation thread
+    def _run(self) -> None:
+        try:
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            from specvla_ros.sim.task_env import TaskEnv
+
+            self.env = TaskEnv(self.cfg.task, seed=self.cfg.seed,
+                               image_size=(self.cfg.image_height, self.cfg.image_width),
+                               control_period_s=self.cfg.control_period)
+            self.env.render()  # creates the GL context in this thread
+        except Exception as exc:  # noqa: BLE001 - reported to the constructor, which raises
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._begin_episode()
+        self._ready.set()
+        try:
+            if self.cfg.lockstep:
+                self._run_lockstep()
+            else:
+                self._run_realtime()
+        finally:
+            self.env.close()
+
+    def _sim_now(self) -> float:
+        return self._sim_time_offset + self.env.time
+
+    def _begin_episode(self) -> None:
+        """Publish everything a policy needs to start: instruction, state, image, status."""
+        with self._lock:
+            self._arm_cmd = self.env.robot_state().q
+            self._grip_cmd = self.env.robot_state().gripper
+        if self._pub_instruction is not None:
+            self._pub_instruction.publish(String(data=self.env.instruction))
+        self._publish_clock()
+        self._publish_joints()
+        self._publish_image()
+        self._publish_status()
+
+    def _handle_resets(self) -> bool:
+        handled = False
+        while True:
+            try:
+                task, seed, done, result = self._resets.get_nowait()
+            except queue.Empty:
+                return handled
+            try:
+                self._sim_time_offset += self.env.time
+                self.env.reset(seed=seed, task=task)
+                self.episode += 1
+                self._begin_episode()
+                result.update(ok=True, instruction=self.env.instruction,
+                              message=f"episode {self.episode}: {self.env.task} seed {seed}")
+                self.get_logger().info(f"reset: {self.env.task} seed {seed}: {self.env.instruction!r}")
+            except ValueError as exc:
+                result.update(ok=False, message=str(exc))
+            finally:
+                done.set()
+            handled = True
+
+    def _apply_command(self) -> None:
+        with self._lock:
+            if self._hold_requested:
+                self._arm_cmd = self.env.robot_state().q
+                self._hold_requested = False
+            arm, grip = self._arm_cmd, self._grip_cmd
+        if arm is not None:
+            self.env.command(arm, self.env.robot_state().gripper if grip is None else grip)
+
+    @property
+    def max_steps(self) -> int:
+        return self.cfg.max_episode_steps or self.env.max_steps
+
+    def _run_lockstep(self) -> None:
+        seen_arm = self._arm_seq
+        republish_every = 1.0 / self.cfg.camera_rate  # [s] wall: resend the observation if lost
+        while not self._stop.is_set():
+            with self._lock:
+                self._wake.wait_for(lambda: self._stop.is_set() or self._arm_seq != seen_arm
+                                    or not self._resets.empty(), timeout=republish_every)
+                new_arm = self._arm_seq != seen_arm
+                grip_seq = self._grip_seq
+            if self._stop.is_set():
+                return
+            if self._handle_resets():
+                seen_arm = self._arm_seq
+                continue
+            if not new_arm:
+                self._publish_joints()
+                self._publish_image()
+                continue
+            # the step's gripper command may follow the arm command: give it a moment
+            with self._lock:
+                self._wake.wait_for(lambda: self._grip_seq != grip_seq or self._stop.is_set(),
+                                    timeout=self.cfg.lockstep_gripper_wait)
+                seen_arm = self._arm_seq
+            self._apply_command()
+            self.env.step_control()
+            self._publish_clock()
+            self._publish_joints()
+            self._publish_image()
+            self._publish_status()
+
+    def _run_realtime(self) -> None:
+        cfg = self.cfg
+        dt = 1.0 / cfg.physics_rate
+        next_cam = next_joint = next_status = 0.0
+        wall0, sim0 = time.monotonic(), self._sim_now()
+        while not self._stop.is_set():
+            if self._handle_resets():
+                wall0, sim0 = time.monotonic(), self._sim_now()
+                next_cam = next_joint = next_status = self._sim_now()
+            self._apply_command()
+            self.env.advance(dt)
+            self.env.steps = int(self.env.time / cfg.control_period + 1e-9)
+            now = self._sim_now()
+            self._publish_clock()
+            if now >= next_joint:
+                self._publish_joints()
+                next_joint = now + 1.0 / cfg.joint_state_rate
+            if now >= next_cam:
+                self._publish_image()
+                next_cam = now + 1.0 / cfg.camera_rate
+            if now >= next_status:
+                self._publish_status()
+                next_status = now + 1.0 / cfg.status_rate
+            if cfg.real_time_factor > 0:
+                # pace to wall time: sleep until this much sim time is due
+                wait = wall0 + (now - sim0) / cfg.real_time_factor - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(wait)
+
+    # ------------------------------------------------------------------ publishing
+    def _header(self, frame_id: str = "") -> Header:
+        if self.cfg.sim_clock:
+            return Header(stamp=_stamp(self._sim_now()), frame_id=frame_id)
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id=frame_id)
+
+    def _publish_clock(self) -> None:
+        if self._pub_clock is not None:
+            self._pub_clock.publish(Clock(clock=_stamp(self._sim_now())))
+
+    def _publish_joints(self) -> None:
+        state = self.env.robot_state()
+        fingers = self.env.finger_positions()
+        finger_v = self.env.finger_velocities()
+        self._pub_joints.publish(JointState(
+            header=self._header(),
+            name=[*PANDA_JOINT_NAMES, *PANDA_FINGER_JOINT_NAMES],
+            position=[*state.q.tolist(), *fingers.tolist()],
+            velocity=[*state.dq.tolist(), *finger_v.tolist()],
+        ))
+
+    def _publish_image(self) -> None:
+        rgb = self.env.render()
+        h, w = rgb.shape[:2]
+        self._pub_image.publish(Image(header=self._header(self.cfg.camera_frame_id), height=h, width=w,
+                                      encoding="rgb8", is_bigendian=0, step=3 * w, data=rgb.tobytes()))
+
+    def _publish_status(self) -> None:
+        env = self.env
+        bodies = sorted({b for pair in env.episode_collisions for b in pair})
+        success = bool(env.success_ever)
+        self._pub_status.publish(self._TaskStatus(
+            header=self._header(), task=env.task, instruction=env.instruction, episode=self.episode,
+            seed=env.seed, step=env.steps, done=success or env.steps >= self.max_steps, success=success,
+            collision=bool(env.episode_collisions), collision_bodies=bodies))
+
+    # ------------------------------------------------------------------ lifecycle
+    def destroy_node(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._wake.notify_all()
+        self._thread.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    exit_code = 0
+    rclpy.init(args=args)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = SimNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, RuntimeError) as exc:  # bad parameter or simulator start-up failure
+        print(f"[{NODE_NAME}] cannot start: {exc}", file=sys.stderr)
+        exit_code = 1
+    finally:
+        executor.shutdown()
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    if exit_code:
+        sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()
