@@ -138,3 +138,33 @@ def test_copied_bag_directory_still_reads(tmp_path) -> None:
     bag = write_bag(tmp_path / "orig", synthetic_messages(frames=2), storage="mcap")
     moved = shutil.copytree(bag, tmp_path / "renamed")
     assert bag_info(moved).message_count == 5
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "mono8", "rgba8"])
+def test_camera_in_other_encodings_plays_through_conversions(tmp_path, encoding: str) -> None:
+    """A bag from a camera that is not rgb8 still yields the right RGB frames for the node."""
+    import numpy as np
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+    from test_bag_helpers import image_msg
+
+    from specvla_ros.ros.conversions import image_to_rgb
+
+    frames = [image_msg(T0_NS + k * 10**8, height=24, width=20, encoding=encoding, seed=k) for k in range(3)]
+    bag = write_bag(tmp_path / encoding,
+                    [("/camera/image_raw", "sensor_msgs/msg/Image", T0_NS + k * 10**8, serialize(f))
+                     for k, f in enumerate(frames)], storage="sqlite3" if encoding == "mono8" else "mcap")
+    with ros_context({"bgr8": 73, "mono8": 74, "rgba8": 75}[encoding]) as ros:
+        got = Collector()
+        subscribe_raw(ros.node, got, "/camera/image_raw", Image, qos_preset("sensor_data"))
+        player = BagPlayer(ros.node, bag, PlayConfig(rate=20.0, wait_for_subscribers=1))
+        player.play()
+        wait_until(lambda: got.count() == 3, what="three frames")
+        player.destroy()
+    for frame, raw in zip(frames, got.on("/camera/image_raw")):
+        msg = deserialize_message(raw, Image)
+        assert msg.encoding == encoding
+        rgb = image_to_rgb(msg, (24, 20))
+        src = np.frombuffer(bytes(frame.data), np.uint8).reshape(24, 20, -1)
+        expected = {"bgr8": src[..., ::-1], "mono8": np.repeat(src, 3, axis=2), "rgba8": src[..., :3]}[encoding]
+        assert rgb.shape == (24, 20, 3) and np.array_equal(rgb, expected)
