@@ -530,7 +530,7 @@ def load_openvla(path: str | Path, device: str | torch.device = "cpu", dtype: to
         LOG.warning("%s: %d unexpected weight(s) ignored, e.g. %s", ckpt, len(unused), unused[:4])
     with torch.device(device):  # non-persistent RoPE tables were built on meta
         model.llm.model.rotary_emb = LlamaRotaryEmbedding(lcfg)
-    model.eval()
+    model.eval().requires_grad_(False)  # frozen: inference, and draft training never backprops into it
     _log_startup(model, ckpt, time.perf_counter() - t0, warmup)
     return model
 

@@ -301,7 +301,7 @@ def random_openvla(shape: OpenVLAShape = OPENVLA_TINY, device: str | torch.devic
     towers_and_proj = (*model.towers, model.projector)
     for mod in towers_and_proj:
         mod.to(dtype=dtype)
-    return model.eval()
+    return model.eval().requires_grad_(False)
 
 
 __all__ = ["OpenVLAShape", "TowerShape", "OPENVLA_7B", "OPENVLA_TINY", "make_random_openvla_checkpoint",
