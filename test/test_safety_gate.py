@@ -1,0 +1,359 @@
+"""Safety gate: one hand-made case per status code, scaling keeps direction,
+table collision, config loading and validation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from specvla_ros.core.kinematics import ArmKinematics
+from specvla_ros.core.safety_config import (
+    BoxObstacle,
+    SafetyConfig,
+    default_safety_config_path,
+    load_joint_limits,
+    load_safety_config,
+)
+from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.types import PANDA_JOINT_NAMES, RobotState, SafetyStatus
+
+HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])  # TCP (0.496, 0, 0.248), fingers down
+DT = 0.2
+JOINT_BOUNDS = {"action_low": (-0.3,) * 7, "action_high": (0.3,) * 7}
+
+
+@pytest.fixture(scope="module")
+def kin() -> ArmKinematics:
+    return ArmKinematics.from_urdf()
+
+
+@pytest.fixture(scope="module")
+def gate(kin: ArmKinematics) -> SafetyGate:
+    return SafetyGate(load_safety_config(), kin)
+
+
+def _gate(kin: ArmKinematics, **overrides: object) -> SafetyGate:
+    return SafetyGate(load_safety_config(**overrides), kin)
+
+
+def _state(q: np.ndarray, gripper: float = 0.08, dq: np.ndarray | None = None) -> RobotState:
+    return RobotState(q=np.asarray(q, dtype=float), gripper=gripper, dq=dq)
+
+
+def _a(*motion: float, grip: float = 1.0) -> np.ndarray:
+    return np.array([*motion, grip], dtype=float)
+
+
+def _assert_hold(v, q: np.ndarray) -> None:
+    assert v.is_halt
+    np.testing.assert_array_equal(v.joint_command, q)
+
+
+def _pose_at(kin: ArmKinematics, pos: np.ndarray) -> np.ndarray:
+    """Joints putting the TCP at pos with the home orientation (fingers down)."""
+    _, R = kin.fk(HOME_Q)
+    res = kin.ik(pos, R, HOME_Q)
+    assert res.success
+    return res.q
+
+
+# --- one test per status code ------------------------------------------------------
+def test_ok_small_motion_reaches_its_target(gate: SafetyGate, kin: ArmKinematics) -> None:
+    action = _a(0.01, -0.005, -0.01, 0.02, 0.0, 0.03, grip=0.5)
+    v = gate.check(action, _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.OK, v.reason
+    p0, _ = kin.fk(HOME_Q)
+    p1, _ = kin.fk(v.joint_command)
+    np.testing.assert_allclose(p1 - p0, action[:3], atol=2e-4)
+    assert v.gripper_command == pytest.approx(0.04)
+    assert v.scale == 1.0
+    assert v.tcp_speed == pytest.approx(np.linalg.norm(action[:3]) / DT, rel=1e-2)
+    assert v.min_distance > 0.01
+    assert v.worst_joint_margin > 0.05
+    assert v.check_time_s > 0.0
+    np.testing.assert_array_equal(v.raw_action, action)
+
+
+def test_scaled_preserves_direction(gate: SafetyGate, kin: ArmKinematics) -> None:
+    action = _a(0.04, 0.03, -0.02, 0.0, 0.0, 0.0)  # 0.27 m/s over 0.25
+    v = gate.check(action, _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.SCALED, v.reason
+    assert "TCP speed" in v.reason
+    p0, _ = kin.fk(HOME_Q)
+    p1, _ = kin.fk(v.joint_command)
+    moved = p1 - p0
+    assert np.linalg.norm(moved) / DT <= 0.25 + 1e-3
+    cos = moved @ action[:3] / (np.linalg.norm(moved) * np.linalg.norm(action[:3]))
+    assert cos > 0.9999
+    np.testing.assert_allclose(moved, v.scale * action[:3], atol=2e-4)
+
+
+def test_scaled_huge_action_keeps_direction_too(gate: SafetyGate, kin: ArmKinematics) -> None:
+    action = _a(3e6, 0.0, -1e6, 0.0, 0.0, 0.0)
+    v = gate.check(action, _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.SCALED
+    p0, _ = kin.fk(HOME_Q)
+    moved = kin.fk(v.joint_command)[0] - p0
+    np.testing.assert_allclose(moved / np.linalg.norm(moved), np.array([3, 0, -1]) / np.sqrt(10), atol=1e-3)
+
+
+def test_scaled_joint_space_keeps_joint_direction(kin: ArmKinematics) -> None:
+    gate = _gate(kin, action_space="joint_delta", **JOINT_BOUNDS)
+    delta = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3])  # 1.5 rad/s: fine for joint 7, but...
+    v = gate.check(delta * 2.0, _state(HOME_Q), 0.05)  # raw bound 0.3 and 2.61 rad/s * 0.05 s
+    assert v.status == SafetyStatus.SCALED
+    step = v.joint_command - HOME_Q
+    assert step[6] == pytest.approx(2.61 * 0.05, rel=1e-2) or step[6] < 2.61 * 0.05
+    np.testing.assert_allclose(step[:6], 0.0, atol=1e-12)
+
+
+def test_halt_joint_limit_when_moving_toward_a_limit(kin: ArmKinematics) -> None:
+    gate = _gate(kin, action_space="joint_delta", **JOINT_BOUNDS)
+    q = HOME_Q.copy()
+    q[3] = -0.0698 - 0.03  # joint 4 within 0.05 rad of its upper limit
+    v = gate.check(np.array([0.0, 0.0, 0.0, 0.02, 0.0, 0.0, 0.0]), _state(q), DT)
+    assert v.status == SafetyStatus.HALT_JOINT_LIMIT, v.reason
+    assert "panda_joint4" in v.reason
+    _assert_hold(v, q)
+    # moving away from that limit is allowed (recovery)
+    v = gate.check(np.array([0.0, 0.0, 0.0, -0.02, 0.0, 0.0, 0.0]), _state(q), DT)
+    assert not v.is_halt, v.reason
+
+
+def test_halt_joint_limit_for_joint_position_outside_bounds(kin: ArmKinematics) -> None:
+    cfg = load_safety_config(action_space="joint_position", action_low=tuple(kin.lower), action_high=tuple(kin.upper))
+    gate = SafetyGate(cfg, kin)
+    target = HOME_Q.copy()
+    target[0] = 3.5
+    v = gate.check(target, _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.HALT_JOINT_LIMIT
+    _assert_hold(v, HOME_Q)
+
+
+def test_halt_velocity_when_acceleration_cannot_be_met(gate: SafetyGate) -> None:
+    # joint 2 already turning at +2.1 rad/s; reversing it needs > 7.5 rad/s^2
+    dq = np.zeros(7)
+    dq[1] = 2.1
+    q = HOME_Q.copy()
+    v = gate.check(_a(-0.04, 0.0, 0.0, 0.0, 0.0, 0.0), _state(q, dq=dq), DT)
+    assert v.status == SafetyStatus.HALT_VELOCITY, v.reason
+    assert "acceleration" in v.reason
+    _assert_hold(v, q)
+
+
+def test_halt_workspace_when_leaving_the_box(kin: ArmKinematics) -> None:
+    gate = _gate(kin, workspace_max=(0.8, 0.45, 0.26))
+    v = gate.check(_a(0.0, 0.0, 0.03, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.HALT_WORKSPACE, v.reason
+    assert "z" in v.reason
+    _assert_hold(v, HOME_Q)
+    # from outside the box, moving back in is allowed
+    gate_low = _gate(kin, workspace_max=(0.8, 0.45, 0.2))
+    v = gate_low.check(_a(0.0, 0.0, -0.02, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert not v.is_halt, v.reason
+
+
+def test_halt_collision_with_a_box(kin: ArmKinematics) -> None:
+    box = BoxObstacle("block", center=(0.5, 0.0, 0.13), size=(0.2, 0.2, 0.2))  # top 15 mm under the fingers
+    gate = _gate(kin, boxes=(box,))
+    v = gate.check(_a(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.OK and 0.01 < v.min_distance < 0.02
+    v = gate.check(_a(0.0, 0.0, -0.028, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.HALT_COLLISION, v.reason
+    assert "block" in v.reason
+    _assert_hold(v, HOME_Q)
+
+
+def test_table_collision_is_detected(kin: ArmKinematics) -> None:
+    # workspace floor lowered so the table itself is what stops the fingers
+    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5))
+    q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
+    v = gate.check(_a(0.0, 0.0, -0.03, 0.0, 0.0, 0.0), _state(q_low), DT)
+    assert v.status == SafetyStatus.HALT_COLLISION, v.reason
+    assert "table" in v.reason and "finger" in v.reason
+    assert v.min_distance < 0.0  # fingertips would be inside the table
+    # straight down to just above the table is fine
+    v = gate.check(_a(0.0, 0.0, -0.005, 0.0, 0.0, 0.0), _state(q_low), DT)
+    assert v.status == SafetyStatus.OK, v.reason
+    # and the distance figure is the fingertip clearance (robosuite fingers end ~2.6 mm past the TCP)
+    assert 0.009 < v.min_distance < 0.014
+
+
+def test_self_collision_pairs_are_checked(gate: SafetyGate, kin: ArmKinematics) -> None:
+    scene = gate.scene
+    assert scene is not None
+    assert any(a == "panda_link2" and b == "panda_link4" for a, b in scene.pair_names)
+    assert ("panda_link5", "panda_link7") not in scene.pair_names  # ignored in safety.yaml
+    rng = np.random.default_rng(7)
+    lo, hi = kin.lower + 0.06, kin.upper - 0.06
+    hits = [q for q in rng.uniform(lo, hi, size=(400, 7)) if scene.distances(q).self_ < 0.0]
+    assert hits, "no self-colliding pose found among 400 random ones"
+    # walk from home toward that pose: the step that crosses 10 mm is refused
+    jgate = _gate(kin, action_space="joint_delta", workspace_min=(-2, -2, -2), workspace_max=(2, 2, 2),
+                  table_height=None, singularity_halt_condition=1e9, **JOINT_BOUNDS)
+    path = HOME_Q + np.linspace(0.0, 1.0, 400)[:, None] * (hits[0] - HOME_Q)
+    d = np.array([jgate.scene.distances(q).self_ for q in path])
+    i = int(np.argmax(d < 0.01))
+    assert i > 0 and d[i - 1] >= 0.01
+    v = jgate.check(path[i] - path[i - 1], _state(path[i - 1]), DT)
+    assert v.status == SafetyStatus.HALT_COLLISION, v.reason
+    assert "panda_link" in v.reason
+    _assert_hold(v, path[i - 1])
+
+
+def test_halt_ik_when_target_is_out_of_reach(gate: SafetyGate, kin: ArmKinematics) -> None:
+    q = np.array([0.0, 1.2, 0.0, -0.12, 0.0, 1.3, np.pi / 4])  # stretched forward, elbow at its limit
+    v = gate.check(_a(0.05, 0.0, 0.0, 0.0, 0.0, 0.0), _state(q), DT)
+    assert v.status == SafetyStatus.HALT_IK, v.reason
+    _assert_hold(v, q)
+
+
+def test_halt_singularity_when_moving_into_one(kin: ArmKinematics) -> None:
+    gate = _gate(kin, action_space="joint_delta", workspace_max=(0.8, 0.45, 0.8), **JOINT_BOUNDS)
+    # the nearly straight elbow brings link2's and link4's capsules within 10 mm: not what this tests
+    gate.collision_checking = False
+    q = np.array([0.0, 0.8, 0.0, -0.3, 0.0, 1.4, np.pi / 4])  # condition number ~80
+    toward = np.array([0.0, 0.0, 0.0, -0.1, 0.0, 0.0, 0.0])
+    v = gate.check(toward, _state(q), DT)
+    assert kin.condition_number(q + toward) > 90
+    assert v.status == SafetyStatus.HALT_SINGULARITY, v.reason
+    _assert_hold(v, q)
+    v = gate.check(-toward, _state(q), DT)  # leaving it is fine
+    assert not v.is_halt, v.reason
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_halt_nonfinite_action(gate: SafetyGate, bad: float) -> None:
+    v = gate.check(_a(0.01, bad, 0.0, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.HALT_NONFINITE
+    assert "dy" in v.reason
+    _assert_hold(v, HOME_Q)
+
+
+def test_halt_nonfinite_state(gate: SafetyGate) -> None:
+    q = HOME_Q.copy()
+    q[2] = np.nan
+    v = gate.check(_a(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), _state(q), DT)
+    assert v.status == SafetyStatus.HALT_NONFINITE
+
+
+def test_halt_bad_input(gate: SafetyGate) -> None:
+    assert gate.check(np.zeros(5), _state(HOME_Q), DT).status == SafetyStatus.HALT_BAD_INPUT
+    assert gate.check(_a(0, 0, 0, 0, 0, 0), _state(HOME_Q[:6]), DT).status == SafetyStatus.HALT_BAD_INPUT
+    assert gate.check(_a(0, 0, 0, 0, 0, 0), _state(HOME_Q), 0.0).status == SafetyStatus.HALT_BAD_INPUT
+    assert gate.check(["a"] * 7, _state(HOME_Q), DT).status == SafetyStatus.HALT_BAD_INPUT
+
+
+@pytest.mark.parametrize("status", [SafetyStatus.HALT_STALE_INPUT, SafetyStatus.HALT_ESTOP,
+                                    SafetyStatus.HALT_DEADLINE, SafetyStatus.HALT_NOT_READY])
+def test_node_level_halts_hold_the_measured_joints(gate: SafetyGate, status: SafetyStatus) -> None:
+    v = gate.hold(_state(HOME_Q, gripper=0.5), status, "camera image 0.4 s old")
+    assert v.status == status and v.reason == "camera image 0.4 s old"
+    _assert_hold(v, HOME_Q)
+    assert v.gripper_command == pytest.approx(0.08)  # clamped to the gripper range
+
+
+def test_gripper_is_clamped_not_halted(gate: SafetyGate) -> None:
+    for g, want in ((1.7, 0.08), (-0.4, 0.0), (0.25, 0.02)):
+        v = gate.check(_a(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, grip=g), _state(HOME_Q), DT)
+        assert v.status == SafetyStatus.OK
+        assert v.gripper_command == pytest.approx(want)
+
+
+def test_collision_checking_can_be_switched_off(kin: ArmKinematics) -> None:
+    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5))
+    gate.collision_checking = False
+    q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
+    v = gate.check(_a(0.0, 0.0, -0.03, 0.0, 0.0, 0.0), _state(q_low), DT)
+    assert v.status == SafetyStatus.OK and np.isnan(v.min_distance)
+
+
+# --- envelope ----------------------------------------------------------------------
+def test_envelope_ee_delta(gate: SafetyGate, kin: ArmKinematics) -> None:
+    low, high = gate.envelope(_state(HOME_Q), DT)
+    assert low.shape == high.shape == (7,)
+    lin = 0.25 * DT / np.sqrt(3)
+    np.testing.assert_allclose(high[:3], lin, rtol=1e-5)
+    np.testing.assert_allclose(low[:3], -lin, rtol=1e-5)
+    np.testing.assert_allclose(high[3:6], 1.5 * DT / 3, rtol=1e-5)
+    assert (low[6], high[6]) == (0.0, 1.0)
+    # near the workspace floor the envelope stops the TCP going down
+    q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
+    low2, high2 = gate.envelope(_state(q_low), DT)
+    assert low2[2] == pytest.approx(-(0.02 - 0.01), rel=1e-3)
+    half_low, half_high = gate.envelope(_state(HOME_Q), DT, shrink=0.5)
+    np.testing.assert_allclose(half_high[:6], high[:6] / 2)
+    with pytest.raises(ValueError):
+        gate.envelope(_state(HOME_Q), DT, shrink=0.0)
+
+
+def test_envelope_joint_delta_respects_margins(kin: ArmKinematics) -> None:
+    gate = _gate(kin, action_space="joint_delta", **JOINT_BOUNDS)
+    q = HOME_Q.copy()
+    q[3] = -0.0698 - 0.03
+    low, high = gate.envelope(_state(q), DT)
+    assert low.shape == (7,)
+    assert high[3] == 0.0  # no motion toward the limit inside the margin
+    assert low[3] < 0.0
+    np.testing.assert_allclose(high[[0, 1, 2]], np.minimum(2.175 * DT, 0.3) * (1 - 1e-6))
+
+
+# --- config -----------------------------------------------------------------------
+def test_shipped_config_loads_from_the_package(kin: ArmKinematics) -> None:
+    path = default_safety_config_path()
+    assert path.parent.name == "config"
+    cfg = load_safety_config()
+    assert cfg.action_space == "ee_delta"
+    assert cfg.tcp_max_speed == 0.25
+    assert cfg.table_height == 0.0
+    np.testing.assert_allclose(cfg.joint_limits.max_velocity, kin.velocity_limits)
+    np.testing.assert_allclose(cfg.joint_limits.min_position, kin.lower)
+
+
+def test_joint_limits_yaml_under_ros_parameters(tmp_path: Path) -> None:
+    data = yaml.safe_load((default_safety_config_path().parent / "panda_joint_limits.yaml").read_text())
+    data["joint_limits"]["panda_joint3"]["max_velocity"] = 1.0
+    data["joint_limits"]["panda_joint5"]["has_velocity_limits"] = False
+    nested = {"controller_manager": {"ros__parameters": data}}
+    p = tmp_path / "limits.yaml"
+    p.write_text(yaml.safe_dump(nested))
+    jl = load_joint_limits(p)
+    assert jl.max_velocity[2] == 1.0
+    assert np.isinf(jl.max_velocity[4])
+    assert jl.names == PANDA_JOINT_NAMES
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("tcp_max_speed", -1.0, "tcp_max_speed"),
+    ("action_space", "cartesian", "action_space"),
+    ("workspace_max", (0.1, 0.1, 0.1), "workspace"),
+    ("velocity_scale", 1.5, "velocity_scale"),
+    ("gripper_max_opening", 0.0, "gripper"),
+    ("action_low", (0.01,) * 7, "contain 0"),
+])
+def test_config_validation_names_the_bad_value(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        load_safety_config(**{field: value})
+
+
+def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "safety.yaml"
+    bad.write_text("safety:\n  tcp_max_sped: 0.3\n")
+    with pytest.raises(ValueError, match="tcp_max_sped"):
+        load_safety_config(bad)
+    bad.write_text("safety:\n  joint_limits_file: missing.yaml\n")
+    with pytest.raises(ValueError, match="missing.yaml"):
+        load_safety_config(bad)
+    with pytest.raises(ValueError, match="nothere"):
+        load_safety_config(tmp_path / "nothere.yaml")
+
+
+def test_gate_refuses_mismatched_joint_names(kin: ArmKinematics) -> None:
+    cfg = load_safety_config()
+    jl = cfg.joint_limits
+    other = type(jl)(tuple(f"j{i}" for i in range(7)), jl.min_position, jl.max_position, jl.max_velocity,
+                     jl.max_acceleration)
+    with pytest.raises(ValueError, match="joint"):
+        SafetyGate(SafetyConfig(joint_limits=other), kin)
