@@ -252,7 +252,7 @@ class SafetyGate:
     @staticmethod
     def _raw_scale(motion: np.ndarray, lo: np.ndarray, hi: np.ndarray, reasons: list[str]) -> float:
         """Largest s <= 1 with s * motion inside [lo, hi] (bounds contain 0, checked by the config)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = np.where(motion > hi, hi / motion, np.where(motion < lo, lo / motion, 1.0))
         s = float(np.min(r))
         if s < 1.0 - _SCALE_TOL:
