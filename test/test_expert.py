@@ -22,7 +22,7 @@ def setup() -> tuple[TaskEnv, ScriptedExpert, ArmKinematics]:
 def test_expert_solves_task_without_collisions(setup, task: str) -> None:
     env, expert, kin = setup
     corpus = set(task_language_corpus())
-    for seed in (11, 12, 13):
+    for seed in (11, 12):
         env.reset(seed=seed, task=task)
         ep = run_episode(env, expert, kin, hold_steps=1, record_images=False)
         assert env.success_ever and env.success, (task, seed)
@@ -53,3 +53,24 @@ def test_zyx_extraction_round_trips() -> None:
 
     rpy = np.array([0.3, -0.2, 1.1])
     np.testing.assert_allclose(zyx_from_matrix(rpy_matrix(*rpy)), rpy, atol=1e-9)
+
+
+def test_safety_gate_passes_every_expert_action(setup) -> None:
+    """The demonstrations must be deployable: executed through the gate (as the node
+    does), every expert action is OK and the tasks still succeed."""
+    from specvla_ros.core.safety_config import load_safety_config
+    from specvla_ros.core.safety_gate import SafetyGate
+    from specvla_ros.core.types import SafetyStatus
+
+    env, expert, _ = setup
+    gate = SafetyGate(load_safety_config())
+    for task in TASKS:
+        env.reset(seed=31, task=task)
+        expert.reset()
+        while env.steps < env.max_steps and not env.success_ever:
+            action, _ = expert.act()
+            verdict = gate.check(action, env.robot_state(), env.config.control_period_s)
+            assert verdict.status == SafetyStatus.OK, (task, env.steps, verdict.reason)
+            env.command(verdict.joint_command, verdict.gripper_command)
+            env.step_control()
+        assert env.success_ever, task
