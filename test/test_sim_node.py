@@ -57,7 +57,7 @@ def _positions(msg: JointState) -> np.ndarray:
 
 
 def test_lockstep_publishes_and_follows_commands() -> None:
-    with sim_graph(41, lockstep=True, task="reach", seed=3, image_width=64, image_height=48) as (sim, probe, _):
+    with sim_graph(41, lockstep=True, sim_clock=True, task="reach", seed=3, image_width=64, image_height=48) as (sim, probe, _):
         images = Collector(probe, Image, TOPIC_CAMERA, qos.CAMERA)
         joints = Collector(probe, JointState, TOPIC_JOINT_STATES, qos.JOINT_STATES)
         status = Collector(probe, TaskStatus, TOPIC_STATUS, qos.STATUS)
@@ -162,7 +162,7 @@ def test_reset_service_and_expert_closed_loop_over_topics() -> None:
 
 
 def test_realtime_mode_runs_the_clock_and_camera() -> None:
-    with sim_graph(44, lockstep=False, real_time_factor=0.0, task="push", seed=2, image_width=32,
+    with sim_graph(44, lockstep=False, sim_clock=True, real_time_factor=0.0, task="push", seed=2, image_width=32,
                    image_height=32, camera_rate=20.0) as (sim, probe, _):
         images = Collector(probe, Image, TOPIC_CAMERA, qos.CAMERA)
         clock = Collector(probe, Clock, TOPIC_CLOCK, 10)

@@ -81,7 +81,7 @@ SIM_PARAMS: tuple[tuple[ParamSpec, Any], ...] = (
     (ParamSpec("publish_instruction", BOOL, "publish the task instruction on /specvla/instruction "
                "(latched) at every reset (restart)"), True),
     (ParamSpec("sim_clock", BOOL, "publish the simulation time on /clock (run other nodes with "
-               "use_sim_time) and stamp messages with it (restart)"), True),
+               "use_sim_time) and stamp messages with it; off = wall-clock stamps (restart)"), False),
     (ParamSpec("status_rate", DOUBLE, "task status publishing rate in sim time [Hz] (restart)",
                min=0.5, max=100.0), 5.0),
     (ParamSpec("camera_frame_id", STRING, "frame_id of the camera images (restart)"), "camera"),
@@ -105,7 +105,7 @@ class SimNodeConfig:
     lockstep_gripper_wait: float = 0.05
     max_episode_steps: int = 0
     publish_instruction: bool = True
-    sim_clock: bool = True
+    sim_clock: bool = False
     status_rate: float = 5.0
     camera_frame_id: str = "camera"
 
