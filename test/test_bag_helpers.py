@@ -135,6 +135,10 @@ def joint_state_msg(ns: int, k: int) -> Any:
     stamp_msg(msg.header, ns)
     msg.name = [f"panda_joint{i}" for i in range(1, 8)]
     msg.position = [0.1 * k + 0.01 * i for i in range(7)]
+    # Non-empty velocity/effort: rclpy's serialize_message pads empty float64 sequences
+    # with 8 bytes that rosbags (and the wire) do not have.
+    msg.velocity = [0.0] * 7
+    msg.effort = [0.0] * 7
     return msg
 
 

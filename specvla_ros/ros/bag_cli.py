@@ -104,8 +104,9 @@ def _start_ros(no_shm: bool, node_name: str, use_sim_time: bool = False):  # noq
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
-    # We handle Ctrl-C ourselves so the bag is always closed properly.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    # We handle Ctrl-C ourselves so the bag is always closed properly. Our own
+    # argv is not handed to rclpy: it would read `--remap a:=b` as a ROS remap rule.
+    rclpy.init(args=[PROG], signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(
         node_name, parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)]
     )

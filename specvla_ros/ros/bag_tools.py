@@ -458,6 +458,7 @@ class PlayStats:
     clock_published: int = 0
     loops_done: int = 0
     wall_time_s: float = 0.0
+    unacked_topics: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -570,7 +571,22 @@ class BagPlayer:
             loop += 1
             self.stats.loops_done = loop
         self.stats.wall_time_s = time.monotonic() - started
+        self.stats.unacked_topics = self.wait_for_acks()
         return self.stats
+
+    def wait_for_acks(self, timeout_s: float = 10.0) -> list[str]:
+        """Block until reliable subscribers acknowledged everything published.
+
+        Without this a player process that exits right after its last publish
+        loses the reliable messages still in flight. Returns the topics that
+        did not confirm in time (best-effort publishers confirm at once).
+        """
+        from rclpy.duration import Duration
+
+        return [
+            topic for topic, pub in self.publishers.items()
+            if not pub.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
+        ]
 
     def _play_once(self, after_publish: PublishHook | None) -> None:
         cfg = self.config
