@@ -32,6 +32,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
+from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 
 from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyStatus, Verdict
@@ -72,6 +73,7 @@ class _Decision:
     verdict: Verdict
     stats: DecodeStats | None = None
     narration: str | None = None
+    stamp: TimeMsg | None = None  # camera frame the decision was made from (None: a hold, stamped now)
 
 
 class PolicyNode(LifecycleNode):
@@ -133,7 +135,7 @@ class PolicyNode(LifecycleNode):
             policy = Policy(config)
             load_s = time.perf_counter() - t0
             warmup_s = policy.warmup(n=self._p["warmup_steps"]) if self._p["warmup_steps"] > 0 else 0.0
-        except (ModelLoadError, ValueError, OSError) as exc:
+        except (ModelLoadError, ValueError, OSError, ImportError) as exc:
             msg = f"model load failed: {exc}"
             self.get_logger().error(msg)
             self._diag.set_model(ERROR, msg)
@@ -313,7 +315,10 @@ class PolicyNode(LifecycleNode):
         self._last_state = state
         oldest = max(age, gage)
         if oldest > max_age:
-            return state, f"joint_states {oldest:.2f} s old (max_input_age {max_age:.2f} s)", True
+            names = list(self._p["joint_names"]) + list(self._p["gripper_joint_names"])
+            worst = max(names, key=lambda n: now - snap.joints[n].received)
+            return state, (f"joint_states: {worst} last received {oldest:.2f} s ago "
+                           f"(max_input_age {max_age:.2f} s)"), True
         return state, None, False
 
     def _image(self, snap: _Inputs, now: float) -> tuple[np.ndarray | None, str | None, bool]:
@@ -401,7 +406,7 @@ class PolicyNode(LifecycleNode):
         if self._snapshot().estop:  # pressed while decoding
             self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched", out.stats))
             return
-        self._publish(_Decision(out.verdict, out.stats, out.narration))
+        self._publish(_Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp))  # type: ignore[union-attr]
 
     def _watchdog_tick(self) -> None:
         if self._active and self._last_status != SafetyStatus.HALT_ESTOP and self._snapshot().estop:
@@ -420,7 +425,7 @@ class PolicyNode(LifecycleNode):
 
     def _publish(self, decision: _Decision, force: bool = False) -> None:
         verdict = decision.verdict
-        header = Header(stamp=self.get_clock().now().to_msg())
+        header = Header(stamp=decision.stamp if decision.stamp is not None else self.get_clock().now().to_msg())
         with self._pub_lock:
             if not (self._active or force) or not self._pubs:
                 return

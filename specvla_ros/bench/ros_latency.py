@@ -1,0 +1,207 @@
+"""End-to-end latency of specvla_node, camera message -> command message, and
+the ROS plumbing overhead over a bare ``Policy.step`` call, in one run.
+
+    python -m specvla_ros.bench.ros_latency                 # shipped models, else random "default" ones
+    python -m specvla_ros.bench.ros_latency --preset test --decisions 30
+
+One process, one ROS domain with discovery OFF: a camera publisher (640x480
+rgb8 at --camera-hz) and joint states feed the node; the command's arrival is
+matched to the frame it was computed from through the verdict's header stamp
+(= that frame's stamp). Reported (milliseconds, p50/p95), printed as JSON:
+  bare_step        Policy.step on the same inputs, no ROS (same process, before the node starts)
+  node_step        the node's own decision time (SpecDecodeStats.total_time)
+  end_to_end       camera publish -> command received
+  overhead         end_to_end - node_step of the same decision: transport, conversion and resize,
+                   the wait for the next control tick (0..control_period), publishing
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    arr = np.asarray(values) * 1e3
+    return {"n": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 2),
+            "p95_ms": round(float(np.percentile(arr, 95)), 2), "mean_ms": round(float(arr.mean()), 2)}
+
+
+def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
+    if args.target_dir:
+        return args.target_dir, args.draft_dir or ""
+    from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, shipped_models_present
+
+    if shipped_models_present() and args.preset is None:
+        return str(DEFAULT_TARGET_DIR), str(DEFAULT_DRAFT_DIR)
+    from specvla_ros.core.tiny_vla import make_random_checkpoint, make_random_draft
+
+    target = make_random_checkpoint(tmp / "target", preset=args.preset or "default", seed=0)
+    draft = make_random_draft(tmp / "draft", target, kind="model", seed=1)
+    return str(target), str(draft)
+
+
+def bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float]:
+    """Policy.step timings without ROS (new frame id each call, so vision runs every time, as in the node)."""
+    from specvla_ros.core.policy import Policy
+    from specvla_ros.core.types import Observation, RobotState
+    from specvla_ros.ros.conversions import _resize  # same resize the node applies
+    from specvla_ros.ros.policy_node import policy_config
+
+    policy = Policy(policy_config(values))
+    policy.warmup(n=2)
+    rgb = _resize(frame, tuple(policy.image_size))
+    q = np.array([0.0, -0.4, 0.0, -2.2, 0.0, 1.9, 0.8])
+    state = RobotState(q=q, gripper=0.04)
+    times = []
+    for i in range(n):
+        obs = Observation(image=rgb, instruction="pick up the red cube",
+                          proprio=np.r_[q, 0.04].astype(np.float32), frame_id=i + 1)
+        t0 = time.perf_counter()
+        policy.step(obs, state)
+        times.append(time.perf_counter() - t0)
+    del policy
+    return times
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "OFF"
+    os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_bench_log_"))
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+    from specvla_msgs.msg import SafetyVerdict, SpecDecodeStats
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from specvla_ros.core.types import PANDA_JOINT_NAMES
+    from specvla_ros.ros import conversions as conv
+    from specvla_ros.ros import params, qos
+    from specvla_ros.ros.policy_node import PolicyNode
+
+    tmp = Path(tempfile.mkdtemp(prefix="specvla_bench_ckpt_"))
+    target, draft = _checkpoints(args, tmp)
+    values = dict(params.defaults())
+    values.update(target_dir=target, draft_dir=draft, drafter="model" if draft else "none", device=args.device,
+                  control_period=args.control_period, decision_deadline=10.0, max_input_age=2.0, autostart=False)
+    frame = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    bare = bare_steps(values, frame, args.decisions)
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=args.domain_id)
+    overrides = [Parameter(k, value=v) for k, v in values.items() if k in params.SPECS]
+    node = PolicyNode(context=ctx, parameter_overrides=overrides)
+    probe = Node("latency_probe", context=ctx)
+    lock = threading.Lock()
+    published: dict[int, float] = {}  # frame stamp ns -> publish time
+    last_cmd = [0.0]
+    e2e: list[float] = []
+    node_step: dict[int, float] = {}
+    pairs: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    image_pub = probe.create_publisher(type(conv.rgb_to_image(frame[:2, :2])), "/camera/image_raw", qos.CAMERA)
+    joint_pub = probe.create_publisher(JointState, "/joint_states", 10)
+    instr_pub = probe.create_publisher(String, "/specvla/instruction", qos.LATCHED)
+    image_msg = conv.rgb_to_image(frame)
+    joints = JointState(name=list(PANDA_JOINT_NAMES) + ["panda_finger_joint1", "panda_finger_joint2"],
+                        position=[0.0, -0.4, 0.0, -2.2, 0.0, 1.9, 0.8, 0.02, 0.02])
+
+    def camera() -> None:
+        stamp = probe.get_clock().now().to_msg()
+        image_msg.header.stamp = stamp
+        with lock:
+            published[conv.stamp_ns(stamp)] = time.monotonic()
+        image_pub.publish(image_msg)
+        joint_pub.publish(joints)
+
+    def on_command(_msg: JointTrajectory) -> None:
+        last_cmd[0] = time.monotonic()
+
+    def on_verdict(v: SafetyVerdict) -> None:
+        if v.status >= SafetyVerdict.HALT_STALE_INPUT:  # input holds are not decisions
+            return
+        key = conv.stamp_ns(v.header.stamp)
+        with lock:
+            t_pub = published.get(key)
+            if t_pub is not None and last_cmd[0] >= t_pub:
+                e2e.append(last_cmd[0] - t_pub)
+                pairs.append((key, last_cmd[0] - t_pub))
+            if len(e2e) >= args.decisions:
+                done.set()
+
+    def on_stats(s: SpecDecodeStats) -> None:
+        with lock:
+            node_step[conv.stamp_ns(s.header.stamp)] = s.total_time
+
+    probe.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", on_command,
+                              qos.COMMAND)
+    probe.create_subscription(SafetyVerdict, "/specvla_node/safety", on_verdict, qos.STATUS)
+    probe.create_subscription(SpecDecodeStats, "/specvla_node/spec_stats", on_stats, qos.STATUS)
+    executor = MultiThreadedExecutor(num_threads=5, context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        instr_pub.publish(String(data="pick up the red cube"))
+        if not node.run_autostart():
+            raise RuntimeError("specvla_node failed to configure/activate")
+        probe.create_timer(1.0 / args.camera_hz, camera)
+        finished = done.wait(timeout=args.timeout)
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10.0)
+        node.destroy_node()
+        probe.destroy_node()
+        ctx.try_shutdown()
+    with lock:
+        steps = [node_step[k] for k, _ in pairs if k in node_step]
+        overhead = [lat - node_step[k] for k, lat in pairs if k in node_step]
+    return {
+        "bench": "ros_latency",
+        "image": f"{args.width}x{args.height} rgb8 @ {args.camera_hz} Hz",
+        "control_period_s": args.control_period,
+        "target_dir": target, "draft_dir": draft, "device": args.device,
+        "completed": bool(finished),
+        "bare_step": _pct(bare),
+        "node_step": _pct(steps),
+        "end_to_end": _pct(e2e),
+        "overhead": _pct(overhead),
+        "overhead_note": "includes the wait for the next control tick (uniform in 0..control_period)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target-dir", default="", help="target checkpoint (default: shipped, else random)")
+    parser.add_argument("--draft-dir", default="", help="draft checkpoint ('' with --target-dir: no draft)")
+    parser.add_argument("--preset", choices=("test", "default"), default=None,
+                        help="build random checkpoints of this size instead of the shipped ones")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--decisions", type=int, default=40, help="decisions to measure")
+    parser.add_argument("--control-period", type=float, default=0.2, help="[s]")
+    parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--domain-id", type=int, default=39)
+    parser.add_argument("--timeout", type=float, default=300.0, help="[s] give up after this long")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
