@@ -1,0 +1,297 @@
+"""One control step: observation + measured state -> (narration, action, verdict, stats).
+
+The step validates its inputs (a bad input holds, it never raises), computes
+the safety envelope from the measured state and hands it to the speculative
+decoder as an allowed-bin mask, decodes, and runs the full safety gate. If the
+gate refuses the action, it decodes once more inside an envelope shrunk by
+``redecode_shrink``; if that fails too, it halts (holds the measured joints).
+Which path was taken is counted in ``DecodeStats.safety_path`` / ``redecoded``.
+
+This is the object the ROS node drives; it knows nothing of ROS.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specvla_ros.core.action_tokenizer import ActionTokenizer, load_norm_stats
+from specvla_ros.core.model_interface import ModelLoadError, VLAModel
+from specvla_ros.core.model_loading import load_drafter, load_vla
+from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
+from specvla_ros.core.safety_config import load_safety_config
+from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.spec_decoder import DecodeConfig, DecodeResult, SpeculativeDecoder
+from specvla_ros.core.types import (
+    ACTION_DIM,
+    DecodeStats,
+    Observation,
+    PolicyOutput,
+    RobotState,
+    SafetyStatus,
+    Verdict,
+)
+
+DRAFTERS = ("model", "eagle", "none")
+#: Dataset statistics file of a target checkpoint (OpenVLA layout).
+STATS_FILE = "dataset_statistics.json"
+_WARMUP_INSTRUCTION = "pick up the red cube"
+
+
+@dataclass
+class PolicyConfig:
+    """What the policy loads and how it decides.
+
+    target_dir / draft_dir: checkpoint dirs (draft_dir None or "" = no speculation).
+    drafter: "model" (independent draft VLA), "eagle" (EAGLE head) or "none".
+    device: "auto" | "cpu" | "cuda[:N]"; dtype: "float32" | "float16" | "bfloat16" | "auto".
+    unnorm_key: dataset whose action statistics de-normalise actions (None = the checkpoint's).
+    control_period_s: seconds one action lasts (the gate's dt) [s].
+    safety_config: safety.yaml path (None = the shipped one).
+    safe_envelope: mask the decoder's action bins with the safety envelope.
+    redecode_shrink: envelope scale (0, 1] for the one re-decode after a refused action.
+    """
+
+    target_dir: str = str(DEFAULT_TARGET_DIR)
+    draft_dir: str | None = str(DEFAULT_DRAFT_DIR)
+    drafter: str = "model"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    device: str = "auto"
+    dtype: str = "float32"
+    unnorm_key: str | None = None
+    control_period_s: float = 0.2
+    safety_config: str | None = None
+    safe_envelope: bool = True
+    redecode_shrink: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.drafter not in DRAFTERS:
+            raise ValueError(f"PolicyConfig.drafter must be one of {DRAFTERS}, got {self.drafter!r}")
+        if isinstance(self.decode, dict):
+            self.decode = DecodeConfig(**self.decode)
+        if not isinstance(self.decode, DecodeConfig):
+            raise ValueError(f"PolicyConfig.decode must be a DecodeConfig, got {type(self.decode).__name__}")
+        if not self.target_dir:
+            raise ValueError("PolicyConfig.target_dir must name a checkpoint directory")
+        if not (np.isfinite(self.control_period_s) and self.control_period_s > 0):
+            raise ValueError(f"PolicyConfig.control_period_s must be finite and > 0, got {self.control_period_s}")
+        if not (0.0 < self.redecode_shrink <= 1.0):
+            raise ValueError(f"PolicyConfig.redecode_shrink must be in (0, 1], got {self.redecode_shrink}")
+
+    @property
+    def speculative(self) -> bool:
+        return self.drafter != "none" and bool(self.draft_dir)
+
+
+class Policy:
+    """Speculative-decoding VLA policy behind a safety gate.
+
+    Raises ModelLoadError on bad checkpoint files and ValueError on bad config
+    (both with a message naming the file or value).
+    """
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.target: VLAModel = load_vla(config.target_dir, config.device, config.dtype)
+        if config.unnorm_key:
+            self._use_norm_stats(config.unnorm_key)
+        self.drafter = None
+        if config.speculative:
+            d = config.decode
+            self.drafter = load_drafter(config.draft_dir, self.target, d.draft_len, d.max_draft_len,  # type: ignore[arg-type]
+                                        d.adaptive_draft)
+            kind = "eagle" if hasattr(self.drafter, "head") else "model"
+            if kind != config.drafter:
+                raise ValueError(f"drafter={config.drafter!r} but {config.draft_dir} holds a {kind!r} draft")
+        self.decoder = SpeculativeDecoder(self.target, self.drafter, config.decode)
+        self.gate = SafetyGate(load_safety_config(config.safety_config))
+        if self.gate.action_dim != ACTION_DIM:
+            raise ValueError(f"safety action_space {self.gate.config.action_space!r} has {self.gate.action_dim} "
+                             f"dimensions; the model emits {ACTION_DIM}")
+        self._bin_values = self.target.action_tokenizer.bin_values()
+        self._image_size = _model_image_size(self.target)
+        self._proprio_dim = getattr(getattr(self.target, "config", None), "proprio_dim", None)
+
+    # --- properties the node reads -----------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images ``step`` expects."""
+        return self._image_size
+
+    @property
+    def info(self) -> dict:
+        target_params, target_bytes = _param_stats(self.target)
+        draft_module = getattr(self.drafter, "model", None)
+        if draft_module is None:
+            draft_module = getattr(self.drafter, "head", None)
+        draft_params, draft_bytes = _param_stats(draft_module) if draft_module is not None else (0, 0)
+        return {
+            "device": str(self.target.device),
+            "dtype": str(self.target.dtype).removeprefix("torch."),
+            "target_params": target_params,
+            "draft_params": draft_params,
+            "memory_mb": (target_bytes + draft_bytes) / 2**20,
+            "drafter": self.config.drafter if self.drafter is not None else "none",
+            "action_space": self.gate.config.action_space,
+        }
+
+    # --- control ------------------------------------------------------------------
+    def hold(self, state: RobotState, status: SafetyStatus, reason: str) -> Verdict:
+        """Hold the measured joints with the given status (stale input, e-stop, deadline, ...)."""
+        return self.gate.hold(state, status, reason)
+
+    def warmup(self, n: int = 2) -> float:
+        """Run ``n`` decodes on a blank frame (allocations, kernels); returns seconds spent."""
+        h, w = self._image_size
+        proprio = np.zeros(self._proprio_dim or 8, dtype=np.float32)
+        obs = Observation(np.zeros((h, w, 3), dtype=np.uint8), _WARMUP_INSTRUCTION, proprio, frame_id=None)
+        t0 = time.perf_counter()
+        for _ in range(max(0, int(n))):
+            self.decoder.decode(obs)
+        return time.perf_counter() - t0
+
+    def step(self, obs: Observation, state: RobotState) -> PolicyOutput:
+        """Decide one action. Bad inputs give a HALT_* verdict (hold), never an exception."""
+        t0 = time.perf_counter()
+        problem = self._input_problem(obs, state)
+        if problem is not None:
+            status, reason = problem
+            stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted")
+            stats.total_time_s = time.perf_counter() - t0
+            return PolicyOutput("", np.full(ACTION_DIM, np.nan), self.gate.hold(state, status, reason), stats)
+
+        dt = self.config.control_period_s
+        gate_time = 0.0
+        mask = None
+        if self.config.safe_envelope:
+            tg = time.perf_counter()
+            mask = self.action_mask(state, 1.0)
+            gate_time += time.perf_counter() - tg
+        result = self.decoder.decode(obs, mask)
+        verdict = self.gate.check(result.action, state, dt)
+        gate_time += verdict.check_time_s
+        stats = result.stats
+        if not verdict.is_halt:
+            stats.safety_path = "scaled" if verdict.status == SafetyStatus.SCALED else "accepted"
+        else:
+            # one more try, inside a tighter envelope
+            tg = time.perf_counter()
+            mask = self.action_mask(state, self.config.redecode_shrink)
+            gate_time += time.perf_counter() - tg
+            first = verdict
+            result = self.decoder.decode(obs, mask)
+            _merge_stats(stats, result.stats)
+            stats.redecoded = 1
+            verdict = self.gate.check(result.action, state, dt)
+            gate_time += verdict.check_time_s
+            if verdict.is_halt:
+                stats.safety_path = "halted"
+                verdict.reason = f"{verdict.reason} (after re-decode; first: {first.reason})"
+            else:
+                stats.safety_path = "redecoded"
+        stats.gate_time_s = gate_time
+        stats.total_time_s = time.perf_counter() - t0
+        return PolicyOutput(result.narration, result.action, verdict, stats)
+
+    def action_mask(self, state: RobotState, shrink: float = 1.0) -> np.ndarray:
+        """Allowed action bins (7, n_bins) from the safety envelope.
+
+        A dimension whose interval holds no bin centre (an interval narrower than a bin
+        that misses every centre) allows the single bin nearest to it, so the decoder
+        always has a choice; the gate still checks the result.
+        """
+        low, high = self.gate.envelope(state, self.config.control_period_s, shrink)
+        return _mask_for_interval(self._bin_values, low, high)
+
+    def decode_raw(self, obs: Observation, state: RobotState | None = None, shrink: float = 1.0) -> DecodeResult:
+        """Decode without the gate (benchmarks, tests); masked by the envelope when ``state`` is given."""
+        mask = self.action_mask(state, shrink) if state is not None else None
+        return self.decoder.decode(obs, mask)
+
+    # --- helpers ------------------------------------------------------------------
+    def _input_problem(self, obs: Observation, state: RobotState) -> tuple[SafetyStatus, str] | None:
+        try:
+            q = np.asarray(state.q, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return SafetyStatus.HALT_BAD_INPUT, "joint state is not numeric"
+        if q.shape != (self.gate.n,):
+            return SafetyStatus.HALT_BAD_INPUT, f"expected {self.gate.n} joint positions, got {q.shape[0]}"
+        if not np.all(np.isfinite(q)):
+            return SafetyStatus.HALT_NONFINITE, f"measured joint positions not finite: {q}"
+        img = obs.image
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
+            kind = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
+            return SafetyStatus.HALT_BAD_INPUT, f"image must be a uint8 array, got {kind}"
+        h, w = self._image_size
+        if img.shape != (h, w, 3):
+            return SafetyStatus.HALT_BAD_INPUT, f"image must be {h}x{w}x3 RGB, got shape {img.shape}"
+        try:
+            proprio = np.asarray(obs.proprio, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return SafetyStatus.HALT_BAD_INPUT, "proprio is not numeric"
+        if self._proprio_dim is not None and proprio.shape != (self._proprio_dim,):
+            return SafetyStatus.HALT_BAD_INPUT, f"proprio must have {self._proprio_dim} values, got {proprio.shape[0]}"
+        if not np.all(np.isfinite(proprio)):
+            return SafetyStatus.HALT_NONFINITE, f"proprio not finite: {proprio}"
+        if not isinstance(obs.instruction, str) or not obs.instruction.strip():
+            return SafetyStatus.HALT_BAD_INPUT, "instruction is empty"
+        unknown_words = getattr(self.target.text_tokenizer, "unknown_words", None)
+        if unknown_words is not None:
+            unknown = unknown_words(obs.instruction)
+            if unknown:
+                return SafetyStatus.HALT_BAD_INPUT, f"instruction has words the model does not know: {unknown}"
+        return None
+
+    def _use_norm_stats(self, unnorm_key: str) -> None:
+        path = Path(self.config.target_dir) / STATS_FILE
+        try:
+            stats = load_norm_stats(path, unnorm_key)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        old = self.target.action_tokenizer
+        self.target.action_tokenizer = ActionTokenizer(old.vocab_size, stats, old.n_bins)
+
+
+def _mask_for_interval(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Bins whose value lies in [low, high] per row; an empty row gets its nearest bin."""
+    lo, hi = low[:, None], high[:, None]
+    mask = (values >= lo - 1e-12) & (values <= hi + 1e-12)
+    empty = ~mask.any(axis=1)
+    if np.any(empty):
+        gap = np.maximum(np.maximum(lo - values, values - hi), 0.0)
+        for i in np.flatnonzero(empty):
+            mask[i, int(np.argmin(gap[i]))] = True
+    return mask
+
+
+def _merge_stats(into: DecodeStats, more: DecodeStats) -> None:
+    """Add a second decode's counts and times to the step's statistics."""
+    for f in fields(DecodeStats):
+        a, b = getattr(into, f.name), getattr(more, f.name)
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and f.name not in ("redecoded",):
+            setattr(into, f.name, a + b)
+
+
+def _model_image_size(target: VLAModel) -> tuple[int, int]:
+    for owner in (target, getattr(target, "config", None)):
+        size = getattr(owner, "image_size", None) if owner is not None else None
+        if isinstance(size, int):
+            return size, size
+        if isinstance(size, (tuple, list)) and len(size) == 2:
+            return int(size[0]), int(size[1])
+    towers = getattr(target, "towers", None)  # OpenVLA adapter: one or more vision towers
+    if towers:
+        s = int(towers[0].cfg.image_size)
+        return s, s
+    raise ValueError(f"cannot tell the input image size of {type(target).__name__}")
+
+
+def _param_stats(module: object) -> tuple[int, int]:
+    if not isinstance(module, torch.nn.Module):
+        return 0, 0
+    params = list(module.parameters()) + list(module.buffers())
+    n = sum(p.numel() for p in module.parameters())
+    return n, sum(p.numel() * p.element_size() for p in params)
