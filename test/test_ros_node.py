@@ -253,6 +253,8 @@ BAD_INPUTS = [
     ("empty instruction", "instruction", lambda f: f.instruct("   "), BAD, "empty", ERROR),
     ("over-long instruction", "instruction", lambda f: f.instruct("go " * 400), BAD, "max_instruction_length",
      ERROR),
+    ("instruction the model cannot read", "model_input", lambda f: f.instruct("qwxzv plughh"), BAD,
+     "does not know", ERROR),
     ("NaN joint", "joint_states", lambda f: setattr(f, "joints", joint_state(q=np.r_[Q0[:4], np.nan, Q0[5:]])),
      BAD, "non-finite", ERROR),
     # a joint that stops being reported goes stale (drivers may split joints over several messages)

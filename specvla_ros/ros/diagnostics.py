@@ -17,7 +17,8 @@ from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
 from specvla_ros.ros.conversions import key_values
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-INPUTS = ("image", "joint_states", "instruction")
+#: "model_input": what the policy itself refused (e.g. words the model does not know).
+INPUTS = ("image", "joint_states", "instruction", "model_input")
 
 
 class NodeDiagnostics:

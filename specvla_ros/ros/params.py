@@ -84,7 +84,7 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("draft_dir", STRING, f"Draft checkpoint directory; 'default' = shipped, '' = no speculation {_MODEL}"),
     ParamSpec("drafter", STRING, f"Drafter kind {_MODEL}", choices=("model", "eagle", "none")),
     ParamSpec("device", STRING, f"Torch device {_MODEL}", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
-    ParamSpec("dtype", STRING, f"Model weight dtype {_MODEL}", choices=("float32", "float16", "bfloat16")),
+    ParamSpec("dtype", STRING, f"Model weight dtype {_MODEL}", choices=("float32", "float16", "bfloat16", "auto")),
     ParamSpec("unnorm_key", STRING, f"Action statistics key; '' = the checkpoint's only/default one {_MODEL}"),
     ParamSpec("safety_config", STRING, f"joint_limits YAML for the safety gate; '' = built-in Panda limits {_MODEL}"),
     ParamSpec("safe_envelope", BOOL, f"Accept/resample only action bins inside the safety envelope {_MODEL}"),

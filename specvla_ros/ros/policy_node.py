@@ -397,6 +397,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"policy step failed: {type(exc).__name__}: {exc} -> holding")
             self._publish(self._hold(SafetyStatus.HALT_NOT_READY, f"policy step failed: {exc}"))
             return
+        refused = out.verdict.status == SafetyStatus.HALT_BAD_INPUT
+        self._input_problem("model_input", out.verdict.reason if refused else None)
         took = time.monotonic() - tick
         deadline = float(self._p["decision_deadline"])
         if took > deadline:
