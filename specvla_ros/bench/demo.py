@@ -45,11 +45,17 @@ class EpisodeLog:
     narrations: list[str] = field(default_factory=list)
 
 
-def _params_file(base: Path, out_dir: Path, task: str, seed: int, mode: str) -> Path:
+def _params_file(base: Path, out_dir: Path, task: str, seed: int, mode: str, target: str | None,
+                 draft: str | None) -> Path:
     """The shipped parameter file with the demo's overrides (lockstep, so slow CPUs still run fairly)."""
     cfg = yaml.safe_load(base.read_text())
     cfg["specvla_sim"]["ros__parameters"].update(lockstep=True, task=task, seed=seed)
-    cfg["specvla_node"]["ros__parameters"].setdefault("decode", {})["mode"] = mode
+    node = cfg["specvla_node"]["ros__parameters"]
+    node.setdefault("decode", {})["mode"] = mode
+    if target:
+        node["target_dir"] = str(Path(target).resolve())
+    if draft is not None:
+        node["draft_dir"] = str(Path(draft).resolve()) if draft else ""
     path = out_dir / "demo_params.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=3, help="episodes, cycling reach/push/pick")
     p.add_argument("--out", default="out/demo", help="directory for demo.gif and table.md")
     p.add_argument("--mode", default="greedy", choices=("greedy", "relaxed", "sample"), help="decode accept rule")
+    p.add_argument("--target", default=None, help="target checkpoint dir (default: the shipped model)")
+    p.add_argument("--draft", default=None, help="draft checkpoint dir (default: shipped; '' = no speculation)")
     p.add_argument("--episode-timeout", type=float, default=240.0, help="wall seconds per episode at most")
     args = p.parse_args(argv)
     if args.episodes < 1:
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_demo_log_"))
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    params = _params_file(default_config_path(), out, TASK_CYCLE[0], DEMO_SEED_BASE, args.mode)
+    params = _params_file(default_config_path(), out, TASK_CYCLE[0], DEMO_SEED_BASE, args.mode, args.target, args.draft)
 
     procs: list[subprocess.Popen] = []
     observer: _Observer | None = None
