@@ -141,7 +141,7 @@ class SafetyConfig:
     obstacle_ignore_links: tuple[str, ...] = ("panda_link0",)  # resting on the table
     self_collision_ignore: tuple[tuple[str, str], ...] = (("panda_link5", "panda_link7"),)
     singularity_halt_condition: float = 90.0  # Jacobian condition number (MoveIt Servo's hard stop)
-    ik_max_iterations: int = 100
+    ik_max_iterations: int = 50
     ik_position_tolerance: float = 1e-4  # [m]
     ik_rotation_tolerance: float = 1e-3  # [rad]
     urdf: str | None = None  # None = shipped Panda

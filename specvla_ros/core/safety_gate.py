@@ -27,7 +27,7 @@ from specvla_ros.core.types import ACTION_DIM_NAMES, RobotState, SafetyStatus, V
 #: Scale factors this close to 1 count as "no scaling" (floating point).
 _SCALE_TOL = 1e-6
 #: Re-targeting rounds when the target's joint/TCP speeds still exceed a limit.
-_SPEED_ROUNDS = 4
+_SPEED_ROUNDS = 8
 
 
 class SafetyGate:
@@ -172,7 +172,7 @@ class SafetyGate:
             if f <= 0.0:
                 return self._halt(state, a, SafetyStatus.HALT_VELOCITY,
                                   "speed limits cannot be met by scaling: " + "; ".join(reasons), scale=0.0)
-            s *= f * 0.995
+            s *= f * 0.98
         else:
             return self._halt(state, a, SafetyStatus.HALT_VELOCITY,
                               "speed limits still exceeded after scaling: " + "; ".join(reasons), scale=s)
