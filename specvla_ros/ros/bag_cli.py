@@ -5,6 +5,7 @@
                          [--remap FROM:=TO ...] [--qos TOPIC:=PRESET ...] [--clock [HZ]]
     specvla_bag record [-o OUT] [-s mcap|sqlite3] (TOPIC ... | --node-io | -a)
                        [--duration S] [--max-messages N] [--use-sim-time]
+    specvla_bag regress INPUT_BAG --golden GOLDEN [--update] [--report R.json] [--models M]
 
 Errors (missing or corrupt bags, bad options) print one line on stderr and
 exit with status 1; argparse usage errors exit with 2.
@@ -83,6 +84,12 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--use-sim-time", action="store_true", help="stamp messages with /clock time")
     rec.add_argument("--qos", nargs="+", default=[], metavar="TOPIC:=PRESET", help="subscription QoS per topic")
     rec.add_argument("--no-shm", action="store_true", help="do not load the shipped Fast DDS shared-memory profile")
+
+    from specvla_ros.ros.bag_regression import add_arguments
+
+    reg = sub.add_parser("regress", help="replay an input bag through the policy node and compare with a golden bag "
+                         "(exit 1 on differences, 2 on errors)")
+    add_arguments(reg)
     return parser
 
 
@@ -196,15 +203,22 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_regress(args: argparse.Namespace) -> int:
+    from specvla_ros.ros.bag_regression import run_cli
+
+    return run_cli(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     warnings.showwarning = _one_line_warnings
-    handlers = {"info": _cmd_info, "play": _cmd_play, "record": _cmd_record}
+    handlers = {"info": _cmd_info, "play": _cmd_play, "record": _cmd_record, "regress": _cmd_regress}
     try:
         return handlers[args.command](args)
-    except (BagError, ValueError, FileNotFoundError) as exc:
+    except (BagError, ValueError, FileNotFoundError, TimeoutError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        # regress keeps 1 for "outputs differ"
+        return 2 if args.command == "regress" else 1
     except KeyboardInterrupt:
         return 130
 
