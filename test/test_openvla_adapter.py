@@ -337,3 +337,43 @@ def test_missing_tokenizer(broken):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="tokenizer.json.*missing"):
         load_openvla(broken, "cpu", unnorm_key="sim_panda", warmup=False)
+
+
+# --- static cache (the GPU path with CUDA graphs uses the same computation) ---------------
+
+@torch.inference_mode()
+def test_static_cache_matches_dynamic_cache(ckpt):
+    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.types import Observation
+
+    m = load_openvla(ckpt, "cpu", unnorm_key="sim_panda", warmup=False)
+    vis = m.encode_vision(_image(6))
+    steps = [torch.tensor([259, 400, 401, 402]), torch.tensor([500, 501])]
+
+    def run() -> list:
+        cache, out = m.prefill(vis, INSTRUCTION, return_all_hidden=True)
+        outs = [out, m.forward(steps[0], cache)]
+        cache.truncate(len(cache) - 2)
+        outs.append(m.forward(steps[1], cache))
+        return outs + [len(cache)]
+
+    dynamic = run()
+    obs = Observation(image=_image(7), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32))
+    ref = SpeculativeDecoder(m, _eagle_for(m, 3), DecodeConfig()).decode(obs)
+    m.enable_static_cache(capacity=64)
+    static = run()
+    assert static[-1] == dynamic[-1]
+    for a, b in zip(dynamic[:-1], static[:-1]):
+        torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.hidden, a.hidden, rtol=1e-4, atol=1e-4)
+    res = SpeculativeDecoder(m, _eagle_for(m, 3), DecodeConfig()).decode(obs)
+    assert res.token_ids == ref.token_ids
+    old = m.new_cache()
+    m.new_cache()
+    with pytest.raises(RuntimeError, match="superseded"):
+        len(old)
+    with pytest.raises(ValueError, match="capacity"):
+        c, _ = m.prefill(vis, INSTRUCTION)
+        m.forward(torch.arange(320, 320 + 64), c)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        m.enable_static_cache(capacity=64, cuda_graphs=True)

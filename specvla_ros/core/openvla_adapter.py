@@ -53,6 +53,7 @@ from torch import nn
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
 from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures
+from specvla_ros.core.static_llama import StaticCacheHandle, StaticLlamaRunner
 from specvla_ros.core.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, preprocess_image, timm_family
 
 LOG = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class OpenVLA(nn.Module):
         self.action_tokenizer = action_tokenizer
         self.norms = norms
         self.unnorm_key = unnorm_key
+        self._static: StaticLlamaRunner | None = None
         c = llm_config
         self.config = OpenVLAGeometry(
             d_model=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
@@ -257,11 +259,25 @@ class OpenVLA(nn.Module):
         patches = self.projector(vision.patches.to(device=self.device, dtype=self.dtype))[0]
         return torch.cat([ids[:1], patches, ids[1:]], dim=0)[None]
 
-    def new_cache(self) -> LlamaKVCache:
-        return LlamaKVCache(self.llm_config)
+    def enable_static_cache(self, capacity: int = 512, cuda_graphs: bool = False, max_step_tokens: int = 9) -> None:
+        """Decode on a preallocated cache of ``capacity`` positions; with ``cuda_graphs`` (CUDA only)
+        every step of 1..max_step_tokens tokens replays a captured graph. One decision at a time."""
+        self._static = StaticLlamaRunner(self.llm.model, self.llm.lm_head, capacity, max_step_tokens, cuda_graphs)
 
-    def forward_embeds(self, embeds: torch.Tensor, cache: LlamaKVCache, logits_last_only: bool = False) -> StepOutput:
+    def disable_static_cache(self) -> None:
+        self._static = None
+
+    def new_cache(self) -> LlamaKVCache | StaticCacheHandle:
+        return self._static.new_cache() if self._static is not None else LlamaKVCache(self.llm_config)
+
+    def forward_embeds(self, embeds: torch.Tensor, cache: LlamaKVCache | StaticCacheHandle,
+                       logits_last_only: bool = False) -> StepOutput:
         """Feed (1, n, d) embeddings after ``cache`` -> logits (n or 1, V) float32, hidden (n, d)."""
+        if isinstance(cache, StaticCacheHandle):
+            if self._static is None:
+                raise RuntimeError("a static cache was passed but the static cache is disabled")
+            hidden, logits = self._static.forward(embeds, cache, logits_last_only)
+            return StepOutput(logits=logits, hidden=hidden)
         out = self.llm.model(inputs_embeds=embeds, cache=cache.inner, use_cache=True)
         hidden = out.last_hidden_state[0]
         logits = self.llm.lm_head(hidden[-1:] if logits_last_only else hidden).float()

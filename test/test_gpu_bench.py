@@ -1,0 +1,58 @@
+"""GPU benchmark script: the --smoke run (tiny shapes on CPU) completes and reports sane JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specvla_ros.bench.gpu_bench import GpuBenchConfig, main
+
+
+def _errors(node, path="") -> list[str]:
+    if isinstance(node, dict):
+        found = [f"{path}: {node['error']}"] if "error" in node else []
+        return found + [e for k, v in node.items() for e in _errors(v, f"{path}/{k}")]
+    return []
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "gpu_bench.json"
+    assert main(["--smoke", "--frames", "1", "--warmup", "0", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_smoke_run_has_every_variant_and_no_errors(smoke):
+    assert smoke["smoke"] and smoke["device"] == "cpu"
+    assert _errors(smoke) == []
+    for name in ("target_only", "spec_exact", "spec_relaxed"):
+        assert smoke["shipped"][name]["median_ms"] > 0
+    ov = smoke["openvla7b_random"]
+    assert set(ov) >= {"dynamic_cache", "static_cache"}
+    for variant in ("dynamic_cache", "static_cache"):
+        micro = ov[variant]["micro"]
+        assert sorted(map(int, micro["verify_pass_ms_by_tokens"])) == list(range(1, 10))
+        assert ov[variant]["target_only"]["target_passes_per_decision"] == 8  # EON, then 7 action steps
+
+
+def test_exact_modes_reproduce_target_only_tokens(smoke):
+    assert smoke["shipped"]["spec_exact"]["action_tokens_equal_to_target_only"] == 1.0
+    for variant in ("dynamic_cache", "static_cache"):
+        res = smoke["openvla7b_random"][variant]
+        assert res["spec_exact_eagle_random"]["action_tokens_equal_to_target_only"] == 1.0
+        oracle = res["spec_exact_oracle"]
+        assert oracle["action_tokens_equal_to_target_only"] == 1.0
+        assert oracle["acceptance_rate"] == 1.0
+        # draft_len 4, all accepted: prefill emits EON, then 2 verify passes cover 7 action tokens
+        assert oracle["target_passes_per_decision"] == 3
+        relaxed = res["spec_relaxed_eagle_random"]
+        assert relaxed["max_bin_distance_to_target_only"] <= smoke["relax_bins"]
+
+
+def test_config_validation_and_smoke_overrides():
+    cfg = GpuBenchConfig(smoke=True, device="cuda", frames=50)
+    assert cfg.device == "cpu" and cfg.frames == 3 and not cfg.cuda_graphs
+    with pytest.raises(ValueError, match="draft_len"):
+        GpuBenchConfig(draft_len=9, max_draft_len=8)
+    with pytest.raises(ValueError, match="frames"):
+        GpuBenchConfig(frames=0)
