@@ -201,7 +201,7 @@ def slow_policies(tiny_checkpoints, tmp_path_factory) -> dict[str, Policy]:
     out = {}
     for mode in ("greedy", "sample", "relaxed"):
         dec = DecodeConfig(mode=mode, relax_bins=9 if mode == "relaxed" else 0, seed=3)
-        out[mode] = _policy(tiny_checkpoints, tmp, safety={"tcp_max_speed": 0.05, "tcp_max_angular_speed": 0.3,
+        out[mode] = _policy(tiny_checkpoints, tmp, safety={"tcp_max_speed": 0.05, "tcp_max_angular_speed": 0.3, "speed_envelope": "inscribed",
                                                                  "workspace": {"max": [0.705, 0.295, 0.6]}},
                             decode=dec)
     return out

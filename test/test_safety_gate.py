@@ -274,11 +274,16 @@ def test_collision_checking_can_be_switched_off(kin: ArmKinematics) -> None:
 def test_envelope_ee_delta(gate: SafetyGate, kin: ArmKinematics) -> None:
     low, high = gate.envelope(_state(HOME_Q), DT)
     assert low.shape == high.shape == (7,)
-    lin = 0.25 * DT / np.sqrt(3)
-    np.testing.assert_allclose(high[:3], lin, rtol=1e-5)
-    np.testing.assert_allclose(low[:3], -lin, rtol=1e-5)
-    np.testing.assert_allclose(high[3:6], 1.5 * DT / 3, rtol=1e-5)
+    # shipped: per_axis, |d_i| <= v dt (= the 0.05 m raw bound at 0.2 s), |r_i| <= w dt
+    np.testing.assert_allclose(high[:3], 0.25 * DT, rtol=1e-5)
+    np.testing.assert_allclose(low[:3], -0.25 * DT, rtol=1e-5)
+    np.testing.assert_allclose(high[3:6], 0.3, rtol=1e-5)
     assert (low[6], high[6]) == (0.0, 1.0)
+    # inscribed: the box inside the speed ball
+    ins_low, ins_high = _gate(kin, speed_envelope="inscribed").envelope(_state(HOME_Q), DT)
+    np.testing.assert_allclose(ins_high[:3], 0.25 * DT / np.sqrt(3), rtol=1e-5)
+    np.testing.assert_allclose(ins_low[:3], -0.25 * DT / np.sqrt(3), rtol=1e-5)
+    np.testing.assert_allclose(ins_high[3:6], 1.5 * DT / 3, rtol=1e-5)
     # near the workspace floor the envelope stops the TCP going down
     q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
     low2, high2 = gate.envelope(_state(q_low), DT)
@@ -332,6 +337,7 @@ def test_joint_limits_yaml_under_ros_parameters(tmp_path: Path) -> None:
     ("velocity_scale", 1.5, "velocity_scale"),
     ("gripper_max_opening", 0.0, "gripper"),
     ("action_low", (0.01,) * 7, "contain 0"),
+    ("speed_envelope", "circle", "speed_envelope"),
 ])
 def test_config_validation_names_the_bad_value(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):

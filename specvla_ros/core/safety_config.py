@@ -126,7 +126,7 @@ class SafetyConfig:
     velocity_scale: float = 1.0  # fraction of each joint's max_velocity allowed
     tcp_max_speed: float = 0.25  # [m/s] ISO 10218 reduced speed
     tcp_max_angular_speed: float = 1.5  # [rad/s]
-    speed_envelope: str = "inscribed"  # how the TCP speed limit becomes per-dimension intervals
+    speed_envelope: str = "per_axis"  # how the TCP speed limits become per-dimension intervals
     workspace_min: tuple[float, float, float] = (0.2, -0.45, 0.01)  # [m] TCP box, base frame
     workspace_max: tuple[float, float, float] = (0.8, 0.45, 0.6)
     action_low: tuple[float, ...] = (-0.05, -0.05, -0.05, -0.3, -0.3, -0.3, 0.0)  # robot units per step
