@@ -8,7 +8,7 @@ so a pip-installed user has them without the repository.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
