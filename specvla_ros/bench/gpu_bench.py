@@ -333,6 +333,16 @@ def bench_openvla(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype)
 
 def run(cfg: GpuBenchConfig) -> dict:
     """Run every enabled workload -> the JSON-able result."""
+    threads = torch.get_num_threads()
+    if cfg.smoke:  # tiny matmuls only lose from intra-op threads (much slower on a busy CI machine)
+        torch.set_num_threads(1)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: GpuBenchConfig) -> dict:
     import transformers
 
     from specvla_ros.core.model_loading import resolve_device
