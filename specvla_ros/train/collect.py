@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specvla_ros.sim.language import HOLD  # no mujoco import: --help stays fast
+from specvla_ros.sim.language import CLOSE, HOLD  # no mujoco import: --help stays fast
 
 DATASET_KEY = "sim_panda"
 STATS_FILE = "dataset_statistics.json"
@@ -90,6 +90,7 @@ def execute_ee_delta(env, kin, action: np.ndarray):  # noqa: ANN001, ANN201
 
 
 MAX_EXEC_STEP_M = 0.045  # [m] executed translation cap (the gate allows 0.05 per step)
+NOISE_FLOOR_Z = 0.06  # [m] TCP height below which execution noise never pushes down
 
 
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
@@ -110,8 +111,11 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
         ep.actions.append(np.asarray(action, dtype=np.float32))
         ep.narrations.append(narration)
         executed = np.asarray(action, dtype=np.float64).copy()
-        if exec_noise_m > 0 and narration != HOLD:
-            executed[:3] += rng.normal(0.0, exec_noise_m, size=3)
+        if exec_noise_m > 0 and narration not in (HOLD, CLOSE):
+            noise = rng.normal(0.0, exec_noise_m, size=3)
+            if env.tcp_pose()[0][2] < NOISE_FLOOR_Z:
+                noise[2] = abs(noise[2])  # near the table noise may only lift the fingers
+            executed[:3] += noise
             norm = float(np.linalg.norm(executed[:3]))
             if norm > MAX_EXEC_STEP_M:
                 executed[:3] *= MAX_EXEC_STEP_M / norm
