@@ -83,6 +83,16 @@ def test_policy_reports_what_it_loaded(policy: Policy) -> None:
     assert policy.warmup(1) > 0.0
 
 
+def test_unnorm_key_selects_the_dataset_statistics(tiny_checkpoints) -> None:
+    target, _, _ = tiny_checkpoints
+    pol = Policy(PolicyConfig(target_dir=str(target), draft_dir=None, drafter="none", device="cpu",
+                              unnorm_key="sim_panda"))
+    stats = pol.target.action_tokenizer.stats
+    assert stats.q99[0] > stats.q01[0]
+    out = pol.step(_obs(pol, seed=2), _state())
+    assert np.all(np.isfinite(out.action))
+
+
 def test_bad_config_and_files_raise_clear_errors(tiny_checkpoints, tmp_path: Path) -> None:
     target, draft, eagle = tiny_checkpoints
     with pytest.raises(ValueError, match="drafter"):

@@ -363,3 +363,14 @@ def test_gate_refuses_mismatched_joint_names(kin: ArmKinematics) -> None:
                      jl.max_acceleration)
     with pytest.raises(ValueError, match="joint"):
         SafetyGate(SafetyConfig(joint_limits=other), kin)
+
+
+def test_joint_space_action_may_carry_the_gripper(kin: ArmKinematics) -> None:
+    gate = _gate(kin, action_space="joint_delta", **JOINT_BOUNDS)
+    delta = np.array([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, -0.01])
+    with_grip = gate.check(np.r_[delta, 0.5], _state(HOME_Q, gripper=0.08), DT)
+    assert with_grip.status == SafetyStatus.OK, with_grip.reason
+    assert with_grip.gripper_command == pytest.approx(0.04)
+    np.testing.assert_allclose(with_grip.joint_command, HOME_Q + delta)
+    held = gate.check(delta, _state(HOME_Q, gripper=0.03), DT)  # 7 values: the gripper stays
+    assert held.gripper_command == pytest.approx(0.03)
