@@ -152,14 +152,22 @@ def _resolve_models(models: str, drafter: str, workdir: Path) -> tuple[str, str,
 
 
 def _fingerprint(*dirs: str) -> str:
-    """Hash of the weight files, so a golden bag knows which models made it."""
+    """Hash of the weights (tensor names, dtypes, shapes, values), so a golden bag
+    knows which models made it. File bytes are not used: the same tensors can be
+    laid out differently in a safetensors file."""
+    import torch
+    from safetensors import safe_open
+
     digest = hashlib.sha256()
     for d in dirs:
         if not d:
             continue
         for f in sorted(Path(d).glob("*.safetensors")):
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
+            with safe_open(str(f), framework="pt") as weights:
+                for name in sorted(weights.keys()):
+                    tensor = weights.get_tensor(name).contiguous()
+                    digest.update(f"{f.name}:{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                    digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
