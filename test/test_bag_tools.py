@@ -211,3 +211,13 @@ def test_record_refuses_existing_output(tmp_path) -> None:
         RecordConfig(output=tmp_path, topics=("/x",))
     with pytest.raises(ValueError, match="nothing to record"):
         RecordConfig(output=tmp_path / "new")
+
+
+def test_shm_profile_is_set_only_when_the_user_has_none(tmp_path) -> None:
+    from specvla_ros.ros.bag_tools import SHM_PROFILE_PATH, use_shm_profile
+
+    assert SHM_PROFILE_PATH.is_file() and "<segment_size>33554432</segment_size>" in SHM_PROFILE_PATH.read_text()
+    env: dict[str, str] = {}
+    assert use_shm_profile(env) == SHM_PROFILE_PATH and env == {"FASTDDS_DEFAULT_PROFILES_FILE": str(SHM_PROFILE_PATH)}
+    mine = {"FASTRTPS_DEFAULT_PROFILES_FILE": str(tmp_path / "mine.xml")}
+    assert use_shm_profile(mine) is None and "FASTDDS_DEFAULT_PROFILES_FILE" not in mine

@@ -391,8 +391,8 @@ def use_shm_profile(env: dict[str, str] | os._Environ[str] | None = None) -> Pat
     env = os.environ if env is None else env
     if any(env.get(var) for var in _PROFILE_ENV_VARS):
         return None
-    for var in _PROFILE_ENV_VARS:
-        env[var] = str(SHM_PROFILE_PATH)
+    # Fast DDS 3 (Jazzy/Kilted) reads FASTDDS_*; it warns that FASTRTPS_* (Humble's name) is deprecated.
+    env[_PROFILE_ENV_VARS[0]] = str(SHM_PROFILE_PATH)
     return SHM_PROFILE_PATH
 
 
