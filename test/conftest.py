@@ -5,6 +5,8 @@ import tempfile
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_roslog_"))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one intra-op thread: tiny models on 2 shared cores run ~10x slower with 2 threads under load
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # --- tiny random VLA checkpoints (issue 2) ------------------------------------------------

@@ -1,0 +1,285 @@
+"""Speculative decoder: greedy is lossless, masks hold, relaxed only touches actions, rules."""
+import numpy as np
+import pytest
+import torch
+
+from specvla_ros.core.action_tokenizer import ActionTokenizer
+from specvla_ros.core.drafters import ModelDrafter
+from specvla_ros.core.model_loading import load_drafter, load_vla
+from specvla_ros.core.output_grammar import OutputGrammar
+from specvla_ros.core.spec_decoder import (
+    DecodeConfig, SpeculativeDecoder, greedy_accept, rejection_accept, text_allowed_mask,
+)
+from specvla_ros.core.tiny_vla import TinyVLA
+from specvla_ros.core.types import Observation
+
+PROMPTS = ["pick up the red cube", "push the blue block to the target", "move to the green ball",
+           "reach the yellow object"]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_checkpoints):
+    return load_vla(tiny_checkpoints[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def noisy_copy(tiny_checkpoints):
+    """The target with perturbed decoder weights: agrees often, not always (partial acceptance)."""
+    model = TinyVLA.from_pretrained(tiny_checkpoints[0])
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3 * p.std())
+    return model
+
+
+def make_drafter(kind, tiny_checkpoints, target, noisy_copy):
+    if kind == "model":
+        return load_drafter(tiny_checkpoints[1], target)
+    if kind == "eagle":
+        return load_drafter(tiny_checkpoints[2], target)
+    if kind == "self":
+        return ModelDrafter(target)
+    return ModelDrafter(noisy_copy)
+
+
+def obs(seed, prompt, frame_id=None):
+    rng = np.random.default_rng(seed)
+    return Observation(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), prompt,
+                       rng.normal(size=8).astype(np.float32), frame_id)
+
+
+def narrow_mask(target, n_allowed, seed):
+    """Random (7, n_bins) mask with n_allowed bins per dimension (makes random drafts agree often)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((7, target.action_tokenizer.n_bins), dtype=bool)
+    for row in mask:
+        row[rng.choice(row.size, n_allowed, replace=False)] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(target):
+    """Target-only greedy decodes of the cases below, computed once: {(seed, masked): DecodeResult}."""
+    base = SpeculativeDecoder(target, None, DecodeConfig())
+    return {(seed, masked): base.decode(obs(seed, PROMPTS[seed]), narrow_mask(target, 2, seed) if masked else None)
+            for seed in range(3) for masked in (False, True)}
+
+
+@pytest.mark.parametrize("kind", ["model", "eagle", "self", "noisy"])
+@pytest.mark.parametrize("draft_len,adaptive", [(1, False), (3, True), (8, False)])
+def test_greedy_spec_equals_target_greedy(kind, draft_len, adaptive, tiny_checkpoints, target, noisy_copy,
+                                          greedy_reference):
+    drafter = make_drafter(kind, tiny_checkpoints, target, noisy_copy)
+    cfg = DecodeConfig(draft_len=draft_len, max_draft_len=8, adaptive_draft=adaptive)
+    spec = SpeculativeDecoder(target, drafter, cfg)
+    # seeds/prompts vary per draft length so the whole matrix covers many cases cheaply
+    for seed in {1: (0, 1), 3: (1, 2), 8: (0, 2)}[draft_len]:
+        for masked in (False, True):
+            o = obs(seed, PROMPTS[seed])
+            want = greedy_reference[(seed, masked)]
+            got = spec.decode(o, narrow_mask(target, 2, seed) if masked else None)
+            assert got.token_ids == want.token_ids, (kind, seed, prompt)
+            np.testing.assert_array_equal(got.action, want.action)
+            assert got.stats.emitted == len(want.token_ids)
+            assert got.stats.target_passes <= want.stats.target_passes
+    if kind == "self":  # a perfect drafter: everything accepted, few verify passes
+        assert got.stats.accepted == got.stats.drafted > 0
+        assert got.stats.target_passes < want.stats.target_passes
+
+
+def test_partial_acceptance_is_exercised(tiny_checkpoints, target, noisy_copy):
+    """The noisy copy and the narrow-mask eagle both accept some but not all drafts (rollback paths)."""
+    for kind in ("noisy", "eagle"):
+        drafter = make_drafter(kind, tiny_checkpoints, target, noisy_copy)
+        spec = SpeculativeDecoder(target, drafter, DecodeConfig(draft_len=4, adaptive_draft=False))
+        acc = drf = 0
+        for seed in range(3):
+            s = spec.decode(obs(seed, PROMPTS[seed]), narrow_mask(target, 2, seed)).stats
+            acc, drf = acc + s.accepted, drf + s.drafted
+        assert 0 < acc < drf, kind
+
+
+def test_baseline_is_one_token_per_pass(target):
+    r = SpeculativeDecoder(target, None, DecodeConfig()).decode(obs(0, PROMPTS[0]))
+    assert r.stats.target_passes == r.stats.emitted == len(r.token_ids)
+    assert r.stats.drafted == r.stats.draft_passes == 0
+
+
+@pytest.mark.parametrize("max_narr", [0, 1, 12])
+def test_output_grammar_and_result(target, tiny_checkpoints, max_narr):
+    spec = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target),
+                              DecodeConfig(max_narration_tokens=max_narr))
+    at = target.action_tokenizer
+    eon = target.text_tokenizer.eon_token_id
+    for seed in range(3):
+        r = spec.decode(obs(seed, PROMPTS[seed]))
+        assert len(r.narration_ids) <= max_narr
+        assert r.token_ids == r.narration_ids + [eon] + r.action_tokens.tolist()
+        assert r.action_tokens.shape == (7,) and r.action_tokens.dtype == np.int64
+        assert at.is_action_token(r.action_tokens).all()
+        assert not at.is_action_token(np.array(r.narration_ids, dtype=np.int64)).any()
+        np.testing.assert_allclose(r.action, at.decode(r.action_tokens))
+        assert r.narration == target.text_tokenizer.decode(r.narration_ids)
+        s = r.stats
+        assert s.total_time_s >= s.vision_time_s + s.prefill_time_s + s.verify_time_s > 0
+        assert s.draft_passes >= 1 and s.emitted == len(r.token_ids)
+
+
+def test_vision_features_cached_per_frame(target, tiny_checkpoints):
+    spec = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target), DecodeConfig())
+    a = spec.decode(obs(0, PROMPTS[0], frame_id=7))
+    b = spec.decode(obs(0, PROMPTS[0], frame_id=7))
+    c = spec.decode(obs(1, PROMPTS[0], frame_id=8))
+    assert (a.stats.vision_cached, b.stats.vision_cached, c.stats.vision_cached) == (False, True, False)
+    assert a.token_ids == b.token_ids
+    # same frame id but a different image is served from the cache (the id is the contract)
+    d = spec.decode(obs(1, PROMPTS[0], frame_id=8))
+    assert d.stats.vision_cached and d.token_ids == c.token_ids
+
+
+# --- masks ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["greedy", "sample", "relaxed"])
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+def test_decoded_actions_always_inside_mask(mode, kind, target, tiny_checkpoints, noisy_copy):
+    drafter = make_drafter(kind, tiny_checkpoints, target, noisy_copy)
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig(mode=mode, relax_bins=20, seed=3))
+    at = target.action_tokenizer
+    rng = np.random.default_rng(11)
+    for trial in range(3):
+        mask = rng.random((7, at.n_bins)) < rng.uniform(0.01, 0.3)
+        mask[np.arange(7), rng.integers(0, at.n_bins, 7)] = True  # no empty row
+        r = spec.decode(obs(trial, PROMPTS[trial % 4]), mask)
+        bins = at.token_to_bin(r.action_tokens)
+        assert mask[np.arange(7), bins].all(), (mode, kind, trial)
+
+
+def test_envelope_mask_from_interval(target, tiny_checkpoints):
+    at = target.action_tokenizer
+    low = np.array([-0.005, 0.0, -0.01, -0.02, 0.0, 0.01, 0.9])
+    high = np.array([0.005, 0.01, 0.0, 0.02, 0.03, 0.05, 1.0])
+    mask = at.bin_mask_for_interval(low, high)
+    spec = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target), DecodeConfig(mode="sample"))
+    for seed in range(2):
+        a = spec.decode(obs(seed, PROMPTS[seed]), mask).action
+        assert np.all(a >= low - 1e-9) and np.all(a <= high + 1e-9)
+
+
+def test_empty_mask_row_is_rejected(target):
+    mask = np.ones((7, 256), dtype=bool)
+    mask[4] = False
+    with pytest.raises(ValueError, match=r"dimension\(s\) \[4\]"):
+        SpeculativeDecoder(target, None, DecodeConfig()).decode(obs(0, PROMPTS[0]), mask)
+    with pytest.raises(ValueError, match="shape"):
+        SpeculativeDecoder(target, None, DecodeConfig()).decode(obs(0, PROMPTS[0]), np.ones((7, 10), bool))
+
+
+def test_rules_never_emit_disallowed_tokens_random_logits():
+    """Random logits, random masks, random grammar states: every emitted token is allowed."""
+    vocab, n_bins = 300, 256
+    text_allowed = np.zeros(vocab, bool)
+    text_allowed[4:vocab - n_bins] = True
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        mask = rng.random((7, n_bins)) < rng.uniform(0.005, 0.5)
+        mask[np.arange(7), rng.integers(0, n_bins, 7)] = True
+        g = OutputGrammar(vocab, 3, text_allowed, n_bins, int(rng.integers(0, 4)), mask)
+        state = int(rng.integers(0, g.done_state))
+        k = int(rng.integers(0, 6))
+        states, drafts, qs = [state], [], []
+        for _ in range(k):
+            if g.is_done(states[-1]):
+                break
+            q = torch.softmax(torch.randn(vocab, generator=gen) * 3 + g.bias[g.row(states[-1])], -1)
+            d = int(torch.multinomial(q, 1, generator=gen))
+            drafts.append(d)
+            qs.append(q)
+            states.append(g.advance(states[-1], d))
+        if g.is_done(states[-1]):
+            continue
+        rows = [g.row(s) for s in states]
+        logits = torch.randn(len(rows), vocab, generator=gen) * 5 + g.bias[rows]
+        d_t = torch.tensor(drafts, dtype=torch.long)
+        relax = torch.tensor([g.is_action_row(r) for r in rows[:-1]], dtype=torch.bool)
+        for n, nxt in (greedy_accept(logits, d_t, relax, 30),
+                       rejection_accept(torch.softmax(logits, -1), torch.stack(qs) if qs else logits[:0], d_t, gen)):
+            emitted = drafts[:n] + [nxt]
+            for tok, s in zip(emitted, states):
+                assert g.allowed[g.row(s), tok], (trial, tok, s)
+
+
+# --- relaxed ----------------------------------------------------------------------------
+
+def test_relaxed_r0_equals_greedy(target, tiny_checkpoints, noisy_copy):
+    for kind in ("eagle", "noisy"):
+        greedy = SpeculativeDecoder(target, make_drafter(kind, tiny_checkpoints, target, noisy_copy), DecodeConfig())
+        relaxed = SpeculativeDecoder(target, make_drafter(kind, tiny_checkpoints, target, noisy_copy),
+                                     DecodeConfig(mode="relaxed", relax_bins=0))
+        for seed in range(2):
+            o = obs(seed, PROMPTS[seed])
+            mask = narrow_mask(target, 3, seed)
+            assert relaxed.decode(o, mask).token_ids == greedy.decode(o, mask).token_ids
+
+
+def test_greedy_accept_relaxes_only_flagged_positions():
+    vocab = 20
+    logits = torch.full((4, vocab), -10.0)
+    logits[0, 5] = logits[1, 12] = logits[2, 15] = logits[3, 0] = 10.0  # target argmax 5, 12, 15, 0
+    drafts = torch.tensor([6, 13, 15])  # off by one, off by one, exact
+    text_first = torch.tensor([False, True, True])
+    assert greedy_accept(logits, drafts, text_first, 1) == (0, 5)  # text position stays exact
+    all_action = torch.tensor([True, True, True])
+    assert greedy_accept(logits, drafts, all_action, 1) == (3, 0)  # all within 1 bin -> bonus
+    assert greedy_accept(logits, drafts, all_action, 0) == (0, 5)
+    assert greedy_accept(logits, torch.tensor([5, 15, 15]), all_action, 2) == (1, 12)  # 3 bins away
+
+
+def test_relaxed_keeps_narration_and_accepts_close_actions(target, tiny_checkpoints):
+    greedy = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target), DecodeConfig())
+    wide = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target),
+                              DecodeConfig(mode="relaxed", relax_bins=255, draft_len=8, adaptive_draft=False))
+    for seed in range(2):
+        o = obs(seed, PROMPTS[seed])
+        g, w = greedy.decode(o), wide.decode(o)
+        assert w.narration_ids == g.narration_ids  # text positions are exact
+        # with r = 255 every drafted action token is accepted
+        n_action_passes = w.stats.target_passes - 1 - len(w.narration_ids)
+        assert w.stats.accepted >= 7 - 1 and n_action_passes <= 2
+
+
+def test_relaxed_actions_within_r_of_target_choice(target, tiny_checkpoints):
+    """With narration capped at 0, each relaxed action token lies within r bins of the target's
+    argmax given the same (accepted) prefix."""
+    r = 6
+    spec = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target),
+                              DecodeConfig(mode="relaxed", relax_bins=r, max_narration_tokens=0))
+    eon = target.text_tokenizer.eon_token_id
+    for seed in range(3):
+        o = obs(seed, PROMPTS[seed])
+        res = spec.decode(o)
+        vis = target.encode_vision(o.image)
+        cache, _ = target.prefill(vis, o.instruction, o.proprio)
+        logits = target.forward(torch.tensor([eon, *res.action_tokens.tolist()]), cache).logits
+        at_begin = target.action_tokenizer.action_token_begin
+        argmax = logits[:7, at_begin:].argmax(-1) + at_begin
+        assert (torch.from_numpy(res.action_tokens) - argmax).abs().max() <= r
+
+
+# --- config -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,name", [({"mode": "beam"}, "mode"), ({"relax_bins": -1}, "relax_bins"),
+                                         ({"draft_len": 9}, "draft_len"), ({"temperature": 0.0}, "temperature"),
+                                         ({"max_narration_tokens": -2}, "max_narration_tokens")])
+def test_decode_config_validation(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DecodeConfig(**kwargs)
+
+
+def test_text_allowed_mask_excludes_specials_and_actions(target):
+    allowed = text_allowed_mask(target)
+    tok = target.text_tokenizer
+    assert not allowed[[tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eon_token_id]].any()
+    assert not allowed[tok.action_token_begin:].any() and allowed[tok.eon_token_id + 1]
+    assert isinstance(target.action_tokenizer, ActionTokenizer)
