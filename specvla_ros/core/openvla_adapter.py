@@ -301,13 +301,15 @@ class OpenVLA(nn.Module):
 
     @torch.inference_mode()
     def greedy_action(self, image: np.ndarray, instruction: str) -> tuple[np.ndarray, np.ndarray]:
-        """OpenVLA's predict_action (greedy, no speculation): -> (7 action tokens, action in robot units)."""
+        """Greedy reference decoding as OpenVLA's predict_action (no speculation, no drafter)
+        -> (7 action tokens, action in robot units). Unlike predict_action, each argmax is taken
+        over the 256 action ids only (what the project's grammar allows)."""
         cache, out = self.prefill(self.encode_vision(image), instruction)
         out = self.forward(torch.tensor([self.text_tokenizer.eon_token_id]), cache)
         tokens = []
         lo = self.action_tokenizer.action_token_begin
         for _ in range(7):
-            tok = int(out.logits[-1, lo:].argmax()) + lo  # OpenVLA restricts nothing; we keep to action ids
+            tok = int(out.logits[-1, lo:].argmax()) + lo
             tokens.append(tok)
             out = self.forward(torch.tensor([tok]), cache)
         arr = np.array(tokens, dtype=np.int64)

@@ -29,14 +29,13 @@ from torch import nn
 
 #: timm model-id prefix -> (attention heads, activation, normalisation mean, std).
 #: Activations follow timm 0.9.x (the versions OpenVLA pins): SigLIP uses exact GELU there.
+#: CLIP towers (bias-free patch embedding, LayerNorm eps 1e-5) are not supported.
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 TIMM_FAMILIES: dict[str, tuple[int, str, tuple]] = {
     "vit_large_patch14_reg4_dinov2": (16, "gelu", _IMAGENET),
     "vit_large_patch14_dinov2": (16, "gelu", _IMAGENET),
     "vit_so400m_patch14_siglip": (16, "gelu", _HALF),
-    "vit_large_patch14_clip": (16, "quick_gelu", _CLIP),
     "vit_large_patch16_224": (16, "gelu", _HALF),
 }
 
