@@ -374,3 +374,19 @@ def test_joint_space_action_may_carry_the_gripper(kin: ArmKinematics) -> None:
     np.testing.assert_allclose(with_grip.joint_command, HOME_Q + delta)
     held = gate.check(delta, _state(HOME_Q, gripper=0.03), DT)  # 7 values: the gripper stays
     assert held.gripper_command == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("action,q,dt", [
+    (None, HOME_Q, DT),
+    ("seven", HOME_Q, DT),
+    ([[0.0] * 7, [0.0] * 7], HOME_Q, DT),
+    (np.zeros(7), None, DT),
+    (np.zeros(7), "q", DT),
+    (np.zeros(7), HOME_Q, "fast"),
+    (np.zeros(7), HOME_Q, float("nan")),
+    (np.array([1e308] * 7), np.full(7, np.inf), DT),
+])
+def test_gate_halts_on_garbage_instead_of_raising(gate: SafetyGate, action, q, dt) -> None:
+    v = gate.check(action, RobotState(q=q, gripper=None), dt)  # type: ignore[arg-type]
+    assert v.is_halt
+    assert v.status in (SafetyStatus.HALT_BAD_INPUT, SafetyStatus.HALT_NONFINITE)

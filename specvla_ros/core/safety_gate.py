@@ -67,8 +67,14 @@ class SafetyGate:
         return self.config.action_dim
 
     def hold(self, state: RobotState, status: SafetyStatus, reason: str, **figures: float) -> Verdict:
-        """The hold command: measured joint positions, gripper kept (clamped to range)."""
-        q = np.array(state.q, dtype=np.float64, copy=True).reshape(-1)
+        """The hold command: measured joint positions, gripper kept (clamped to range).
+
+        With unusable measured positions the command is empty: nothing can be sent.
+        """
+        try:
+            q = np.array(state.q, dtype=np.float64, copy=True).reshape(-1)
+        except (TypeError, ValueError):
+            q = np.empty(0)
         return Verdict(status=SafetyStatus(status), reason=reason, joint_command=q,
                        gripper_command=self._clamp_gripper(state.gripper), **figures)
 
@@ -110,6 +116,10 @@ class SafetyGate:
             return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT, f"expected {self.n} joint positions, got {q.shape[0]}")
         if not np.all(np.isfinite(q)):
             return self._halt(state, a, SafetyStatus.HALT_NONFINITE, f"measured joint positions not finite: {q}")
+        try:
+            dt = float(dt)
+        except (TypeError, ValueError):
+            dt = float("nan")
         if not (np.isfinite(dt) and dt > 0):
             return self._halt(state, a, SafetyStatus.HALT_BAD_INPUT, f"control period dt={dt} must be finite and > 0")
         ee = cfg.action_space == "ee_delta"
