@@ -183,27 +183,41 @@ def test_record_then_read_back(tmp_path, storage: str) -> None:
         cam = pub_node.create_publisher(Image, "/camera/image_raw", qos_preset("sensor_data"))
         instr = pub_node.create_publisher(String, "/specvla/instruction", qos_preset("latched"))
         instr.publish(string_msg("push the blue block"))  # before the recorder exists: latched
+        from specvla_msgs.msg import SafetyVerdict
+
+        safety = pub_node.create_publisher(SafetyVerdict, "/specvla_node/safety", qos_preset("reliable"))
         rec_node = ros.make_node("bag_test_recorder")
-        recorder = BagRecorder(
-            rec_node, RecordConfig(output=out, storage=storage, topics=("/camera/image_raw", "/specvla/instruction"))
-        )
-        wait_until(lambda: len(recorder.subscribed_topics) == 2, what="recorder subscriptions")
+        recorder = BagRecorder(rec_node, RecordConfig(
+            output=out, storage=storage, topics=("/camera/image_raw", "/specvla/instruction", "/specvla_node/safety")))
+        wait_until(lambda: len(recorder.subscribed_topics) == 3, what="recorder subscriptions")
+        wait_until(lambda: safety.get_subscription_count() == 1, what="recorder matched the custom type")
+        safety.publish(SafetyVerdict(status=11, status_name="HALT_VELOCITY", reason="too fast", raw_action=[0.1] * 7))
         wait_until(lambda: cam.get_subscription_count() == 1, what="recorder matched camera")
         wait_until(lambda: recorder.counts.get("/specvla/instruction") == 1, what="latched message recorded")
         frames = [serialize(image_msg(T0_NS + k, seed=k)) for k in range(5)]
         for k, raw in enumerate(frames):
             cam.publish(raw)
             wait_until(lambda k=k: recorder.counts["/camera/image_raw"] == k + 1, what=f"frame {k} recorded")
+        wait_until(lambda: recorder.counts["/specvla_node/safety"] == 1, what="verdict recorded")
         recorder.close()
     summary = bag_info(out)
     assert summary.storage == storage
-    assert {t.name: t.count for t in summary.topics} == {"/camera/image_raw": 5, "/specvla/instruction": 1}
+    assert {t.name: t.count for t in summary.topics} == {
+        "/camera/image_raw": 5, "/specvla/instruction": 1, "/specvla_node/safety": 1}
+    # The custom type's definition went into the bag: rosbags decodes it without our .msg files.
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    with AnyReader([out], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+        (conn,) = [c for c in reader.connections if c.topic == "/specvla_node/safety"]
+        verdict = reader.deserialize(next(raw for _, _, raw in reader.messages([conn])), conn.msgtype)
+    assert (conn.msgtype, verdict.status, verdict.reason) == ("specvla_msgs/msg/SafetyVerdict", 11, "too fast")
     recorded = bag_messages(out)
     assert [raw for t, _, raw in recorded if t == "/camera/image_raw"] == frames
     qos = {t.name: t.offered_qos for t in summary.topics}
     assert qos["/specvla/instruction"][0].durability.name == "TRANSIENT_LOCAL"
     assert qos["/camera/image_raw"][0].reliability.name == "BEST_EFFORT"
-    assert (out / "metadata.yaml").read_text().count("RIHS01_") == 2  # type hashes, as rosbag2 writes them
+    assert (out / "metadata.yaml").read_text().count("RIHS01_") == 3  # type hashes, as rosbag2 writes them
 
 
 def test_record_refuses_existing_output(tmp_path) -> None:

@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -68,6 +69,7 @@ REQUIRED_INPUTS = (TOPIC_CAMERA, TOPIC_JOINT_STATES, TOPIC_INSTRUCTION)
 METADATA_KEY = "specvla_regression"
 RANDOM_MODELS = "random"  # `models` value: seeded random tiny checkpoints (as the tests' fixture)
 _GROUP_SLOTS = 16  # messages of one frame sit at bag times stamp + 0..15 ns
+_DISCOVERY_ENV = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
 
 # --------------------------------------------------------------------------- replay
@@ -247,6 +249,10 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
         "relax_bins": config.relax_bins, "params": {k: v for k, v in config.params.items()},
     }
     context = Context()
+    # Keep the replay's /clock and inputs inside this process: a robot stack on
+    # the same domain must never see them.
+    saved_range = os.environ.get(_DISCOVERY_ENV)
+    os.environ[_DISCOVERY_ENV] = "OFF"
     rclpy.init(context=context, domain_id=config.domain_id)
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     node = harness = spinner = None
@@ -255,6 +261,7 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
         node = PolicyNode(context=context, parameter_overrides=[Parameter("use_sim_time", value=True)] + [
             Parameter(k, value=v) for k, v in overrides.items()])
         harness = rclpy.create_node("specvla_replay", context=context)
+        _restore_env(_DISCOVERY_ENV, saved_range)
         executor.add_node(node)
         executor.add_node(harness)
         spinner = threading.Thread(target=executor.spin, name="specvla_replay_executor", daemon=True)
@@ -366,6 +373,14 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
             if n is not None:
                 n.destroy_node()
         rclpy.try_shutdown(context=context)
+        _restore_env(_DISCOVERY_ENV, saved_range)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _group(received: list[tuple[int, int, str, bytes]], chosen: dict[int, tuple[int, int, int]]) -> list[FrameOutputs]:
