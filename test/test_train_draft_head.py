@@ -51,9 +51,11 @@ def test_training_lowers_the_loss_and_the_drafter_stays_lossless(tiny_checkpoint
     from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
 
     target_dir = tiny_checkpoints[0]
-    summary = train(_cfg(target_dir, [episodes], tmp_path / "eagle", steps=25, max_samples=8))
+    summary = train(_cfg(target_dir, [episodes], tmp_path / "eagle", steps=25, max_samples=10, eval_frames=2))
     assert summary["frames"] == 8 and summary["steps"] == 25
     assert summary["final_loss"] < 0.6 * summary["first_loss"]
+    ev = summary["eval"]
+    assert ev["frames"] == 2 and ev["equal_to_target_greedy"] == 1.0 and 0.0 <= ev["acceptance_rate"] <= 1.0
     out = tmp_path / "eagle"
     assert (out / STATE_FILE).is_file() and (out / "model.safetensors").is_file()
     target = load_vla(target_dir, device="cpu")
@@ -187,7 +189,7 @@ def test_bags_train_on_the_targets_own_greedy_tokens(tiny_checkpoints, tmp_path)
 
 @pytest.mark.parametrize("kw, name", [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"tokens": "x"}, "tokens"),
                                       ({"feature_weight": 0.0, "token_weight": 0.0}, "feature_weight"),
-                                      ({"batch_size": 0}, "batch_size")])
+                                      ({"batch_size": 0}, "batch_size"), ({"eval_frames": -1}, "eval_frames")])
 def test_config_validation_names_the_bad_value(kw, name, tmp_path):
     with pytest.raises(ValueError, match=name):
         _cfg(tmp_path, [tmp_path], tmp_path / "o", **kw)

@@ -73,6 +73,7 @@ class DraftHeadTrainConfig:
     tokens: str = "demo"
     max_narration_tokens: int = 12
     max_samples: int = 0  # 0 = every frame
+    eval_frames: int = 0  # frames held out (the last ones) to measure acceptance after training
     frame_stride: int = 1  # use every n-th frame of an episode
     checkpoint_every: int = 200
     resume: bool = True
@@ -93,7 +94,7 @@ class DraftHeadTrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "frame_stride"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "max_samples", "max_narration_tokens"):
+        for name in ("warmup_steps", "max_samples", "max_narration_tokens", "eval_frames"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -375,6 +376,10 @@ def train(cfg: DraftHeadTrainConfig) -> dict:
     if isinstance(target, nn.Module):
         target.requires_grad_(False)
     frames = load_frames(cfg)
+    if cfg.eval_frames and len(frames) <= cfg.eval_frames:
+        raise ValueError(f"eval_frames {cfg.eval_frames} leaves no training frame out of {len(frames)}")
+    held_out = frames[len(frames) - cfg.eval_frames:] if cfg.eval_frames else []
+    frames = frames[: len(frames) - cfg.eval_frames]
     # the head trains in fp32 (AdamW on bf16 weights loses small updates); load_drafter casts it to the target's dtype
     head = head_for(target).to(device=target.device, dtype=torch.float32).train()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -423,8 +428,34 @@ def train(cfg: DraftHeadTrainConfig) -> dict:
         "final_top1_agreement": float(np.mean([h["top1"] for h in tail])) if tail else float("nan"),
         "out": str(cfg.out),
     }
+    if held_out:
+        summary["eval"] = evaluate(target, head.eval(), held_out, cfg)
     (cfg.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@torch.inference_mode()
+def evaluate(target, head, frames: list[Frame], cfg: DraftHeadTrainConfig) -> dict:  # noqa: ANN001
+    """Greedy speculative decoding with the trained head on held-out frames: acceptance, and a
+    check that the output equals target-only greedy decoding (it must: exact mode is lossless)."""
+    from specvla_ros.core.drafters import EagleDrafter
+    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+
+    dcfg = DecodeConfig(mode="greedy", max_narration_tokens=cfg.max_narration_tokens)
+    drafter = EagleDrafter(head.to(target.dtype), target, dcfg.draft_len, dcfg.max_draft_len)
+    spec = SpeculativeDecoder(target, drafter, dcfg)
+    base = SpeculativeDecoder(target, None, dcfg)
+    drafted = accepted = emitted = passes = same = 0
+    for f in frames:
+        obs = Observation(f.image, f.instruction, f.proprio)
+        res = spec.decode(obs)
+        same += int(res.token_ids == base.decode(obs).token_ids)
+        s = res.stats
+        drafted, accepted, emitted, passes = drafted + s.drafted, accepted + s.accepted, emitted + s.emitted, passes + s.target_passes
+    head.float()
+    return {"frames": len(frames), "acceptance_rate": accepted / drafted if drafted else 0.0,
+            "mean_accepted_length": emitted / max(passes, 1), "target_passes_per_decision": passes / len(frames),
+            "equal_to_target_greedy": same / len(frames)}
 
 
 def parse_args(argv: list[str] | None = None) -> DraftHeadTrainConfig:
@@ -445,6 +476,8 @@ def parse_args(argv: list[str] | None = None) -> DraftHeadTrainConfig:
     p.add_argument("--max-narration-tokens", type=int, default=d.max_narration_tokens)
     p.add_argument("--max-samples", type=int, default=d.max_samples, help="0 = all frames")
     p.add_argument("--frame-stride", type=int, default=d.frame_stride)
+    p.add_argument("--eval-frames", type=int, default=d.eval_frames,
+                   help="hold out the last N frames and report speculative acceptance on them")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a training state")
     p.add_argument("--no-feature-cache", action="store_true", help="recompute target features every step")
@@ -460,7 +493,7 @@ def parse_args(argv: list[str] | None = None) -> DraftHeadTrainConfig:
         target=a.target, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, feature_weight=a.feature_weight,
         token_weight=a.token_weight, tokens=a.tokens, max_narration_tokens=a.max_narration_tokens,
-        max_samples=a.max_samples, frame_stride=a.frame_stride, checkpoint_every=a.checkpoint_every,
+        max_samples=a.max_samples, eval_frames=a.eval_frames, frame_stride=a.frame_stride, checkpoint_every=a.checkpoint_every,
         resume=not a.no_resume, cache_features=not a.no_feature_cache, device=a.device, dtype=a.dtype, seed=a.seed,
         camera_topic=a.camera_topic, instruction_topic=a.instruction_topic, joints_topic=a.joints_topic,
         progress=not a.no_progress,
