@@ -377,3 +377,12 @@ def test_static_cache_matches_dynamic_cache(ckpt):
         m.forward(torch.arange(320, 320 + 64), c)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         m.enable_static_cache(capacity=64, cuda_graphs=True)
+
+
+def test_backbone_fields_default_from_the_backbone_id(broken):
+    cfg = json.loads((broken / "config.json").read_text())
+    for key in ("timm_model_ids", "use_fused_vision_backbone"):
+        del cfg[key]  # Prismatic derives both from vision_backbone_id
+    (broken / "config.json").write_text(json.dumps(cfg))
+    m = load_openvla(broken, "cpu", unnorm_key="sim_panda", warmup=False)
+    assert len(m.towers) == 2 and m.towers[0].cfg.reg_tokens == 4

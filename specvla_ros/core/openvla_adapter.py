@@ -68,6 +68,13 @@ SINGLE_FILE = "model.safetensors"
 _TOWERS = (("featurizer", "vision_backbone.featurizer."), ("fused_featurizer", "vision_backbone.fused_featurizer."))
 _LLM_PREFIX = "language_model."
 _PROJ_PREFIX = "projector."
+#: Prismatic's defaults when config.json omits timm_model_ids / image_sizes (facts of configuration_prismatic).
+_BACKBONE_DEFAULTS: dict[str, tuple[list[str], list[int]]] = {
+    "dinosiglip-vit-so-224px": (["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"], [224, 224]),
+    "dinosiglip-vit-so-384px": (["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_384"], [384, 384]),
+    "siglip-vit-so400m": (["vit_so400m_patch14_siglip_224"], [224]),
+    "dinov2-vit-l": (["vit_large_patch14_reg4_dinov2.lvd142m"], [224]),
+}
 _DROP_TEXT_KEYS = {"model_type", "torch_dtype", "dtype", "architectures", "_name_or_path", "transformers_version"}
 
 
@@ -433,9 +440,14 @@ def _llama_config(config: dict, cfg_path: Path, attn_implementation: str):
 
 
 def _build_towers(config: dict, cfg_path: Path, shapes: dict) -> tuple[list[ViTConfig], list[str]]:
-    model_ids = config.get("timm_model_ids")
-    sizes = config.get("image_sizes")
-    fused = bool(config.get("use_fused_vision_backbone", False))
+    backbone = str(config.get("vision_backbone_id", ""))
+    default_ids, default_sizes = _BACKBONE_DEFAULTS.get(backbone, (None, None))
+    model_ids = config.get("timm_model_ids") or default_ids
+    sizes = config.get("image_sizes") or default_sizes
+    fused = config.get("use_fused_vision_backbone")
+    if fused is None:  # Prismatic infers it from the backbone id
+        fused = backbone.startswith(("dinoclip", "dinosiglip"))
+    fused = bool(fused)
     n_towers = 2 if fused else 1
     if not isinstance(model_ids, list) or len(model_ids) < n_towers:
         raise ModelLoadError(f"{cfg_path}: timm_model_ids must list {n_towers} model id(s), got {model_ids!r}")
