@@ -56,6 +56,7 @@ def test_published_layout_loads_behind_the_interface(ckpt, model):
     # second-to-last block is the output: later blocks are not built
     assert len(model.towers[0].blocks) == 2 and len(model.towers[1].blocks) == 2
     assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert model.image_size == 28
     stats = cfg["norm_stats"]["sim_panda"]["action"]
     np.testing.assert_allclose(model.action_tokenizer.stats.q99, stats["q99"])
 

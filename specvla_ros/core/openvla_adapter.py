@@ -227,6 +227,11 @@ class OpenVLA(nn.Module):
         return self.text_tokenizer.vocab_size
 
     @property
+    def image_size(self) -> int:
+        """Side of the square frames the towers take (224 for OpenVLA-7B); other sizes are resized."""
+        return self.towers[0].cfg.image_size
+
+    @property
     def lm_head(self) -> nn.Linear:
         """LM head over the ``vocab_size`` real ids: (..., d) -> (..., V)."""
         return self.llm.lm_head
