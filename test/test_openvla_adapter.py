@@ -15,6 +15,7 @@ from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
 from specvla_ros.core.model_interface import ModelLoadError, VLAModel
 from specvla_ros.core.openvla_adapter import INDEX_FILE, OpenVLA, load_openvla
 from specvla_ros.core.openvla_checkpoint import OPENVLA_TINY, make_random_openvla_checkpoint
+from specvla_ros.core.types import Observation
 
 INSTRUCTION = "pick up the cube"
 
@@ -387,3 +388,36 @@ def test_backbone_fields_default_from_the_backbone_id(broken):
     (broken / "config.json").write_text(json.dumps(cfg))
     m = load_openvla(broken, "cpu", unnorm_key="sim_panda", warmup=False)
     assert len(m.towers) == 2 and m.towers[0].cfg.reg_tokens == 4
+
+
+# --- load_vla without a dataset choice, and the Policy (safety gate) on top ---------------
+
+def test_load_vla_defers_an_ambiguous_dataset_choice(ckpt):
+    from specvla_ros.core.model_loading import load_vla
+    from specvla_ros.core.openvla_adapter import PendingStatsActionTokenizer
+    from specvla_ros.core.spec_decoder import SpeculativeDecoder
+    from specvla_ros.core.types import Observation
+
+    m = load_vla(ckpt, device="cpu")  # two datasets, no unnorm_key: loads, but cannot de-normalise yet
+    assert isinstance(m.action_tokenizer, PendingStatsActionTokenizer) and m.unnorm_key is None
+    assert m.action_tokenizer.token_to_bin(np.array([575])).tolist() == [0]
+    obs = Observation(image=_image(8), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32))
+    with pytest.raises(ModelLoadError, match="several datasets.*unnorm_key"):
+        SpeculativeDecoder(m, None).decode(obs)
+
+
+def test_policy_drives_openvla_through_the_safety_gate(ckpt):
+    from specvla_ros.core.policy import Policy, PolicyConfig
+    from specvla_ros.core.spec_decoder import DecodeConfig
+    from specvla_ros.core.types import RobotState
+
+    policy = Policy(PolicyConfig(target_dir=str(ckpt), draft_dir=None, drafter="none", unnorm_key="sim_panda",
+                                 device="cpu", decode=DecodeConfig()))
+    np.testing.assert_allclose(policy.target.action_tokenizer.stats.q99[:3], 0.06)
+    q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
+    obs = Observation(image=_image(9), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32), frame_id=1)
+    out = policy.step(obs, RobotState(q=q, gripper=0.04))
+    assert out.narration == "" and out.stats.emitted >= 8
+    assert out.verdict.joint_command.shape == (7,) and np.all(np.isfinite(out.verdict.joint_command))
+    if not out.verdict.is_halt:
+        assert np.all(np.isfinite(out.action))

@@ -146,6 +146,22 @@ class OpenVLATextTokenizer:
         return ids
 
 
+class PendingStatsActionTokenizer(ActionTokenizer):
+    """Action tokenizer of a checkpoint whose dataset is not chosen yet (several ``norm_stats``, no
+    ``unnorm_key``): token <-> bin maps work, anything that needs statistics raises ModelLoadError.
+    A caller that knows the dataset replaces it (e.g. ``Policy`` with ``PolicyConfig.unnorm_key``)."""
+
+    def __init__(self, vocab_size: int, n_bins: int, message: str) -> None:
+        super().__init__(vocab_size, None, n_bins)
+        self.message = message
+
+    def normalize(self, action: np.ndarray) -> np.ndarray:
+        raise ModelLoadError(self.message)
+
+    def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
+        raise ModelLoadError(self.message)
+
+
 # --- cache -------------------------------------------------------------------------------
 
 class LlamaKVCache:
@@ -193,7 +209,7 @@ class OpenVLA(nn.Module):
 
     def __init__(self, towers: list[ViTFeaturizer], projector: PrismaticProjector, llm: nn.Module,
                  llm_config, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,
-                 norms: list[tuple[tuple, tuple]], unnorm_key: str) -> None:
+                 norms: list[tuple[tuple, tuple]], unnorm_key: str | None) -> None:
         super().__init__()
         self.towers = nn.ModuleList(towers)
         self.projector = projector
@@ -382,7 +398,9 @@ def _shard_shapes(shards: dict[str, list[str]]) -> dict[str, tuple[tuple[int, ..
     return shapes
 
 
-def _norm_stats(ckpt_dir: Path, config: dict, unnorm_key: str | None) -> tuple[ActionNormStats, str]:
+def _norm_stats(ckpt_dir: Path, config: dict, unnorm_key: str | None,
+                defer_ambiguous: bool = False) -> tuple[ActionNormStats | None, str | None]:
+    """(statistics, dataset key); (None, message) when ambiguous and ``defer_ambiguous``."""
     stats = config.get("norm_stats")
     source = ckpt_dir / "config.json"
     if not stats:
@@ -395,8 +413,11 @@ def _norm_stats(ckpt_dir: Path, config: dict, unnorm_key: str | None) -> tuple[A
     key = unnorm_key or config.get("unnorm_key")
     if key is None:
         if len(stats) != 1:
-            raise ModelLoadError(f"{source}: several datasets {sorted(stats)}; choose one with unnorm_key "
-                                 f"(load_openvla(..., unnorm_key=...) or \"unnorm_key\" in config.json)")
+            message = (f"{source}: several datasets {sorted(stats)}; choose one with unnorm_key "
+                       f"(load_openvla(..., unnorm_key=...), PolicyConfig.unnorm_key or \"unnorm_key\" in config.json)")
+            if defer_ambiguous:
+                return None, message
+            raise ModelLoadError(message)
         key = next(iter(stats))
     if key not in stats:
         raise ModelLoadError(f"{source}: unnorm_key {key!r} not found; available: {sorted(stats)}")
@@ -486,7 +507,8 @@ def _target_key(key: str) -> str | None:
 
 
 def load_openvla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 unnorm_key: str | None = None, attn_implementation: str = "sdpa", warmup: bool = True) -> OpenVLA:
+                 unnorm_key: str | None = None, attn_implementation: str = "sdpa", warmup: bool = True,
+                 defer_unnorm_key: bool = False) -> OpenVLA:
     """Load an OpenVLA checkpoint dir natively.
 
     Args:
@@ -496,6 +518,8 @@ def load_openvla(path: str | Path, device: str | torch.device = "cpu", dtype: to
         unnorm_key: dataset whose statistics de-normalise actions (needed when there are several).
         attn_implementation: transformers attention backend for the LLM ("sdpa" or "eager").
         warmup: time one vision + prefill + step pass and log it.
+        defer_unnorm_key: with several datasets and no key, load anyway with a
+            ``PendingStatsActionTokenizer`` (de-normalising raises until the caller sets statistics).
     Raises:
         ModelLoadError naming the file and the problem.
     """
@@ -518,7 +542,7 @@ def load_openvla(path: str | Path, device: str | torch.device = "cpu", dtype: to
     if vocab <= n_bins:
         raise ModelLoadError(f"{cfg_path}: text_config.vocab_size {lcfg.vocab_size} - pad_to_multiple_of {pad} "
                              f"leaves {vocab} ids, not more than n_action_bins {n_bins}")
-    stats, key = _norm_stats(ckpt, config, unnorm_key)
+    stats, key = _norm_stats(ckpt, config, unnorm_key, defer_unnorm_key)
     text_tok = OpenVLATextTokenizer.load(ckpt, vocab)
     shards = weight_files(ckpt)
     shapes = _shard_shapes(shards)
@@ -530,8 +554,13 @@ def load_openvla(path: str | Path, device: str | torch.device = "cpu", dtype: to
         projector = PrismaticProjector(fused, sum(c.embed_dim for c in vit_cfgs), lcfg.hidden_size)
         llm = LlamaForCausalLM(lcfg)
         llm.lm_head = nn.Linear(lcfg.hidden_size, vocab, bias=False)
-    model = OpenVLA(towers, projector, llm, lcfg, text_tok, ActionTokenizer(vocab, stats, n_bins),
-                    _image_norms(ckpt, model_ids), key)
+    if stats is None:
+        LOG.warning("%s", key)
+        action_tok: ActionTokenizer = PendingStatsActionTokenizer(vocab, n_bins, str(key))
+        key = None
+    else:
+        action_tok = ActionTokenizer(vocab, stats, n_bins)
+    model = OpenVLA(towers, projector, llm, lcfg, text_tok, action_tok, _image_norms(ckpt, model_ids), key)
     own = model.state_dict()
     loaded: set[str] = set()
     ignored: list[str] = []
@@ -603,13 +632,14 @@ def _log_startup(model: OpenVLA, ckpt: Path, load_s: float, warmup: bool) -> Non
     cache, _ = model.prefill(vis, "pick up the cube")
     t2 = clock()
     model.forward(torch.tensor([model.text_tokenizer.eon_token_id]), cache)
-    t3 = clock()
+    t3 = clock()  # (warm-up decodes no action: it works before the dataset statistics are chosen)
     LOG.info("OpenVLA warm-up latency (first call, includes one-off setup): vision %.1f ms, prefill (%d tokens) %.1f ms, "
              "1-token step %.1f ms", (t1 - t0) * 1e3, len(cache), (t2 - t1) * 1e3, (t3 - t2) * 1e3)
 
 
 def _registry_loader(path: Path, device: torch.device, dtype: torch.dtype) -> OpenVLA:
-    return load_openvla(path, device, dtype)
+    # load_vla cannot pass unnorm_key; the caller (e.g. Policy) sets the statistics afterwards
+    return load_openvla(path, device, dtype, defer_unnorm_key=True)
 
 
 def _register() -> None:
@@ -620,5 +650,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["OpenVLA", "OpenVLATextTokenizer", "LlamaKVCache", "OpenVLAGeometry", "load_openvla", "weight_files",
-           "PROMPT_TEMPLATE", "MODEL_TYPE"]
+__all__ = ["OpenVLA", "OpenVLATextTokenizer", "PendingStatsActionTokenizer", "LlamaKVCache", "OpenVLAGeometry",
+           "load_openvla", "weight_files", "PROMPT_TEMPLATE", "MODEL_TYPE"]

@@ -246,7 +246,9 @@ def make_random_openvla_checkpoint(out_dir: str | Path, shape: OpenVLAShape = OP
         weight_map.update({k: name for k in part})
     total = sum(v.numel() * 2 for v in sd.values())
     (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    (out / "config.json").write_text(json.dumps(openvla_config_json(shape), indent=2))
+    cfg = openvla_config_json(shape)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "dataset_statistics.json").write_text(json.dumps(cfg["norm_stats"], indent=2))  # published repos ship both
     llama_style_tokenizer(shape.base_vocab).save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": PAD_TOKEN,
