@@ -162,8 +162,43 @@ def test_collision_model_uses_capsules(kin: ArmKinematics) -> None:
     import coal
 
     geoms = [o.geometry for o in kin.collision_model.geometryObjects]
-    assert sum(isinstance(g, coal.Capsule) for g in geoms) == 12
+    assert sum(isinstance(g, coal.Capsule) for g in geoms) == 14
     assert not any(isinstance(g, coal.Cylinder) for g in geoms)
+
+
+def _inside(obj, pts: np.ndarray) -> np.ndarray:
+    """Signed distance-ish: how far each point (joint frame) lies outside a capsule/box/sphere."""
+    import coal
+
+    M = obj.placement
+    local = (pts - M.translation) @ M.rotation  # into the primitive's frame
+    g = obj.geometry
+    if isinstance(g, coal.Capsule):
+        z = np.clip(local[:, 2], -g.halfLength, g.halfLength)
+        return np.linalg.norm(local - np.c_[np.zeros((len(z), 2)), z], axis=1) - g.radius
+    if isinstance(g, coal.Sphere):
+        return np.linalg.norm(local, axis=1) - g.radius
+    if isinstance(g, coal.Box):
+        return np.max(np.abs(local) - g.halfSide, axis=1)
+    raise TypeError(type(g))
+
+
+def test_collision_primitives_enclose_the_simulated_meshes(kin: ArmKinematics) -> None:
+    """Every vertex of robosuite's collision mesh of links 0..7 lies inside that link's
+    primitives (within 1.5 mm of rounding): the gate's distances are conservative."""
+    m = mujoco.MjModel.from_xml_path(str(_robosuite_panda()))
+    for i in range(8):
+        gid = m.geom(f"link{i}_collision").id
+        mesh = m.geom_dataid[gid]
+        verts = m.mesh_vert[m.mesh_vertadr[mesh]: m.mesh_vertadr[mesh] + m.mesh_vertnum[mesh]].astype(float)
+        R = np.zeros(9)
+        mujoco.mju_quat2Mat(R, m.geom_quat[gid])
+        pts = verts @ R.reshape(3, 3).T + m.geom_pos[gid]  # in the link (= joint) frame
+        objs = [o for o in kin.collision_model.geometryObjects
+                if kin.model.frames[o.parentFrame].name == f"panda_link{i}"]
+        assert objs, f"no primitives on panda_link{i}"
+        outside = np.min(np.stack([_inside(o, pts) for o in objs]), axis=0)
+        assert outside.max() < 1.5e-3, (f"panda_link{i}", float(outside.max()))
 
 
 def test_bad_urdf_paths_raise_clear_errors(tmp_path: Path) -> None:

@@ -20,6 +20,13 @@ from specvla_ros.core.types import ACTION_DIM, PANDA_JOINT_NAMES
 ACTION_SPACES = ("ee_delta", "joint_delta", "joint_position")
 SPEED_ENVELOPES = ("inscribed", "per_axis")
 
+#: Panda link pairs that never touch within the joint limits (MoveIt's Panda SRDF,
+#: "Never"), plus link5/link7 whose simple primitives overlap in many poses.
+PANDA_SELF_COLLISION_IGNORE: tuple[tuple[str, str], ...] = tuple(
+    (f"panda_link{a}", f"panda_link{b}")
+    for a, b in ((0, 2), (0, 3), (0, 4), (1, 3), (1, 4), (2, 4), (2, 6), (3, 5), (3, 6), (3, 7), (4, 6), (4, 7), (5, 7))
+)
+
 _PKG_CONFIG = Path(__file__).resolve().parent.parent / "data" / "config"
 _REPO_CONFIG = Path(__file__).resolve().parent.parent.parent / "config"
 
@@ -139,7 +146,7 @@ class SafetyConfig:
     min_obstacle_distance: float = 0.005  # [m] robot links to table/boxes
     min_self_distance: float = 0.01  # [m] between non-adjacent links
     obstacle_ignore_links: tuple[str, ...] = ("panda_link0",)  # resting on the table
-    self_collision_ignore: tuple[tuple[str, str], ...] = (("panda_link5", "panda_link7"),)
+    self_collision_ignore: tuple[tuple[str, str], ...] = PANDA_SELF_COLLISION_IGNORE
     singularity_halt_condition: float = 90.0  # Jacobian condition number (MoveIt Servo's hard stop)
     ik_max_iterations: int = 50
     ik_position_tolerance: float = 1e-4  # [m]
