@@ -56,3 +56,8 @@ def test_config_validation_and_smoke_overrides():
         GpuBenchConfig(draft_len=9, max_draft_len=8)
     with pytest.raises(ValueError, match="frames"):
         GpuBenchConfig(frames=0)
+
+
+def test_full_run_refuses_a_cpu(capsys):
+    assert main(["--device", "cpu", "--no-shipped"]) == 2
+    assert "needs a GPU" in capsys.readouterr().err

@@ -349,6 +349,9 @@ def _run(cfg: GpuBenchConfig) -> dict:
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    if device.type != "cuda" and not cfg.smoke and cfg.openvla:
+        raise ValueError("the OpenVLA-7B-shaped model needs a GPU (28 GB of fp32 weights on a CPU); "
+                         "use --smoke for the CPU check or --no-openvla for the shipped pair only")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
