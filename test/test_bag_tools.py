@@ -96,6 +96,16 @@ def test_default_qos_choices() -> None:
     assert default_play_qos_name("/camera/image_raw", "sensor_msgs/msg/Image") == "sensor_data"
     assert default_play_qos_name("/specvla/instruction", "std_msgs/msg/String") == "latched"
     assert default_play_qos_name("/joint_states", "sensor_msgs/msg/JointState") == "reliable"
+    # What the recorded publishers offered wins (as in `ros2 bag play`).
+    from rclpy.qos import qos_profile_sensor_data
+
+    from specvla_ros.ros.bag_tools import qos_to_rosbags
+
+    reliable, best_effort, latched = (qos_to_rosbags(qos_preset(n)) for n in ("reliable", "sensor_data", "latched"))
+    assert default_play_qos_name("/camera/image_raw", "sensor_msgs/msg/Image", [reliable]) == "reliable"
+    assert default_play_qos_name("/joint_states", "sensor_msgs/msg/JointState", [reliable, best_effort]) == "sensor_data"
+    assert default_play_qos_name("/map", "std_msgs/msg/String", [latched]) == "latched"
+    assert qos_to_rosbags(qos_profile_sensor_data).reliability.name == "BEST_EFFORT"
     assert parse_mapping(["/a:=/b"], "remap") == {"/a": "/b"}
     with pytest.raises(ValueError, match="/a=/b"):
         parse_mapping(["/a=/b"], "remap")

@@ -337,17 +337,19 @@ def qos_preset(name: str) -> QoSProfile:
 def default_play_qos_name(topic: str, msgtype: str, offered: Sequence[Qos] = ()) -> str:
     """Which preset play uses for a topic unless told otherwise.
 
-    Images and other sensor streams: sensor_data (the camera QoS of the node);
-    the instruction and anything recorded as transient-local: latched (a late
-    subscriber still gets it); everything else: reliable.
+    The instruction (and anything recorded transient-local): latched, so a
+    late subscriber still gets it. Otherwise the QoS the recorded publishers
+    offered, like `ros2 bag play` (reliable only if all were reliable); with
+    none recorded: sensor_data for images and other sensor streams (the
+    camera QoS of the node), reliable for everything else.
     """
-    if msgtype in SENSOR_TYPES:
-        return "sensor_data"
     if topic.endswith(LATCHED_TOPIC_SUFFIXES):
         return "latched"
-    if offered and all(q.durability == QosDurability.TRANSIENT_LOCAL for q in offered):
-        return "latched"
-    return "reliable"
+    if offered:
+        if all(q.durability == QosDurability.TRANSIENT_LOCAL for q in offered):
+            return "latched"
+        return "reliable" if all(q.reliability == QosReliability.RELIABLE for q in offered) else "sensor_data"
+    return "sensor_data" if msgtype in SENSOR_TYPES else "reliable"
 
 
 def qos_to_rosbags(profile: QoSProfile) -> Qos:
@@ -505,6 +507,9 @@ class BagPlayer:
                 self.stats.skipped_topics[wanted] = "not in bag"
         for topic in summary.topics:
             if self.config.topics and topic.name not in self.config.topics:
+                continue
+            if topic.name == CLOCK_TOPIC and self.config.clock_hz > 0:
+                self.stats.skipped_topics[topic.name] = "replaced by the player's own /clock"
                 continue
             cls = import_msg_class(topic.msgtype)
             if cls is None:
