@@ -8,7 +8,7 @@ One process, one ROS domain with discovery OFF: a camera publisher (640x480
 rgb8 at --camera-hz) and joint states feed the node; the command's arrival is
 matched to the frame it was computed from through the verdict's header stamp
 (= that frame's stamp). Reported (milliseconds, p50/p95), printed as JSON:
-  bare_step        Policy.step on the same inputs, no ROS (same process, before the node starts)
+  bare_step        Policy.step on the same inputs, no ROS (same process; half before, half after the node)
   node_step        the node's own decision time (SpecDecodeStats.total_time)
   end_to_end       camera publish -> command received
   overhead         end_to_end - node_step of the same decision: transport, conversion and resize,
@@ -51,7 +51,20 @@ def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
 
 
 def bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float]:
-    """Policy.step timings without ROS (new frame id each call, so vision runs every time, as in the node)."""
+    """Policy.step timings without ROS, run on a worker thread like the node's executor thread.
+
+    (On a loaded 2-core machine torch's OpenMP pool on the main thread measured 10-80x slower
+    than the same step on a secondary thread, so the thread is part of a fair comparison.)
+    """
+    out: list[list[float]] = []
+    worker = threading.Thread(target=lambda: out.append(_bare_steps(values, frame, n)))
+    worker.start()
+    worker.join()
+    return out[0] if out else []
+
+
+def _bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float]:
+    """New frame id each call, so vision runs every time, as in the node."""
     from specvla_ros.core.policy import Policy
     from specvla_ros.core.types import Observation, RobotState
     from specvla_ros.ros.conversions import _resize  # same resize the node applies
@@ -97,7 +110,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     values.update(target_dir=target, draft_dir=draft, drafter="model" if draft else "none", device=args.device,
                   control_period=args.control_period, decision_deadline=10.0, max_input_age=2.0, autostart=False)
     frame = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    bare = bare_steps(values, frame, args.decisions)
+    # Bare steps half before and half after the node run, so drifting machine load hits both alike.
+    bare = bare_steps(values, frame, args.decisions // 2)
+    load_before = os.getloadavg()[0]
 
     ctx = Context()
     rclpy.init(context=ctx, domain_id=args.domain_id)
@@ -167,6 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         node.destroy_node()
         probe.destroy_node()
         ctx.try_shutdown()
+    bare += bare_steps(values, frame, args.decisions - args.decisions // 2)
     with lock:
         steps = [node_step[k] for k, _ in pairs if k in node_step]
         overhead = [lat - node_step[k] for k, lat in pairs if k in node_step]
@@ -176,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "control_period_s": args.control_period,
         "target_dir": target, "draft_dir": draft, "device": args.device,
         "completed": bool(finished),
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "bare_step": _pct(bare),
         "node_step": _pct(steps),
         "end_to_end": _pct(e2e),
