@@ -61,3 +61,24 @@ def test_config_validation_and_smoke_overrides():
 def test_full_run_refuses_a_cpu(capsys):
     assert main(["--device", "cpu", "--no-shipped"]) == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_benchmark_model_has_openvla_7bs_shape():
+    """Built on the meta device (no memory): the random benchmark model has OpenVLA-7B's geometry."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from specvla_ros.core.openvla_checkpoint import OPENVLA_7B, _llama_config, _tower_cfg
+    from specvla_ros.core.vision_vit import PrismaticProjector, ViTFeaturizer
+
+    with torch.device("meta"):
+        cfgs = [_tower_cfg(t, OPENVLA_7B.image_size) for t in OPENVLA_7B.towers]
+        towers = [ViTFeaturizer(c) for c in cfgs]
+        proj = PrismaticProjector(True, sum(c.embed_dim for c in cfgs), OPENVLA_7B.hidden)
+        llm = LlamaForCausalLM(_llama_config(OPENVLA_7B))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert [c.n_patches for c in cfgs] == [256, 256] and sum(c.embed_dim for c in cfgs) == 2176
+    assert llm.model.embed_tokens.weight.shape == (32064, 4096) and len(llm.model.layers) == 32
+    assert llm.model.layers[0].mlp.gate_proj.weight.shape == (11008, 4096)
+    total = sum(count(t) for t in towers) + count(proj) + count(llm)
+    assert 7.50e9 < total < 7.56e9  # OpenVLA-7B: 7.54 B with SigLIP's unused attention-pool head
