@@ -85,3 +85,11 @@ def test_bad_startup_values_refused_with_reason(bad: Parameter) -> None:
     with ros_context(11) as ctx:
         with pytest.raises(ValueError, match=bad.name.replace(".", r"\.")):
             PolicyNode(context=ctx, parameter_overrides=[bad])
+
+
+def test_readme_parameter_table_lists_every_parameter() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [s.name for s in params.SCHEMA if f"| `{s.name}` |" not in readme]
+    assert not missing, f"README parameter table lacks {missing}"

@@ -80,7 +80,7 @@ _MODEL = "(restart)"
 SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", BOOL, "Configure and activate on start-up, for users without a lifecycle manager"),
     # models: loaded on configure, so a change needs a cleanup + configure (restart)
-    ParamSpec("target_dir", STRING, f"Target VLA checkpoint directory; 'default' = the shipped tiny model {_MODEL}"),
+    ParamSpec("target_dir", STRING, f"Target VLA checkpoint directory; 'default' = the shipped model {_MODEL}"),
     ParamSpec("draft_dir", STRING, f"Draft checkpoint directory; 'default' = shipped, '' = no speculation {_MODEL}"),
     ParamSpec("drafter", STRING, f"Drafter kind {_MODEL}", choices=("model", "eagle", "none")),
     ParamSpec("device", STRING, f"Torch device {_MODEL}", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
