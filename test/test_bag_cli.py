@@ -114,3 +114,28 @@ def test_cli_record_across_processes(tmp_path) -> None:
         joint_state_msg(T0_NS + k, k) for k in range(5)
     ]
     assert "wrote" in stdout
+
+
+def test_cli_record_closes_the_bag_on_sigint(tmp_path) -> None:
+    import signal
+
+    from sensor_msgs.msg import JointState
+
+    out = tmp_path / "interrupted"
+    with ros_context(79, discovery="LOCALHOST") as ros:
+        js = ros.node.create_publisher(JointState, "/joint_states", qos_preset("reliable"))
+        proc = subprocess.Popen(_cli() + ["record", "-o", str(out), "/joint_states"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(79))
+        try:
+            wait_until(lambda: js.get_subscription_count() >= 1, timeout=40, what="the recorder's subscription")
+            js.publish(joint_state_msg(T0_NS, 0))
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, stderr
+    assert (out / "metadata.yaml").is_file() and "Traceback" not in stderr
+    # The topic was subscribed before the signal, so the finished bag lists it.
+    assert [t.name for t in bag_info(out).topics] == ["/joint_states"]

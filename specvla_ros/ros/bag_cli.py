@@ -178,7 +178,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
     def _terminate(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # Explicit handlers: a recorder started in the background by a shell inherits
+    # an ignored SIGINT, and Ctrl-C / kill must still close the bag properly.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     recorder = BagRecorder(node, config)
