@@ -23,7 +23,6 @@ from test_bag_helpers import (
     serialize,
     string_msg,
     subscribe_raw,
-    synthetic_messages,
     wait_until,
 )
 

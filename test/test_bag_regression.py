@@ -5,7 +5,6 @@ compared with a golden bag message by message.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
