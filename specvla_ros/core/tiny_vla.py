@@ -147,11 +147,15 @@ PRESETS: dict[str, dict] = {
                  vision_layers=1, vision_heads=2),
     "default": dict(d_model=384, n_layers=8, n_heads=6, n_kv_heads=6, intermediate_size=1024, d_vision=128,
                     vision_layers=2, vision_heads=4),
+    # the shipped target: 8 x 256 (~7.7 M params), trains in well under an hour on a 2-core CPU
+    "small": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
+                  vision_layers=2, vision_heads=4),
 }
 #: Independent draft model geometry per preset (1 decoder layer).
 DRAFT_PRESETS: dict[str, dict] = {
     "test": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
+    "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
 }
 
 

@@ -1,0 +1,329 @@
+"""Behaviour cloning of the target TinyVLA on expert demonstrations.
+
+Loss per target position (teacher forcing, ``TinyVLA.forward_train``):
+narration + EON tokens: cross-entropy; action tokens: cross-entropy against a
+narrow Gaussian over neighbouring bins (``action_label_sigma``; the argmax is
+still the expert's bin, but "one bin off" costs less than "100 bins off", which
+teaches the ordinal structure of the bins faster), weighted ``action_weight``.
+
+AdamW with linear warmup then cosine decay. The schedule's progress is
+``max(step / steps, elapsed / time_budget)``, so a run on a busy shared CPU
+still anneals and finishes inside its time budget. Checkpoints
+(``train_state.pt`` + a loadable ``latest/`` dir) are written periodically and
+a run resumes from them; ``final/`` is written at the end. Held-out episodes
+give a validation loss and action-bin error.
+
+    python -m specvla_ros.train.train_target --data DIR [DIR ...] --out OUT [--preset small] [--steps N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, count_parameters
+from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TargetTrainConfig:
+    """Settings of a behaviour-cloning run (validated on construction)."""
+
+    data: list[str] = field(default_factory=list)
+    out: str = ""
+    preset: str = "small"
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.05  # cosine floor as a fraction of lr
+    warmup_steps: int = 150
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    action_weight: float = 2.0  # loss weight of action tokens relative to text tokens
+    action_label_sigma: float = 1.0  # [bins] Gaussian soft labels on action tokens (0 = one-hot)
+    jitter: float = 0.1  # brightness/contrast/colour jitter amplitude (0 = none)
+    val_fraction: float = 0.05
+    eval_every: int = 250
+    ckpt_every: int = 250
+    time_budget_min: float = 0.0  # 0 = no time limit
+    max_episodes: int | None = None
+    seed: int = 0
+    threads: int = 1  # one thread: two OpenMP threads on a busy shared 2-core CPU stall each other (5-10x slower)
+    bf16: bool = True  # CPU autocast to bfloat16 (several times faster on AVX512-BF16 CPUs)
+    storage_dtype: str = "float16"  # final weights
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("TargetTrainConfig.data needs at least one dataset directory")
+        if not self.out:
+            raise ValueError("TargetTrainConfig.out must name an output directory")
+        if self.preset not in PRESETS:
+            raise ValueError(f"TargetTrainConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for name in ("steps", "batch_size", "eval_every", "ckpt_every", "threads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TargetTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ValueError(f"TargetTrainConfig.lr must be > 0 and min_lr_ratio in [0,1], got {self.lr}, {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(f"bad warmup_steps/weight_decay/grad_clip: {self.warmup_steps}, {self.weight_decay}, {self.grad_clip}")
+        if self.action_weight <= 0 or self.action_label_sigma < 0:
+            raise ValueError(f"action_weight must be > 0 and action_label_sigma >= 0, got {self.action_weight}, {self.action_label_sigma}")
+        if not 0 <= self.jitter <= 0.5:
+            raise ValueError(f"TargetTrainConfig.jitter must be in [0, 0.5], got {self.jitter}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TargetTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.time_budget_min < 0:
+            raise ValueError(f"TargetTrainConfig.time_budget_min must be >= 0, got {self.time_budget_min}")
+        if self.storage_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"TargetTrainConfig.storage_dtype must be float32/float16/bfloat16, got {self.storage_dtype!r}")
+
+
+def lr_factor(progress: float, step: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` as progress goes 0 -> 1."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    p = min(max(progress, 0.0), 1.0)
+    return warm * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def soft_action_targets(labels: torch.Tensor, is_action: torch.Tensor, vocab: int, n_bins: int,
+                        sigma: float) -> torch.Tensor:
+    """(B,T,V) target distributions: one-hot on text, Gaussian over bins on action tokens."""
+    safe = labels.clamp(min=0)
+    target = F.one_hot(safe, vocab).float()
+    if sigma > 0:
+        first = vocab - n_bins
+        ids = torch.arange(first, vocab)
+        dist = (ids[None, None, :] - safe[..., None]).float()
+        g = torch.exp(-0.5 * (dist / sigma) ** 2)
+        g = g / g.sum(-1, keepdim=True)
+        target[..., first:] = torch.where(is_action[..., None], g, target[..., first:])
+    return target
+
+
+def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: float,
+            sigma: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted token loss; returns (loss, metrics: text_ce, action_ce, action_acc, bin_err)."""
+    logits = logits.float()
+    valid = batch.labels != IGNORE
+    logp = F.log_softmax(logits, dim=-1)
+    target = soft_action_targets(batch.labels, batch.is_action, logits.shape[-1], n_bins, sigma)
+    tok_loss = -(target * logp).sum(-1)
+    act = batch.is_action & valid
+    txt = valid & ~batch.is_action
+    w = txt.float() + action_weight * act.float()
+    loss = (tok_loss * w).sum() / w.sum().clamp(min=1.0)
+    with torch.no_grad():
+        pred = logits.argmax(-1)
+        ce = F.cross_entropy(logits.transpose(1, 2), batch.labels, reduction="none", ignore_index=IGNORE)
+        metrics = {
+            "text_ce": float(ce[txt].mean()) if txt.any() else 0.0,
+            "action_ce": float(ce[act].mean()) if act.any() else 0.0,
+            "text_acc": float((pred[txt] == batch.labels[txt]).float().mean()) if txt.any() else 0.0,
+            "action_acc": float((pred[act] == batch.labels[act]).float().mean()) if act.any() else 0.0,
+            "bin_err": float((pred[act] - batch.labels[act]).abs().float().mean()) if act.any() else 0.0,
+        }
+    return loss, metrics
+
+
+def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset) -> TinyVLA:
+    cfg = TinyVLAConfig(vocab_size=tokenizer.vocab_size, **PRESETS[preset])
+    return TinyVLA(cfg, tokenizer, ds.stats)
+
+
+@torch.no_grad()
+def evaluate(model: TinyVLA, ds: DemoDataset, idx: np.ndarray, cfg: TargetTrainConfig) -> dict[str, float]:
+    """Mean loss and metrics over ``idx`` (no augmentation)."""
+    if len(idx) == 0:
+        return {}
+    model.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    for s in range(0, len(idx), 64):
+        b = make_batch(ds, idx[s : s + 64])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits, _ = model.forward_train(b.images, b.instructions, b.proprio, b.target_ids)
+        loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma)
+        k = len(b.index)
+        for key, v in {"loss": float(loss), **m}.items():
+            sums[key] = sums.get(key, 0.0) + v * k
+        n += k
+    model.train()
+    return {k: v / n for k, v in sums.items()}
+
+
+def save_checkpoint_dir(model: TinyVLA, ds: DemoDataset, out_dir: Path, storage_dtype: str) -> None:
+    """A loadable checkpoint dir carrying the dataset's full statistics file."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, storage_dtype)
+    ds.save_statistics(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
+    """Run (or resume) behaviour cloning; returns a summary dict (also written to OUT/summary.json)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = VLATextTokenizer.build()
+    t_load = time.perf_counter()
+    if ds is None:
+        ds = load_demos(cfg.data, tok, cfg.max_episodes)
+    load_s = time.perf_counter() - t_load
+    train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_target(cfg.preset, tok, ds).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    step, elapsed_before, epoch = 0, 0.0, 0
+    rng = np.random.default_rng(cfg.seed)
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["config"]["preset"] != cfg.preset:
+            raise ValueError(f"{state_path}: was trained with preset {state['config']['preset']!r}, not {cfg.preset!r}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed_before, epoch = state["step"], state["elapsed_s"], state["epoch"]
+        rng = np.random.default_rng([cfg.seed, epoch, step])
+        torch.manual_seed(cfg.seed + step)
+        print(f"resumed from {state_path} at step {step} ({elapsed_before / 60:.1f} min trained)", flush=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    print(f"target: preset {cfg.preset}, {count_parameters(model) / 1e6:.2f} M params; "
+          f"{ds.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val steps (loaded in {load_s:.0f} s)",
+          flush=True)
+    budget_s = cfg.time_budget_min * 60.0
+    t0 = time.perf_counter()
+    log = (out / LOG_FILE).open("a")
+    bar = tqdm(total=cfg.steps, initial=step, desc="target", unit="step", disable=not cfg.progress)
+    best_val = float("inf")
+    last: dict[str, float] = {}
+    batches = iter(())
+    done = False
+
+    def save_state() -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                    "elapsed_s": elapsed_before + time.perf_counter() - t0, "config": asdict(cfg)},
+                   str(state_path) + ".tmp")
+        Path(str(state_path) + ".tmp").replace(state_path)
+        save_checkpoint_dir(model, ds, out / "latest", "float32")
+
+    while not done:
+        idx = next(batches, None)
+        if idx is None:
+            epoch += 1
+            batches = epoch_batches(train_idx, cfg.batch_size, rng)
+            continue
+        elapsed = elapsed_before + time.perf_counter() - t0
+        progress = max(step / cfg.steps, elapsed / budget_s if budget_s > 0 else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(progress, step, cfg.warmup_steps, cfg.min_lr_ratio)
+        b = make_batch(ds, idx, rng, cfg.jitter)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits, _ = model.forward_train(b.images, b.instructions, b.proprio, b.target_ids)
+        loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        last = {"loss": float(loss), **m}
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", act=f"{m['action_acc']:.2f}", bin=f"{m['bin_err']:.1f}", ep=epoch)
+        done = step >= cfg.steps or (budget_s > 0 and elapsed >= budget_s)
+        record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 1),
+                  **{f"train_{k}": round(v, 4) for k, v in last.items()}}
+        if step % cfg.eval_every == 0 or done:
+            val = evaluate(model, ds, val_idx, cfg)
+            record.update({f"val_{k}": round(v, 4) for k, v in val.items()})
+            if val and val["loss"] < best_val:
+                best_val = val["loss"]
+            bar.write(f"step {step}: train loss {last['loss']:.3f} | val " +
+                      " ".join(f"{k} {v:.3f}" for k, v in val.items()))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if step % cfg.ckpt_every == 0 or done:
+            save_state()
+    bar.close()
+    log.close()
+    model.eval()
+    save_checkpoint_dir(model, ds, out / "final", cfg.storage_dtype)
+    final_val = evaluate(model, ds, val_idx, cfg)
+    summary = {
+        "preset": cfg.preset, "params": count_parameters(model), "steps": step, "epochs": epoch,
+        "train_minutes": round((elapsed_before + time.perf_counter() - t0) / 60.0, 1),
+        "episodes": ds.n_episodes, "train_steps": int(len(train_idx)), "val_steps": int(len(val_idx)),
+        "last_train": last, "val": final_val, "seed": cfg.seed, "final_dir": str(out / "final"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TargetTrainConfig(data=["x"], out="x")
+    p.add_argument("--data", nargs="+", required=True, help="dataset directories written by collect")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final/)")
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="model size")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--action-weight", type=float, default=d.action_weight)
+    p.add_argument("--action-label-sigma", type=float, default=d.action_label_sigma, help="[bins]")
+    p.add_argument("--jitter", type=float, default=d.jitter, help="image colour jitter amplitude")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--time-budget-min", type=float, default=d.time_budget_min, help="stop after this many minutes (0 = none)")
+    p.add_argument("--max-episodes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
+    return TargetTrainConfig(
+        data=list(a.data), out=a.out, preset=a.preset, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+        warmup_steps=a.warmup_steps, action_weight=a.action_weight, action_label_sigma=a.action_label_sigma,
+        jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
+        time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
+        bf16=not a.no_bf16, progress=not a.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(json.dumps(train_target(cfg), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
