@@ -168,3 +168,22 @@ def test_camera_in_other_encodings_plays_through_conversions(tmp_path, encoding:
         src = np.frombuffer(bytes(frame.data), np.uint8).reshape(24, 20, -1)
         expected = {"bgr8": src[..., ::-1], "mono8": np.repeat(src, 3, axis=2), "rgba8": src[..., :3]}[encoding]
         assert rgb.shape == (24, 20, 3) and np.array_equal(rgb, expected)
+
+
+def test_damaged_mcap_chunk_is_one_clear_line(tmp_path, capsys, monkeypatch) -> None:
+    """The index survives but a chunk in the middle is overwritten: reading fails cleanly."""
+    from test_bag_helpers import bag_messages
+
+    bag = write_bag(tmp_path / "damaged", synthetic_messages(frames=20), storage="mcap")
+    data_file = next(bag.glob("*.mcap"))
+    size = data_file.stat().st_size
+    with data_file.open("r+b") as fh:
+        fh.seek(size // 3)
+        fh.write(b"\xff" * 4000)
+    with pytest.raises(BagError, match="truncated or corrupt"):
+        bag_messages(bag)
+    # play gets as far as starting ROS (in this process: private domain, no discovery).
+    monkeypatch.setenv("ROS_DOMAIN_ID", "77")
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "OFF")
+    line = _cli_error(["play", str(bag), "--rate", "1000", "--no-shm"], capsys)
+    assert "truncated or corrupt" in line

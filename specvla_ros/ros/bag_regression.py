@@ -487,7 +487,7 @@ def load_outputs(path: str | Path) -> OutputBag:
     from rosbags.highlevel import AnyReader
     from rosbags.highlevel.anyreader import AnyReaderError
 
-    from specvla_ros.ros.bag_tools import open_bag
+    from specvla_ros.ros.bag_tools import iter_messages, open_bag
 
     with open_bag(path) as reader:  # clear errors for missing/corrupt bags
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
@@ -500,7 +500,7 @@ def load_outputs(path: str | Path) -> OutputBag:
             meta = json.loads(meta_text)
             index = {int(stamp): int(i) for i, stamp, _ in meta["frames"]}
             frames: dict[int, dict[str, list[Any]]] = {stamp: {} for stamp in index}
-            for conn, t, raw in reader.messages():
+            for conn, t, raw in iter_messages(reader, path):
                 stamp = next((t - s for s in range(_GROUP_SLOTS) if t - s in index), None)
                 if stamp is None:
                     raise BagError(f"{path}: message on {conn.topic} at {t} ns belongs to no frame")

@@ -15,6 +15,7 @@ import os
 import queue
 import sqlite3
 import statistics
+import struct
 import sys
 import threading
 import time
@@ -116,6 +117,27 @@ def open_bag(path: str | Path) -> Iterator[Reader]:
             reader.close()
         except (ReaderError, OSError):
             pass  # already reported the error that matters
+
+
+#: What rosbags' readers raise on damaged data while decoding records.
+_CORRUPT_DATA_ERRORS = (ReaderError, OSError, EOFError, ValueError, OverflowError, KeyError, IndexError,
+                        struct.error, sqlite3.DatabaseError)
+
+
+def iter_messages(reader: Any, bag: str | Path, **kwargs: Any) -> Iterator[tuple[Connection, int, bytes]]:
+    """reader.messages(**kwargs), with damaged data reported as one BagError line.
+
+    Only errors raised while reading are translated, never the caller's own.
+    """
+    messages = reader.messages(**kwargs)
+    while True:
+        try:
+            item = next(messages)
+        except StopIteration:
+            return
+        except _CORRUPT_DATA_ERRORS as exc:
+            raise BagError(f"bag {bag} is truncated or corrupt: {_describe(exc)}") from None
+        yield item
 
 
 def _describe(exc: BaseException) -> str:
@@ -604,7 +626,7 @@ class BagPlayer:
             clock_period = 1.0 / cfg.clock_hz if cfg.clock_hz > 0 else 0.0
             next_clock = wall_start
             paced_until = wall_start
-            for conn, stamp_ns, raw in reader.messages(connections=conns, start=bag_start):
+            for conn, stamp_ns, raw in iter_messages(reader, self.bag, connections=conns, start=bag_start):
                 due = wall_start + (stamp_ns - bag_start) / 1e9 / cfg.rate
                 due = max(due, paced_until)
                 # Wait for the message's time, keeping /clock ticking meanwhile.
