@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from specvla_ros.ros.bag_tools import (
     NODE_IO_TOPICS,
@@ -104,20 +105,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_ros(no_shm: bool, node_name: str, use_sim_time: bool = False):  # noqa: ANN202 (rclpy types)
+def _start_ros(no_shm: bool, node_name: str, use_sim_time: bool = False) -> tuple[Any, Any]:
+    """(context, node) in a private rclpy context (the CLI can run inside other programs' processes)."""
     if not no_shm:
         use_shm_profile()
     import rclpy
+    from rclpy.context import Context
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
+    context = Context()
     # We handle Ctrl-C ourselves so the bag is always closed properly. Our own
     # argv is not handed to rclpy: it would read `--remap a:=b` as a ROS remap rule.
-    rclpy.init(args=[PROG], signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=[PROG], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(
-        node_name, parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)]
+        node_name, context=context, parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)]
     )
-    return rclpy, node
+    return context, node
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
@@ -135,7 +139,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         loop_forever=args.loop,
     )
     bag_info(args.bag)  # fail on a bad bag before ROS starts
-    rclpy, node = _start_ros(args.no_shm, "specvla_bag_player")
+    context, node = _start_ros(args.no_shm, "specvla_bag_player")
     player = None
     try:
         player = BagPlayer(node, args.bag, config)
@@ -156,7 +160,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
         if player is not None:
             player.destroy()
         node.destroy_node()
-        rclpy.try_shutdown()
+        context.try_shutdown()
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -172,7 +176,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     )
     if args.duration < 0:
         raise ValueError(f"duration must be >= 0, got {args.duration}")
-    rclpy, node = _start_ros(args.no_shm, "specvla_bag_recorder", use_sim_time=args.use_sim_time)
+    context, node = _start_ros(args.no_shm, "specvla_bag_recorder", use_sim_time=args.use_sim_time)
     from rclpy.executors import SingleThreadedExecutor
 
     def _terminate(_sig: int, _frame: FrameType | None) -> None:
@@ -182,7 +186,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     # an ignored SIGINT, and Ctrl-C / kill must still close the bag properly.
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
-    executor = SingleThreadedExecutor()
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     recorder = BagRecorder(node, config)
     print(f"recording to {output} ({args.storage}); Ctrl-C to stop", file=sys.stderr)
@@ -196,7 +200,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         recorder.close()
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
+        context.try_shutdown()
     for topic, count in sorted(recorder.counts.items()):
         print(f"  {topic}: {count}")
     missing = sorted(set(config.topics) - set(recorder.counts) - set(recorder.skipped))
