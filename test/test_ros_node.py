@@ -162,15 +162,18 @@ def decided(v) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("iface,compressed,domain", [("joint_trajectory", False, 12), ("forward_position", True, 13)])
-def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, compressed: bool, domain: int) -> None:
+@pytest.mark.parametrize("iface,compressed,every,domain", [("joint_trajectory", False, False, 12),
+                                                           ("forward_position", True, True, 13)])
+def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, compressed: bool, every: bool,
+                                                       domain: int) -> None:
     image = None
     if compressed:
         import cv2
         from cv_bridge import CvBridge
 
         image = CvBridge().cv2_to_compressed_imgmsg(cv2.cvtColor(FRAME, cv2.COLOR_RGB2BGR), "png")
-    g = make_graph(domain, image=image, command_interface=iface, use_compressed_image=compressed)
+    g = make_graph(domain, image=image, command_interface=iface, use_compressed_image=compressed,
+                   narration_every_step=every)
     start(g)
     # a decision: a verdict from the policy's gate (not an input hold), with stats and narration
     t, v = g.verdicts.wait_for(decided, timeout=WAIT) or pytest.fail("no decision verdict")
@@ -194,6 +197,27 @@ def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, c
         timeout=WAIT) or pytest.fail("no model diagnostics")
     model = next(s for s in diag.status if s.name.endswith("model"))
     assert {kv.key for kv in model.values} >= {"device", "dtype", "warmup_s"}
+    # narration: only when it changes (default), or once per decision (narration_every_step)
+    n_stats = len(g.stats.msgs)
+    assert g.stats.wait_for(lambda s: True, timeout=WAIT, after=time.monotonic()) is not None
+    texts = [m.data for _, m in g.narration.msgs]
+    if every:
+        assert len(texts) >= n_stats - 1
+    else:
+        assert all(a != b for a, b in zip(texts, texts[1:]))
+
+
+def test_without_any_joint_state_the_trajectory_controller_is_told_to_stop(make_graph) -> None:
+    g = make_graph(20)
+    g.feeder.joints = None
+    start(g)
+    t_bad, v = first_status(g, SafetyStatus.HALT_BAD_INPUT)
+    assert "lacks joint" in v.reason and len(v.joint_command) == 0
+    # nothing to hold at: an empty trajectory (joint_trajectory_controller stops and holds)
+    _, cmd = g.commands.wait_for(lambda c: True, timeout=WAIT) or pytest.fail("no command")
+    assert len(cmd.points) == 0 and list(cmd.joint_names) == list(PANDA_JOINT_NAMES)
+    assert all(len(c.points) == 0 for _, c in g.commands.msgs)
+    assert not g.gripper.msgs
 
 
 def test_estop_holds_within_one_control_period_until_released(make_graph) -> None:
