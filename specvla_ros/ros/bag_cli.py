@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -218,7 +219,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    warnings.showwarning = _one_line_warnings
+    previous_showwarning, warnings.showwarning = warnings.showwarning, _one_line_warnings
     handlers = {"info": _cmd_info, "play": _cmd_play, "record": _cmd_record, "regress": _cmd_regress}
     try:
         return handlers[args.command](args)
@@ -228,6 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if args.command == "regress" else 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `specvla_bag info BAG | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — keeps the interpreter's final flush quiet
+        return 0
+    finally:
+        warnings.showwarning = previous_showwarning
 
 
 if __name__ == "__main__":
