@@ -245,3 +245,19 @@ def test_shm_profile_is_set_only_when_the_user_has_none(tmp_path) -> None:
     assert use_shm_profile(env) == SHM_PROFILE_PATH and env == {"FASTDDS_DEFAULT_PROFILES_FILE": str(SHM_PROFILE_PATH)}
     mine = {"FASTRTPS_DEFAULT_PROFILES_FILE": str(tmp_path / "mine.xml")}
     assert use_shm_profile(mine) is None and "FASTDDS_DEFAULT_PROFILES_FILE" not in mine
+
+
+def test_node_io_topics_match_the_policy_node() -> None:
+    """`record --node-io` and the regression harness follow the node's topic names."""
+    from specvla_ros.ros import bag_regression as reg
+    from specvla_ros.ros import params
+    from specvla_ros.ros import policy_node as node
+    from specvla_ros.ros.bag_tools import NODE_INPUT_TOPICS, NODE_IO_TOPICS
+
+    private = [f"/{params.NODE_NAME}/{t[2:]}" for t in (node.TOPIC_SAFETY, node.TOPIC_STATS)]
+    inputs = {node.TOPIC_IMAGE, node.TOPIC_INSTRUCTION, node.TOPIC_JOINT_STATES, node.TOPIC_ESTOP}
+    outputs = {node.TOPIC_TRAJECTORY, node.TOPIC_FORWARD, node.TOPIC_GRIPPER, node.TOPIC_NARRATION,
+               node.TOPIC_DIAGNOSTICS, *private}
+    assert set(NODE_INPUT_TOPICS) == inputs
+    assert set(NODE_IO_TOPICS) == inputs | outputs
+    assert set(reg.OUTPUT_TYPES) == outputs - {node.TOPIC_DIAGNOSTICS}

@@ -54,6 +54,7 @@ NODE_INPUT_TOPICS: tuple[str, ...] = (
 )
 NODE_OUTPUT_TOPICS: tuple[str, ...] = (
     "/joint_trajectory_controller/joint_trajectory",
+    "/forward_position_controller/commands",  # command_interface: forward_position
     "/gripper_controller/commands",
     "/specvla/narration",
     "/specvla_node/safety",
