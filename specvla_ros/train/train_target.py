@@ -248,7 +248,7 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        last = {"loss": float(loss), **m}
+        last = {"loss": float(loss.detach()), **m}
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", act=f"{m['action_acc']:.2f}", bin=f"{m['bin_err']:.1f}", ep=epoch)
         done = step >= cfg.steps or (budget_s > 0 and elapsed >= budget_s)

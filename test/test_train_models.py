@@ -1,0 +1,153 @@
+"""Training: demo dataset, target behaviour cloning, draft distillation (model and EAGLE), CLI.
+
+Runs a few optimiser steps of the "test" preset on three real expert episodes
+(one per task) collected once per module; checks that losses drop, that the
+checkpoints load behind the project's loaders with the dataset's statistics,
+that a run resumes, and that the trained pair decodes losslessly.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from specvla_ros.core.action_tokenizer import load_norm_stats
+from specvla_ros.core.model_loading import load_drafter, load_vla
+from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.types import ACTION_DIM, Observation
+from specvla_ros.train.collect import CollectConfig, collect
+from specvla_ros.train.dataset import DATASET_KEY, IGNORE, STATS_FILE, epoch_batches, load_demos, make_batch
+from specvla_ros.train.distill_draft import DraftTrainConfig, distill_draft
+from specvla_ros.train.train_target import TargetTrainConfig, lr_factor, train_target
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos")
+    collect(CollectConfig(out=out, episodes=3, seed=7, image_size=(64, 64), progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return VLATextTokenizer.build()
+
+
+@pytest.fixture(scope="module")
+def trained_target(demos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("target_run")
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(out), preset="test", steps=40, batch_size=8, lr=3e-3,
+                            warmup_steps=0, val_fraction=0.0, eval_every=20, ckpt_every=20, progress=False)
+    return out, train_target(cfg)
+
+
+def _log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_dataset_targets_are_narration_eon_actions(demos, tok) -> None:
+    ds = load_demos(demos, tok)
+    assert ds.n_episodes == 3 and len(ds) == ds.images.shape[0] == ds.target_ids.shape[0]
+    at_begin = tok.vocab_size - tok.n_action_tokens
+    from specvla_ros.core.action_tokenizer import ActionTokenizer
+
+    at = ActionTokenizer(tok.vocab_size, ds.stats)
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        row, n = ds.target_ids[i], int(ds.n_text[i])
+        assert row[n - 1] == tok.eon_token_id and np.all(row[: n - 1] < at_begin)
+        acts = row[n : n + ACTION_DIM]
+        assert np.all(acts >= at_begin)
+        assert np.all(row[n + ACTION_DIM :] == tok.pad_token_id)
+        # decoded tokens reproduce the expert's action to within one bin (normalised units)
+        err = np.abs(at.normalize(at.decode(acts)) - at.normalize(ds.actions[i]))
+        assert np.all(err <= 2.0 / 255 + 1e-6)
+    stats = load_norm_stats(demos / STATS_FILE, DATASET_KEY)
+    np.testing.assert_allclose(ds.stats.q01, stats.q01)
+    train, val = ds.split(0.34, seed=0)
+    assert set(ds.episode[train]).isdisjoint(ds.episode[val]) and len(train) + len(val) == len(ds)
+    b = make_batch(ds, np.arange(4), np.random.default_rng(0), jitter=0.1)
+    assert b.images.shape == (4, 64, 64, 3) and 0.0 <= float(b.images.min()) and float(b.images.max()) <= 1.0
+    assert int(b.is_action.sum()) == 4 * ACTION_DIM and bool((b.labels[b.target_ids == tok.pad_token_id] == IGNORE).all())
+    batches = list(epoch_batches(np.arange(10), 4, np.random.default_rng(0)))
+    assert [len(x) for x in batches] == [4, 4]
+
+
+def test_target_loss_drops_and_checkpoint_loads(trained_target, demos) -> None:
+    out, summary = trained_target
+    log = _log(out)
+    first = np.mean([r["train_loss"] for r in log[:3]])
+    last = np.mean([r["train_loss"] for r in log[-3:]])
+    assert last < first - 0.5, (first, last)
+    model = load_vla(out / "final", device="cpu", dtype="float32")
+    # the checkpoint carries the dataset's statistics, so de-normalisation matches training
+    np.testing.assert_allclose(model.action_tokenizer.stats.q99,
+                               load_norm_stats(demos / STATS_FILE, DATASET_KEY).q99, rtol=1e-6)
+    assert json.loads((out / "final" / STATS_FILE).read_text()) == json.loads((demos / STATS_FILE).read_text())
+    assert summary["steps"] == 40 and (out / "latest" / "config.json").is_file()
+
+
+def test_target_run_resumes(trained_target, demos, tmp_path) -> None:
+    import shutil
+
+    out, _ = trained_target
+    run = tmp_path / "resume"
+    shutil.copytree(out, run)
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(run), preset="test", steps=44, batch_size=8, lr=3e-3,
+                            warmup_steps=0, val_fraction=0.0, eval_every=20, ckpt_every=20, progress=False)
+    summary = train_target(cfg)
+    assert summary["steps"] == 44
+    assert [r["step"] for r in _log(run)][-4:] == [41, 42, 43, 44]
+
+
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+def test_draft_distillation_improves_agreement_and_decodes_losslessly(trained_target, demos, tmp_path, kind) -> None:
+    target_dir = trained_target[0] / "final"
+    cfg = DraftTrainConfig(data=[str(demos)], target=str(target_dir), out=str(tmp_path / kind), kind=kind,
+                           steps=25, batch_size=8, lr=3e-3, warmup_steps=0, val_fraction=0.34, eval_every=25,
+                           ckpt_every=25, progress=False)
+    summary = distill_draft(cfg)
+    assert summary["safety_loss"] is True
+    assert summary["val"]["loss"] < summary["val_before"]["loss"]
+    target = load_vla(target_dir, device="cpu", dtype="float32")
+    drafter = load_drafter(summary["final_dir"], target)
+    ds = load_demos(demos, target.text_tokenizer)
+    obs = Observation(ds.images[3], ds.instructions[ds.instr_idx[3]], ds.proprio[3], frame_id=1)
+    base = SpeculativeDecoder(target, None, DecodeConfig()).decode(obs)
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig()).decode(obs)
+    assert spec.token_ids == base.token_ids  # greedy speculative decoding is exact
+
+
+def test_configs_reject_bad_values(tmp_path) -> None:
+    with pytest.raises(ValueError, match="preset"):
+        TargetTrainConfig(data=["d"], out="o", preset="huge")
+    with pytest.raises(ValueError, match="action_weight"):
+        TargetTrainConfig(data=["d"], out="o", action_weight=0.0)
+    with pytest.raises(ValueError, match="data"):
+        TargetTrainConfig(out="o")
+    with pytest.raises(ValueError, match="kind"):
+        DraftTrainConfig(data=["d"], target="t", out="o", kind="medusa")
+    with pytest.raises(ValueError, match="safety_weight"):
+        DraftTrainConfig(data=["d"], target="t", out="o", safety_weight=-1.0)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_demos(tmp_path / "missing", VLATextTokenizer.build())
+
+
+def test_lr_schedule_warms_up_and_anneals() -> None:
+    assert lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(0.0, 20, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(1.0, 20, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(2.0, 20, 10, 0.1) == pytest.approx(0.1)  # past the time budget: the floor
+
+
+def test_cli_help_and_bad_args(capsys) -> None:
+    from specvla_ros.train.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "specvla_train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["target", "--data", "x", "--out", "y", "--preset", "huge"])
+    torch.set_num_threads(1)
