@@ -186,7 +186,8 @@ def test_shipped_input_bag_reproduces_shipped_golden(tmp_path, golden_name: str)
 
 
 def test_out_of_order_camera_stamps_still_align(tiny_checkpoints, tmp_path) -> None:
-    """Header stamps that go backwards (a camera driver with jitter) are answered frame by frame."""
+    """Header stamps that go backwards (a camera driver with jitter) are answered frame by frame;
+    the camera was recorded under another name and is remapped to the node's input."""
     target, draft, _ = tiny_checkpoints
     header_order = [1, 3, 2, 4]  # frame k carries the stamp of slot header_order[k]
     msgs = [("/specvla/instruction", "std_msgs/msg/String", T0_NS, serialize(string_msg("push the blue block")))]
@@ -194,9 +195,12 @@ def test_out_of_order_camera_stamps_still_align(tiny_checkpoints, tmp_path) -> N
         t = T0_NS + (k + 1) * 100_000_000
         stamp = T0_NS + slot * 100_000_000
         msgs.append(("/joint_states", "sensor_msgs/msg/JointState", t, serialize(_joint_state(t, k))))
-        msgs.append(("/camera/image_raw", "sensor_msgs/msg/Image", t + 1000, serialize(image_msg(stamp, 64, 64, seed=k))))
+        msgs.append(("/wrist/image_raw", "sensor_msgs/msg/Image", t + 1000, serialize(image_msg(stamp, 64, 64, seed=k))))
     bag = write_bag(tmp_path / "jitter", msgs, storage="sqlite3")
-    result = replay(ReplayConfig(input_bag=bag, models=f"{target}:{draft}", domain_id=76))
+    with pytest.raises(BagError, match="lacks /camera/image_raw"):
+        replay(ReplayConfig(input_bag=bag, models=f"{target}:{draft}"))
+    result = replay(ReplayConfig(input_bag=bag, models=f"{target}:{draft}", domain_id=76,
+                                 remap={"/wrist/image_raw": "/camera/image_raw"}))
     assert [f.frame_stamp_ns for f in result.frames] == [T0_NS + s * 100_000_000 for s in header_order]
     assert [f.index for f in result.frames] == [0, 1, 2, 3] and result.stale_ticks == 0
     out = write_outputs(result, tmp_path / "out", bag, storage="sqlite3")

@@ -42,6 +42,7 @@ from specvla_ros.ros.bag_tools import (
     PlayConfig,
     bag_info,
     make_typestore,
+    parse_mapping,
     write_bag,
 )
 
@@ -84,6 +85,7 @@ class ReplayConfig:
         "TARGET_DIR[:DRAFT_DIR]".
     mode / drafter / relax_bins: the node's decode.mode, drafter, decode.relax_bins.
     params: further node parameters (e.g. {"control_period": 0.1}).
+    remap: bag topic -> node input topic, for bags recorded under other names.
     max_frames: replay only the first N camera frames (0 = all).
     tick_timeout_s: give up when a decision takes longer than this [s] (wall).
     """
@@ -94,6 +96,7 @@ class ReplayConfig:
     drafter: str = "model"
     relax_bins: int = 9
     params: dict[str, Any] = field(default_factory=dict)
+    remap: dict[str, str] = field(default_factory=dict)  # bag topic -> node input topic
     max_frames: int = 0
     tick_timeout_s: float = 120.0
     domain_id: int | None = None
@@ -173,14 +176,15 @@ def _fingerprint(*dirs: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_input_bag(path: Path) -> list[str]:
-    """Topics the node will get; BagError if the bag cannot drive it."""
+def _check_input_bag(path: Path, remap: dict[str, str]) -> list[str]:
+    """Bag topics to play (after remapping they are node inputs); BagError if the bag cannot drive the node."""
     summary = bag_info(path)
-    present = {t.name: t for t in summary.topics}
-    missing = [t for t in REQUIRED_INPUTS if t not in present or present[t].count == 0]
+    present = {remap.get(t.name, t.name): t for t in summary.topics if t.count}
+    missing = [t for t in REQUIRED_INPUTS if t not in present]
     if missing:
-        raise BagError(f"input bag {path} lacks {', '.join(missing)}; the node needs camera, joint states and instruction")
-    return [t for t in NODE_INPUT_TOPICS if t in present]
+        raise BagError(f"input bag {path} lacks {', '.join(missing)}; the node needs camera, joint states and "
+                       "instruction (use --remap BAG_TOPIC:=NODE_TOPIC for other names)")
+    return [present[t].name for t in NODE_INPUT_TOPICS if t in present]
 
 
 def _node_holds(node: Any, frame_stamp_ns: int, joints: dict[str, float]) -> bool:
@@ -211,7 +215,7 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
 
 def replay(config: ReplayConfig) -> ReplayResult:
     """Replay the input bag through a PolicyNode in lockstep; return its outputs per frame."""
-    input_topics = _check_input_bag(config.input_bag)
+    input_topics = _check_input_bag(config.input_bag, config.remap)
     with tempfile.TemporaryDirectory(prefix="specvla_replay_") as tmp:
         target_dir, draft_dir, fingerprint = _resolve_models(config.models, config.drafter, Path(tmp))
         return _replay(config, input_topics, target_dir, draft_dir, fingerprint)
@@ -357,7 +361,7 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
             raise BagError(f"the node never decided on camera frame {len(frame_stamps) - 1} ({frame_ns} ns)")
 
         player = BagPlayer(harness, config.input_bag, PlayConfig(
-            rate=1e9, topics=tuple(input_topics), max_bytes_per_s=0.0, wait_for_subscribers=1,
+            rate=1e9, topics=tuple(input_topics), remap=dict(config.remap), max_bytes_per_s=0.0, wait_for_subscribers=1,
             subscriber_timeout_s=30.0))
         player.play(after_publish=after_publish)
         # A fence: one more decision, so everything of the last frame has arrived before it.
@@ -616,6 +620,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relax-bins", type=int, default=None)
     parser.add_argument("--action-tolerance", type=float, default=0.02,
                         help="relaxed/sample mode: allowed difference of action values (default 0.02)")
+    parser.add_argument("--remap", nargs="+", default=[], metavar="BAG_TOPIC:=NODE_TOPIC",
+                        help="feed a bag topic to a node input of another name")
     parser.add_argument("--max-frames", type=int, default=0)
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
 
@@ -634,6 +640,7 @@ def run_cli(args: argparse.Namespace) -> int:
         drafter=args.drafter or settings.get("drafter", "model"),
         relax_bins=args.relax_bins if args.relax_bins is not None else int(settings.get("relax_bins", 9)),
         params=dict(settings.get("params", {})),
+        remap=parse_mapping(args.remap, "remap"),
         max_frames=args.max_frames,
     )
     result = replay(config)
