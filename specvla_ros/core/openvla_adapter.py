@@ -46,10 +46,15 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import LlamaConfig
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
 from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures
@@ -87,7 +92,7 @@ class OpenVLATextTokenizer:
     eon_token_id: id of "▁"; bos_token_id: id of the BOS token.
     """
 
-    def __init__(self, tokenizer, vocab_size: int, bos_token: str = "<s>") -> None:
+    def __init__(self, tokenizer: "Tokenizer", vocab_size: int, bos_token: str = "<s>") -> None:
         self.tokenizer = tokenizer
         self.vocab_size = int(vocab_size)
         bos = tokenizer.token_to_id(bos_token)
@@ -167,7 +172,7 @@ class PendingStatsActionTokenizer(ActionTokenizer):
 class LlamaKVCache:
     """transformers ``DynamicCache`` with the project's ``KVCache`` protocol (any-length truncation)."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: LlamaConfig) -> None:
         from transformers import DynamicCache
 
         self.inner = DynamicCache(config=config)
@@ -208,7 +213,7 @@ class OpenVLA(nn.Module):
     """
 
     def __init__(self, towers: list[ViTFeaturizer], projector: PrismaticProjector, llm: nn.Module,
-                 llm_config, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,
+                 llm_config: LlamaConfig, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,
                  norms: list[tuple[tuple, tuple]], unnorm_key: str | None) -> None:
         super().__init__()
         self.towers = nn.ModuleList(towers)
@@ -448,9 +453,7 @@ def _image_norms(ckpt_dir: Path, model_ids: list[str]) -> list[tuple[tuple, tupl
     return norms
 
 
-def _llama_config(config: dict, cfg_path: Path, attn_implementation: str):
-    from transformers import LlamaConfig
-
+def _llama_config(config: dict, cfg_path: Path, attn_implementation: str) -> LlamaConfig:
     text = config.get("text_config") or {}
     if not isinstance(text, dict):
         raise ModelLoadError(f"{cfg_path}: text_config must be an object")
