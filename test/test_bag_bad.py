@@ -10,7 +10,17 @@ import shutil
 import warnings
 
 import pytest
-from test_bag_helpers import T0_NS, Collector, ros_context, serialize, string_msg, subscribe_raw, synthetic_messages, wait_until
+from test_bag_helpers import (
+    T0_NS,
+    Collector,
+    best_effort_deep,
+    ros_context,
+    serialize,
+    string_msg,
+    subscribe_raw,
+    synthetic_messages,
+    wait_until,
+)
 
 from specvla_ros.ros import bag_cli
 from specvla_ros.ros.bag_tools import BagError, BagPlayer, PlayConfig, bag_info, make_typestore, qos_preset, write_bag
@@ -156,7 +166,7 @@ def test_camera_in_other_encodings_plays_through_conversions(tmp_path, encoding:
                      for k, f in enumerate(frames)], storage="sqlite3" if encoding == "mono8" else "mcap")
     with ros_context({"bgr8": 73, "mono8": 74, "rgba8": 75}[encoding]) as ros:
         got = Collector()
-        subscribe_raw(ros.node, got, "/camera/image_raw", Image, qos_preset("sensor_data"))
+        subscribe_raw(ros.node, got, "/camera/image_raw", Image, best_effort_deep())
         player = BagPlayer(ros.node, bag, PlayConfig(rate=20.0, wait_for_subscribers=1))
         player.play()
         wait_until(lambda: got.count() == 3, what="three frames")

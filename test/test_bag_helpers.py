@@ -102,6 +102,14 @@ class Collector:
             return sum(1 for t, _ in self.items if topic is None or t == topic)
 
 
+def best_effort_deep() -> Any:
+    """Best effort like the node's camera, but a deep queue: a test subscriber that
+    falls behind on a loaded machine must not lose frames the player did send."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
 def subscribe_raw(node: Any, collector: Collector, topic: str, msg_cls: type, qos: Any) -> Any:
     return node.create_subscription(msg_cls, topic, collector.callback(topic), qos, raw=True)
 

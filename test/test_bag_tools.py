@@ -10,6 +10,7 @@ import json
 
 import pytest
 from test_bag_helpers import (
+    best_effort_deep,
     T0_NS,
     Collector,
     bag_messages,
@@ -123,8 +124,8 @@ def test_play_delivers_every_message_byte_identical_in_order(input_bag) -> None:
 
     with ros_context(60 if storage == "mcap" else 61) as ros:
         got = Collector()
-        # Subscribe the way the policy node does (camera best effort, instruction latched).
-        subscribe_raw(ros.node, got, "/camera/image_raw", Image, qos_preset("sensor_data"))
+        # Subscribe as the policy node does (camera best effort, instruction latched), deeper queue.
+        subscribe_raw(ros.node, got, "/camera/image_raw", Image, best_effort_deep())
         subscribe_raw(ros.node, got, "/joint_states", JointState, qos_preset("reliable"))
         subscribe_raw(ros.node, got, "/specvla/instruction", String, qos_preset("latched"))
         player = BagPlayer(ros.node, path, PlayConfig(rate=5.0, wait_for_subscribers=1))
@@ -146,7 +147,7 @@ def test_play_rate_offset_topics_remap_and_clock(tmp_path) -> None:
 
     with ros_context(62) as ros:
         got = Collector()
-        subscribe_raw(ros.node, got, "/cam2", Image, qos_preset("sensor_data"))
+        subscribe_raw(ros.node, got, "/cam2", Image, best_effort_deep())
         subscribe_raw(ros.node, got, "/clock", Clock, qos_preset("reliable"))
         config = PlayConfig(
             rate=20.0, start_offset_s=0.12, topics=("/camera/image_raw",),
