@@ -82,3 +82,12 @@ def test_benchmark_model_has_openvla_7bs_shape():
     assert llm.model.layers[0].mlp.gate_proj.weight.shape == (11008, 4096)
     total = sum(count(t) for t in towers) + count(proj) + count(llm)
     assert 7.50e9 < total < 7.56e9  # OpenVLA-7B: 7.54 B with SigLIP's unused attention-pool head
+
+
+def test_time_budget_skips_remaining_variants(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["--smoke", "--frames", "1", "--warmup", "0", "--no-openvla", "--time-budget", "1e-6",
+                 "--out", str(out)]) == 0
+    shipped = json.loads(out.read_text())["shipped"]
+    assert all(shipped[k] == {"skipped": "time budget spent (--time-budget)"}
+               for k in ("target_only", "spec_exact", "spec_relaxed"))

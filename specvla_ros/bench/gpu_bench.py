@@ -59,6 +59,7 @@ class GpuBenchConfig:
     static_cache: bool = True
     cuda_graphs: bool = True
     seed: int = 0
+    time_budget_s: float = 270.0  # variants not started by then are skipped (the run must stay under 5 min)
 
     def __post_init__(self) -> None:
         for name in ("frames", "draft_len", "max_draft_len"):
@@ -66,6 +67,8 @@ class GpuBenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0 or self.relax_bins < 0:
             raise ValueError(f"warmup ({self.warmup}) and relax_bins ({self.relax_bins}) must be >= 0")
+        if not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
         if self.draft_len > self.max_draft_len:
             raise ValueError(f"draft_len {self.draft_len} exceeds max_draft_len {self.max_draft_len}")
         if self.smoke:  # CI: tiny shapes, CPU, a couple of frames, no graphs
@@ -174,8 +177,15 @@ def run_variant(target, drafter, mode: str, frames: list[np.ndarray], instructio
     return out
 
 
+_DEADLINE = [float("inf")]  # perf_counter() after which no new variant starts (set by run())
+
+
 def _guarded(name: str, fn, results: dict) -> dict | None:  # noqa: ANN001
     """Run one variant; on failure record its error and go on (a prepared script must not die half-way)."""
+    if time.perf_counter() > _DEADLINE[0]:
+        results[name] = {"skipped": "time budget spent (--time-budget)"}
+        return None
+    LOG.info("running %s", name)
     try:
         res = fn()
     except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError, NotImplementedError, TypeError) as exc:
@@ -295,6 +305,8 @@ def bench_openvla(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype)
     def variants(tag: str) -> dict:
         res: dict = {}
         try:
+            if time.perf_counter() > _DEADLINE[0]:
+                raise RuntimeError("skipped: time budget spent (--time-budget)")
             res["micro"] = micro_openvla(model, device, cfg.max_draft_len + 1, reps=1 if cfg.smoke else 10)
         except (RuntimeError, ValueError) as exc:
             res["micro"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -315,7 +327,7 @@ def bench_openvla(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype)
         return res
 
     out["dynamic_cache"] = variants("dynamic cache")
-    if cfg.static_cache:
+    if cfg.static_cache and time.perf_counter() < _DEADLINE[0]:
         try:
             model.enable_static_cache(capacity=512 if not cfg.smoke else 128, cuda_graphs=cfg.cuda_graphs,
                                       max_step_tokens=cfg.max_draft_len + 1)
@@ -348,6 +360,7 @@ def _run(cfg: GpuBenchConfig) -> dict:
     from specvla_ros.core.model_loading import resolve_device
 
     t0 = time.perf_counter()
+    _DEADLINE[0] = t0 + cfg.time_budget_s
     device = resolve_device(cfg.device)
     if device.type != "cuda" and not cfg.smoke and cfg.openvla:
         raise ValueError("the OpenVLA-7B-shaped model needs a GPU (28 GB of fp32 weights on a CPU); "
@@ -383,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-openvla", action="store_true")
     p.add_argument("--no-static-cache", action="store_true")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--time-budget", type=float, default=270.0,
+                   help="seconds after which remaining variants are skipped (reported as skipped)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -390,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = GpuBenchConfig(smoke=a.smoke, device=a.device, frames=a.frames, warmup=a.warmup, draft_len=a.draft_len,
                              max_draft_len=a.max_draft_len, relax_bins=a.relax_bins, shipped=not a.no_shipped,
                              openvla=not a.no_openvla, static_cache=not a.no_static_cache,
-                             cuda_graphs=not a.no_cuda_graphs)
+                             cuda_graphs=not a.no_cuda_graphs, time_budget_s=a.time_budget)
         result = run(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
