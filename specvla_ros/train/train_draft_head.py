@@ -290,7 +290,13 @@ def head_for(target):  # noqa: ANN001, ANN201 - EagleHead
     return EagleHead(cfg)
 
 
-def losses(head, target, embeds, hidden, valid, token_mask, cfg: DraftHeadTrainConfig) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    return min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def losses(head, target, embeds, hidden, valid, token_mask,  # noqa: ANN001
+           cfg: DraftHeadTrainConfig) -> dict[str, torch.Tensor]:
     """Feature regression + distillation of the target's next-token distribution (see module docstring)."""
     _, pred = head.forward_train(embeds, hidden, valid, nn.Identity())
     feat = F.smooth_l1_loss(pred[valid].float(), hidden[valid].float())
@@ -340,7 +346,8 @@ def _save_state(out: Path, step: int, opt: torch.optim.Optimizer, sched, rng: np
     tmp.replace(out / STATE_FILE)
 
 
-def _resume(cfg: DraftHeadTrainConfig, head, opt, sched, rng: np.random.Generator) -> tuple[int, list[dict]]:  # noqa: ANN001
+def _resume(cfg: DraftHeadTrainConfig, head, opt, sched,  # noqa: ANN001
+            rng: np.random.Generator) -> tuple[int, list[dict]]:
     from specvla_ros.core.tiny_vla import WEIGHTS_FILE, load_weights
 
     state_path = cfg.out / STATE_FILE
@@ -383,8 +390,7 @@ def train(cfg: DraftHeadTrainConfig) -> dict:
     # the head trains in fp32 (AdamW on bf16 weights loses small updates); load_drafter casts it to the target's dtype
     head = head_for(target).to(device=target.device, dtype=torch.float32).train()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     rng = np.random.default_rng(cfg.seed)  # batch sampling; its state is checkpointed so a resume is exact
     step, history = _resume(cfg, head, opt, sched, rng)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -451,7 +457,8 @@ def evaluate(target, head, frames: list[Frame], cfg: DraftHeadTrainConfig) -> di
         res = spec.decode(obs)
         same += int(res.token_ids == base.decode(obs).token_ids)
         s = res.stats
-        drafted, accepted, emitted, passes = drafted + s.drafted, accepted + s.accepted, emitted + s.emitted, passes + s.target_passes
+        drafted, accepted = drafted + s.drafted, accepted + s.accepted
+        emitted, passes = emitted + s.emitted, passes + s.target_passes
     head.float()
     return {"frames": len(frames), "acceptance_rate": accepted / drafted if drafted else 0.0,
             "mean_accepted_length": emitted / max(passes, 1), "target_passes_per_decision": passes / len(frames),
@@ -493,7 +500,8 @@ def parse_args(argv: list[str] | None = None) -> DraftHeadTrainConfig:
         target=a.target, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, feature_weight=a.feature_weight,
         token_weight=a.token_weight, tokens=a.tokens, max_narration_tokens=a.max_narration_tokens,
-        max_samples=a.max_samples, eval_frames=a.eval_frames, frame_stride=a.frame_stride, checkpoint_every=a.checkpoint_every,
+        max_samples=a.max_samples, eval_frames=a.eval_frames, frame_stride=a.frame_stride,
+        checkpoint_every=a.checkpoint_every,
         resume=not a.no_resume, cache_features=not a.no_feature_cache, device=a.device, dtype=a.dtype, seed=a.seed,
         camera_topic=a.camera_topic, instruction_topic=a.instruction_topic, joints_topic=a.joints_topic,
         progress=not a.no_progress,
