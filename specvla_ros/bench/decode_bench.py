@@ -75,6 +75,7 @@ class _Method:
         self.lat: list[float] = []
         self.emitted = self.passes = self.drafted = self.accepted = 0
         self.model_time = self.overhead_time = 0.0
+        self.stages = {"vision": 0.0, "prefill": 0.0, "draft": 0.0, "verify": 0.0, "overhead": 0.0}
 
     def add(self, seconds: float, stats=None) -> None:
         self.lat.append(seconds)
@@ -85,6 +86,8 @@ class _Method:
             self.accepted += stats.accepted
             self.overhead_time += stats.overhead_time_s
             self.model_time += stats.total_time_s - stats.overhead_time_s
+            for stage in self.stages:
+                self.stages[stage] += getattr(stats, f"{stage}_time_s")
 
     def summary(self, baseline_p50: float | None) -> dict:
         p50 = _pct(self.lat, 50)
@@ -93,6 +96,7 @@ class _Method:
             out["tokens_per_verify_pass"] = self.emitted / self.passes
             out["acceptance_rate"] = self.accepted / self.drafted if self.drafted else 0.0
             out["overhead_pct_of_model_time"] = 100.0 * self.overhead_time / self.model_time if self.model_time else 0.0
+            out["mean_stage_ms"] = {k: 1e3 * v / len(self.lat) for k, v in self.stages.items()}
         if baseline_p50:
             out["speedup_vs_baseline"] = baseline_p50 / p50 if p50 > 0 else float("nan")
         if self.note:

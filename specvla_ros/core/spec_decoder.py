@@ -172,6 +172,9 @@ class SpeculativeDecoder:
         self._text_allowed = text_allowed_mask(target)
         self._default_grammar = self._make_grammar(None)
         self._vision_cache: tuple[int, VisionFeatures] | None = None
+        n_rows = self._default_grammar.bias.shape[0]
+        self._is_action_row = torch.tensor([self._default_grammar.is_action_row(r) for r in range(n_rows)],
+                                           device=target.device)
         self._cuda = target.device.type == "cuda"
 
     def _make_grammar(self, action_bin_mask: np.ndarray | None) -> OutputGrammar:
@@ -265,7 +268,7 @@ class SpeculativeDecoder:
             else:
                 relax_pos = None
                 if relax > 0 and n_draft:
-                    relax_pos = torch.tensor([grammar.is_action_row(r) for r in rows[:n_draft]], device=device)
+                    relax_pos = self._is_action_row[rows[:n_draft]]
                 n, nxt = greedy_accept(logits, draft_t, relax_pos, relax)
             finished = n == n_draft and grammar.is_done(states[n_draft])
             next_token = None if finished else nxt
