@@ -4,15 +4,16 @@ the ROS plumbing overhead over a bare ``Policy.step`` call, in one run.
     python -m specvla_ros.bench.ros_latency                 # shipped models, else random "default" ones
     python -m specvla_ros.bench.ros_latency --preset test --decisions 30
 
-One process, one ROS domain with discovery OFF: a camera publisher (640x480
+By default one process, discovery OFF (--cross-process: the node as its own
+process, discovery LOCALHOST, shared-memory transport): a camera publisher (640x480
 rgb8 at --camera-hz) and joint states feed the node; the command's arrival is
 matched to the frame it was computed from through the verdict's header stamp
 (= that frame's stamp). Reported (milliseconds, p50/p95), printed as JSON:
   bare_step        Policy.step on the same inputs, no ROS (same process; half before, half after the node)
   node_step        the node's own decision time (SpecDecodeStats.total_time)
   end_to_end       camera publish -> command received
-  overhead         end_to_end - node_step of the same decision: transport, conversion and resize,
-                   the wait for the next control tick (0..control_period), publishing
+  overhead         end_to_end - node_step of the same decision: transport, the frame's age when the
+                   control tick takes it (0..1/camera_hz), conversion and resize, publishing
 """
 from __future__ import annotations
 
@@ -86,9 +87,44 @@ def _bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float
     return times
 
 
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """{'decode.mode': x} -> {'decode': {'mode': x}} for a ROS parameter file."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        *parents, leaf = name.split(".")
+        level = out
+        for part in parents:
+            level = level.setdefault(part, {})
+        level[leaf] = value
+    return out
+
+
+def _start_node_process(values: dict[str, Any], args: argparse.Namespace, tmp: Path):  # -> subprocess.Popen
+    import subprocess
+    import sys
+
+    import yaml
+
+    from specvla_ros.ros import params
+
+    path = tmp / "bench_params.yaml"
+    node_values = {k: v for k, v in values.items() if k in params.SPECS}
+    node_values["autostart"] = True
+    path.write_text(yaml.safe_dump({"specvla_node": {"ros__parameters": _nested(node_values)}}))
+    exe = Path(sys.executable).parent / "specvla_node"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "specvla_ros.ros.policy_node"]
+    return subprocess.Popen(cmd + ["--ros-args", "--params-file", str(path)], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "OFF"
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST" if args.cross_process else "OFF"
+    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_bench_log_"))
+    if args.cross_process and args.shm:
+        from specvla_ros.ros.bag_tools import use_shm_profile
+
+        use_shm_profile()  # big images over shared memory, not UDP fragments
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor
@@ -116,8 +152,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     ctx = Context()
     rclpy.init(context=ctx, domain_id=args.domain_id)
-    overrides = [Parameter(k, value=v) for k, v in values.items() if k in params.SPECS]
-    node = PolicyNode(context=ctx, parameter_overrides=overrides)
+    node = proc = None
+    if args.cross_process:
+        proc = _start_node_process(values, args, tmp)
+    else:
+        overrides = [Parameter(k, value=v) for k, v in values.items() if k in params.SPECS]
+        node = PolicyNode(context=ctx, parameter_overrides=overrides)
     probe = Node("latency_probe", context=ctx)
     lock = threading.Lock()
     published: dict[int, float] = {}  # frame stamp ns -> publish time
@@ -166,20 +206,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     probe.create_subscription(SafetyVerdict, "/specvla_node/safety", on_verdict, qos.STATUS)
     probe.create_subscription(SpecDecodeStats, "/specvla_node/spec_stats", on_stats, qos.STATUS)
     executor = MultiThreadedExecutor(num_threads=5, context=ctx)
-    executor.add_node(node)
+    if node is not None:
+        executor.add_node(node)
     executor.add_node(probe)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    cam_timer = None
     try:
         instr_pub.publish(String(data="pick up the red cube"))
-        if not node.run_autostart():
+        if node is not None and not node.run_autostart():
             raise RuntimeError("specvla_node failed to configure/activate")
-        probe.create_timer(1.0 / args.camera_hz, camera)
+        cam_timer = probe.create_timer(1.0 / args.camera_hz, camera)
         finished = done.wait(timeout=args.timeout)
     finally:
+        if cam_timer is not None:
+            cam_timer.cancel()  # no new frames while the node stops
+        if proc is not None:
+            import signal
+
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
         executor.shutdown()
         spinner.join(timeout=10.0)
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         probe.destroy_node()
         ctx.try_shutdown()
     bare += bare_steps(values, frame, args.decisions - args.decisions // 2)
@@ -189,6 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bench": "ros_latency",
         "image": f"{args.width}x{args.height} rgb8 @ {args.camera_hz} Hz",
+        "node": ("separate process" + (" (Fast DDS shared-memory profile)" if args.shm else "")
+                 if args.cross_process else "same process"),
         "control_period_s": args.control_period,
         "target_dir": target, "draft_dir": draft, "device": args.device,
         "completed": bool(finished),
@@ -197,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "node_step": _pct(steps),
         "end_to_end": _pct(e2e),
         "overhead": _pct(overhead),
-        "overhead_note": "includes the wait for the next control tick (uniform in 0..control_period)",
+        "overhead_note": "includes the age of the newest frame when the control tick starts (0..1/camera_hz)",
     }
 
 
@@ -213,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-hz", type=float, default=30.0)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--cross-process", action="store_true",
+                        help="run specvla_node as its own process (the console script), as deployed")
+    parser.add_argument("--no-shm", dest="shm", action="store_false",
+                        help="cross-process: keep Fast DDS defaults instead of the shipped shared-memory profile")
     parser.add_argument("--domain-id", type=int, default=39)
     parser.add_argument("--timeout", type=float, default=300.0, help="[s] give up after this long")
     args = parser.parse_args(argv)
