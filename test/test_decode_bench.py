@@ -12,7 +12,7 @@ def test_bench_json_reports_all_methods(tiny_checkpoints, capsys):
     report = json.loads(capsys.readouterr().out)
     methods = report["methods"]
     expected = {"baseline", "spec_exact[model]", "spec_relaxed[model,r=5]", "spec_exact[eagle]",
-                "spec_relaxed[eagle,r=5]", "lower_bound", "hf_greedy", "hf_assisted"}
+                "spec_relaxed[eagle,r=5]", "spec_exact[oracle]", "lower_bound", "hf_greedy", "hf_assisted"}
     assert set(methods) == expected
     for name, m in methods.items():
         assert m["n"] == 2 and 0 < m["p50_ms"] <= m["p95_ms"], name
@@ -22,6 +22,8 @@ def test_bench_json_reports_all_methods(tiny_checkpoints, capsys):
     assert methods["spec_exact[model]"]["tokens_per_verify_pass"] >= 1.0
     assert 0.0 <= methods["spec_exact[eagle]"]["acceptance_rate"] <= 1.0
     assert "inputs_embeds" in methods["hf_assisted"]["note"]
+    oracle = methods["spec_exact[oracle]"]  # replays the target's greedy output: all accepted
+    assert oracle["acceptance_rate"] == 1.0 and oracle["tokens_per_verify_pass"] > 3.0
     assert report["checkpoints"]["source"] == "given"
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
+from specvla_ros.core.drafters import AdaptiveDraftLength
 from specvla_ros.core.model_interface import ModelLoadError
 from specvla_ros.core.model_loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, shipped_models_present
@@ -104,6 +105,33 @@ class _Method:
         return out
 
 
+class OracleDrafter(AdaptiveDraftLength):
+    """Proposes a known token sequence (the target's greedy output) with no model: every
+    draft is accepted and drafting costs nothing, so it measures the loop's ceiling."""
+
+    needs_target_hidden = False
+
+    def __init__(self, draft_len: int, max_draft_len: int) -> None:
+        super().__init__(draft_len, max_draft_len, adaptive=True)
+        self.sequence: list[int] = []
+        self.passes = 0
+        self._pos = 0
+        self._proposed: list[int] = []
+
+    def begin(self, ctx) -> None:  # noqa: ANN001 - DraftContext
+        if not self.sequence or ctx.first_token != self.sequence[0]:
+            raise ValueError("OracleDrafter needs the target's greedy output of this observation first")
+        self._pos = 1
+        self.num_draft_tokens = self.initial
+
+    def propose(self, k, grammar, state, sample, temperature, generator):  # noqa: ANN001, ANN201
+        self._proposed = self.sequence[self._pos : self._pos + k]
+        return self._proposed, None
+
+    def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
+        self._pos += n_accepted + (next_token is not None)
+
+
 def _hf_causal_lm(model):
     """The model's LLaMA backbone + LM head as a transformers LlamaForCausalLM (shared weights copied)."""
     from transformers import LlamaForCausalLM
@@ -152,7 +180,11 @@ def run(args: argparse.Namespace) -> dict:
         decoders[f"spec_exact[{name}]"] = SpeculativeDecoder(target, load_drafter(d, target), DecodeConfig(**cfg))
         decoders[f"spec_relaxed[{name},r={args.relax_bins}]"] = SpeculativeDecoder(
             target, load_drafter(d, target), DecodeConfig(mode="relaxed", relax_bins=args.relax_bins, **cfg))
+    oracle = OracleDrafter(args.draft_len, args.max_draft_len)
+    decoders["spec_exact[oracle]"] = SpeculativeDecoder(target, oracle, DecodeConfig(**cfg))
     methods = {name: _Method(name) for name in decoders}
+    methods["spec_exact[oracle]"].note = ("drafts the baseline's own output at zero cost: the ceiling of "
+                                          "speculative decoding with a perfect, free drafter")
     methods["lower_bound"] = _Method("lower_bound", "vision + prefill + one target pass over all emitted positions")
 
     hf_target = hf_assist = None
@@ -182,8 +214,9 @@ def run(args: argparse.Namespace) -> dict:
             res = dec.decode(o)
             sync()
             dt = time.perf_counter() - t0
-            if name == "baseline":
+            if name == "baseline":  # runs first: the oracle replays it
                 base_tokens = res.token_ids
+                oracle.sequence = base_tokens
             if measure:
                 methods[name].add(dt, res.stats)
         # lower bound: what one pass over all positions costs (what parallel decoding would pay)
