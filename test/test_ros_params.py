@@ -71,18 +71,29 @@ def test_declared_parameters_and_runtime_validation() -> None:
             wrong_type = node.set_parameters([Parameter("narration_every_step", value="yes")])[0]
             assert not wrong_type.successful
             assert node.get_parameter("max_input_age").value == 0.9  # refused changes left it alone
+            assert node.unknown_parameters == []
         finally:
             node.destroy_node()
 
 
-@pytest.mark.parametrize("bad", [
-    Parameter("decode.mode", value="beam"),
-    Parameter("control_period", value=0.0),
-    Parameter("command_interface", value="velocity"),
-    Parameter("joint_names", value=["a", ""]),
+def test_unknown_startup_parameter_is_reported() -> None:
+    with ros_context(21) as ctx:
+        node = PolicyNode(context=ctx, parameter_overrides=[Parameter("contol_period", value=0.1),
+                                                            Parameter("use_sim_time", value=False)])
+        try:
+            assert node.unknown_parameters == ["contol_period"]
+        finally:
+            node.destroy_node()
+
+
+@pytest.mark.parametrize("bad,domain", [
+    (Parameter("decode.mode", value="beam"), 11),
+    (Parameter("control_period", value=0.0), 22),
+    (Parameter("command_interface", value="velocity"), 23),
+    (Parameter("joint_names", value=["a", ""]), 24),
 ])
-def test_bad_startup_values_refused_with_reason(bad: Parameter) -> None:
-    with ros_context(11) as ctx:
+def test_bad_startup_values_refused_with_reason(bad: Parameter, domain: int) -> None:
+    with ros_context(domain) as ctx:
         with pytest.raises(ValueError, match=bad.name.replace(".", r"\.")):
             PolicyNode(context=ctx, parameter_overrides=[bad])
 

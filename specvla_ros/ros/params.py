@@ -211,6 +211,15 @@ def check_change(name: str, value: Any) -> str | None:
     return spec.check(value)
 
 
+def unknown_overrides(names: Mapping[str, Any] | list[str]) -> list[str]:
+    """Names given at start-up that no one declares (typos), sorted.
+
+    rclpy's own parameters (use_sim_time, qos_overrides.*, start_type_description_service) are known.
+    """
+    builtin = {"use_sim_time", "start_type_description_service"}
+    return sorted(n for n in names if n not in SPECS and n not in builtin and not n.startswith("qos_overrides."))
+
+
 # --------------------------------------------------------------------------- rclpy glue
 
 

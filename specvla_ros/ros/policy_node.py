@@ -84,6 +84,12 @@ class PolicyNode(LifecycleNode):
         # Raises ValueError naming every bad start-up parameter.
         self._p = params.declare_all(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # A typo in the parameter file would otherwise be silently ignored by rclpy.
+        unknown = params.unknown_overrides(getattr(self, "_parameter_overrides", {}))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s) {', '.join(unknown)} "
+                                      f"(known: see config/{params.CONFIG_NAME})")
+        self.unknown_parameters = unknown
         self._lock = threading.Lock()  # guards self._in
         self._pub_lock = threading.Lock()  # one command publication at a time; guards _active
         self._in = _Inputs()
