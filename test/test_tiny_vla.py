@@ -259,6 +259,10 @@ def test_bad_inputs(target):
     vis = target.encode_vision(_image())
     with pytest.raises(ValueError, match="proprio"):
         target.prefill(vis, "pick up the red cube", np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        target.prefill(vis, "pick up the red cube", np.full(8, np.nan, np.float32))
+    with pytest.raises(ValueError, match="proprio is required"):
+        target.prefill(vis, "pick up the red cube", None)
     other = target.encode_vision(np.zeros((64, 96, 3), np.uint8))  # resized to the input size
     assert other.patches.shape == vis.patches.shape
 

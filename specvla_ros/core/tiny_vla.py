@@ -337,7 +337,8 @@ class TinyVLA(nn.Module):
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """BOS + tokenised prompt, (n,) int64 on the model's device (cached per instruction)."""
-        ids = self._prompt_ids.get(instruction)
+        key = f"{self.device}|{instruction}"  # a model moved to another device gets fresh ids
+        ids = self._prompt_ids.get(key)
         if ids is None:
             text = self.config.prompt_template.format(instruction=instruction.strip())
             with torch.inference_mode(False):  # a normal tensor, usable by training code too
@@ -345,14 +346,18 @@ class TinyVLA(nn.Module):
                                    dtype=torch.long, device=self.device)
             if len(self._prompt_ids) > 64:
                 self._prompt_ids.clear()
-            self._prompt_ids[instruction] = ids
+            self._prompt_ids[key] = ids
         return ids
 
     def _proprio_tensor(self, proprio: np.ndarray | torch.Tensor, batch: int) -> torch.Tensor:
+        if proprio is None:
+            raise ValueError(f"proprio is required: {self.config.proprio_dim} values (joint positions [rad], gripper [m])")
         p = torch.as_tensor(np.asarray(proprio, dtype=np.float32) if not torch.is_tensor(proprio) else proprio,
                             device=self.device).to(self.dtype).reshape(batch, -1)
         if p.shape[1] != self.config.proprio_dim:
             raise ValueError(f"proprio must have {self.config.proprio_dim} values per sample, got {p.shape[1]}")
+        if not bool(torch.isfinite(p).all()):  # NaN would reach the logits and defeat the token masks
+            raise ValueError("proprio contains NaN or Inf")
         return p
 
     def prefix_embeds(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> torch.Tensor:
