@@ -15,7 +15,8 @@ Modes (all share one loaded target and draft):
 
 Two back-ends run the same episodes: ``direct`` calls ``Policy.step`` on the
 simulator state (fast; what CI runs), ``ros`` puts the real ROS nodes in the
-loop (``specvla_sim`` + ``specvla_node`` in one process, see ros_episode_runner).
+loop (``specvla_sim`` + ``specvla_node`` as processes, see graph_runner.SimGraph);
+the node has no gate-off switch, so baseline_nogate is direct-only.
 """
 from __future__ import annotations
 
@@ -53,8 +54,13 @@ class EvalConfig:
     control_period_s: float = 0.2
     max_steps: int | None = None  # None: each task's own limit
     device: str = "auto"
+    backend: str = "direct"  # "direct" (Policy.step on the simulator) | "ros" (specvla_sim + specvla_node graph)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("direct", "ros"):
+            raise ValueError(f"backend must be 'direct' or 'ros', got {self.backend!r}")
+        if self.backend == "ros" and "baseline_nogate" in self.modes:
+            raise ValueError("the node never sends an unchecked command: mode baseline_nogate needs backend 'direct'")
         bad = [t for t in self.tasks if t not in ALL_TASKS]
         if bad or not self.tasks:
             raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {self.tasks}")
@@ -78,6 +84,7 @@ class EpisodeResult:
     collision: bool
     steps: int
     unsafe_actions: int
+    decisions: int = 0
     latencies_s: list[float] = field(default_factory=list)
     emitted: int = 0
     target_passes: int = 0
@@ -164,6 +171,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
             env.command(v.joint_command, v.gripper_command)
         env.step_control()
         res.steps = step + 1
+        res.decisions = step + 1
         if env.episode_collisions:
             res.collision = True
         if env.success:
@@ -175,7 +183,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
 def summarize(results: list[EpisodeResult], mode: str) -> ModeSummary:
     rs = [r for r in results if r.mode == mode]
     lat = np.array([x for r in rs for x in r.latencies_s]) * 1e3
-    actions = sum(r.steps for r in rs)
+    actions = sum(r.decisions for r in rs)
     halts: dict[str, int] = {}
     for r in rs:
         for k, n in r.halts.items():
@@ -196,8 +204,64 @@ def summarize(results: list[EpisodeResult], mode: str) -> ModeSummary:
     )
 
 
-def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[ModeSummary], list[EpisodeResult]]:
-    """Run every (mode, task, episode) of ``cfg`` with the direct back-end."""
+def _node_overrides(cfg: EvalConfig, mode: str) -> dict:
+    """specvla_node parameters of a mode (the ROS back-end's equivalent of _policy_config)."""
+    speculative = mode.startswith("spec_")
+    node: dict = {"decode": {"mode": "relaxed" if mode == "spec_relaxed" else "greedy",
+                             "relax_bins": cfg.relax_bins, "draft_len": cfg.draft_len},
+                  "device": cfg.device, "drafter": cfg.drafter if speculative else "none"}
+    if cfg.target_dir:
+        node["target_dir"] = str(Path(cfg.target_dir).resolve())
+    if not speculative:
+        node["draft_dir"] = ""
+    elif cfg.draft_dir:
+        node["draft_dir"] = str(Path(cfg.draft_dir).resolve())
+    return node
+
+
+def evaluate_ros(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> list[EpisodeResult]:
+    """Every (mode, task, episode) with the real nodes in the loop: one graph per mode."""
+    from specvla_ros.bench.graph_runner import SimGraph
+
+    results: list[EpisodeResult] = []
+    for mode in cfg.modes:
+        sim: dict = {"control_period": cfg.control_period_s}
+        if cfg.max_steps:
+            sim["max_episode_steps"] = cfg.max_steps
+        node = {**_node_overrides(cfg, mode), "control_period": cfg.control_period_s}
+        with SimGraph(out_dir / f"graph_{mode}", node=node, sim=sim) as graph:
+            for task in cfg.tasks:
+                for ep in range(cfg.episodes):
+                    log = graph.run_episode(task, cfg.seed_base + ep)
+                    r = EpisodeResult(mode=mode, task=task, seed=log.seed, success=log.success,
+                                      collision=log.collision, steps=log.steps, unsafe_actions=log.unsafe,
+                                      decisions=log.verdicts, latencies_s=[x / 1e3 for x in log.decision_ms],
+                                      emitted=log.emitted, target_passes=log.target_passes, halts=dict(log.halts),
+                                      narrations=list(log.narrations))
+                    results.append(r)
+                    if progress:
+                        print(f"[{mode:15s}] {task:5s} ep {ep + 1}/{cfg.episodes} seed {r.seed}: "
+                              f"{'success' if r.success else 'fail   '} steps {r.steps:3d} (ros)",
+                              file=sys.stderr, flush=True)
+    return results
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True, out_dir: Path | None = None
+             ) -> tuple[list[ModeSummary], list[EpisodeResult]]:
+    """Run every (mode, task, episode) of ``cfg`` with its back-end; summaries per mode."""
+    if cfg.backend == "ros":
+        results = evaluate_ros(cfg, Path(out_dir or "out/eval"), progress)
+    else:
+        results = _evaluate_direct(cfg, progress)
+    summaries = [summarize(results, m) for m in cfg.modes]
+    base = next((s for s in summaries if s.mode == "baseline"), None)
+    if base is not None:
+        for s in summaries:
+            s.speedup = base.latency_p50_ms / s.latency_p50_ms if s.latency_p50_ms > 0 else float("nan")
+    return summaries, results
+
+
+def _evaluate_direct(cfg: EvalConfig, progress: bool) -> list[EpisodeResult]:
     from specvla_ros.core.kinematics import ArmKinematics
     from specvla_ros.core.policy import Policy
     from specvla_ros.sim.task_env import TaskEnv
@@ -221,12 +285,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> tuple[list[ModeSummary],
             del policy
     finally:
         env.close()
-    summaries = [summarize(results, m) for m in cfg.modes]
-    base = next((s for s in summaries if s.mode == "baseline"), None)
-    if base is not None:
-        for s in summaries:
-            s.speedup = base.latency_p50_ms / s.latency_p50_ms if s.latency_p50_ms > 0 else float("nan")
-    return summaries, results
+    return results
 
 
 def exact_matches_baseline(results: list[EpisodeResult]) -> float | None:
@@ -286,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="direct", choices=("direct", "ros"),
+                   help="direct: Policy.step on the simulator; ros: specvla_sim + specvla_node processes in the loop")
     p.add_argument("--out", default="out/eval", help="directory for results.json, table.md, plot.png")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--quiet", action="store_true")
@@ -296,13 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                          modes=tuple(m for m in args.modes.split(",") if m), episodes=args.episodes,
                          relax_bins=args.relax_bins, draft_len=args.draft_len, target_dir=args.target,
                          draft_dir=args.draft, drafter=args.drafter, max_steps=args.max_steps,
-                         seed_base=args.seed_base, device=args.device)
+                         seed_base=args.seed_base, device=args.device, backend=args.backend)
     except ValueError as exc:
         print(f"specvla_eval: {exc}", file=sys.stderr)
         return 2
-    summaries, results = evaluate(cfg, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    summaries, results = evaluate(cfg, progress=not args.quiet, out_dir=out)
     payload = {"config": asdict(cfg), "summaries": [asdict(s) for s in summaries],
                "spec_exact_identical_to_baseline": exact_matches_baseline(results),
                "episodes": [{k: v for k, v in asdict(r).items() if k not in ("actions", "narrations")} for r in results]}
