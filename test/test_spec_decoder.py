@@ -283,3 +283,12 @@ def test_text_allowed_mask_excludes_specials_and_actions(target):
     assert not allowed[[tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eon_token_id]].any()
     assert not allowed[tok.action_token_begin:].any() and allowed[tok.eon_token_id + 1]
     assert isinstance(target.action_tokenizer, ActionTokenizer)
+
+
+def test_non_finite_logits_never_yield_a_disallowed_action(tiny_checkpoints):
+    """A model whose weights went NaN must not produce an action outside the mask."""
+    broken = load_vla(tiny_checkpoints[0], device="cpu")
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite logits"):
+        SpeculativeDecoder(broken, None, DecodeConfig()).decode(obs(0, PROMPTS[0]), narrow_mask(broken, 2, 0))

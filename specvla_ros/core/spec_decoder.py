@@ -297,6 +297,13 @@ class SpeculativeDecoder:
         return self._result(tokens, grammar, stats)
 
     def _result(self, tokens: list[int], grammar: OutputGrammar, stats: DecodeStats) -> DecodeResult:
+        # last line of defence: only NaN logits can slip a token past the bias table
+        state = grammar.initial_state
+        for i, tok in enumerate(tokens):
+            if grammar.is_done(state) or not grammar.allowed[grammar.row(state), tok]:
+                raise RuntimeError(f"decoded token {tok} at position {i} violates the output grammar/mask "
+                                   "(the model produced non-finite logits?)")
+            state = grammar.advance(state, tok)
         eon = grammar.eon_token_id
         cut = tokens.index(eon)
         narration_ids = tokens[:cut]
