@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -180,28 +181,32 @@ def _cmd_record(args: argparse.Namespace) -> int:
     context, node = _start_ros(args.no_shm, "specvla_bag_recorder", use_sim_time=args.use_sim_time)
     from rclpy.executors import SingleThreadedExecutor
 
-    def _terminate(_sig: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    stop = threading.Event()
 
-    # Explicit handlers: a recorder started in the background by a shell inherits
-    # an ignored SIGINT, and Ctrl-C / kill must still close the bag properly.
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    def _request_stop(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    # Explicit handlers that only set a flag: a recorder started in the background by a
+    # shell inherits an ignored SIGINT, and Ctrl-C / kill must still close the bag, at
+    # whatever point they arrive.
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    recorder = BagRecorder(node, config)
-    print(f"recording to {output} ({args.storage}); Ctrl-C to stop", file=sys.stderr)
+    recorder = None
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     try:
-        while not recorder.done.is_set() and (deadline is None or time.monotonic() < deadline):
+        recorder = BagRecorder(node, config)
+        print(f"recording to {output} ({args.storage}); Ctrl-C to stop", file=sys.stderr)
+        while not (stop.is_set() or recorder.done.is_set()) and (deadline is None or time.monotonic() < deadline):
             executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
     finally:
-        recorder.close()
+        if recorder is not None:
+            recorder.close()
         executor.shutdown()
         node.destroy_node()
         context.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for topic, count in sorted(recorder.counts.items()):
         print(f"  {topic}: {count}")
     missing = sorted(set(config.topics) - set(recorder.counts) - set(recorder.skipped))
