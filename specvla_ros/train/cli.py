@@ -42,37 +42,28 @@ def _collect(out: Path, episodes: int, seed: int, tasks: str, progress: bool) ->
 def evaluate_closed_loop(
     target_dir: str | Path, draft_dir: str | Path | None = None, tasks: tuple[str, ...] = ("reach", "push", "pick"),
     episodes: int = 10, seed_base: int = EVAL_SEED_BASE, mode: str = "greedy", relax_bins: int = 0,
-    draft_len: int = 4, use_gate: bool = True, envelope_mask: bool = True, progress: bool = True,
+    draft_len: int = 4, drafter: str = "model", progress: bool = True,
 ) -> dict:
-    """Run the target (optionally with the draft) in the simulator; success/collision per task and decode stats.
+    """Run the deployed ``Policy`` (decoder + envelope mask + safety gate) in the simulator.
 
-    Each step: render -> SpeculativeDecoder.decode (mask = the gate's envelope) -> SafetyGate.check ->
-    the verdict's joint command to the arm's position servo. Without the gate the action goes
-    through the same IK as the demonstrations.
+    Each step: render -> Policy.step -> the verdict's joint command to the arm's position
+    servo. Returns success/collision per task, gate halts and decode statistics.
     """
     import torch
     from tqdm import tqdm
 
-    from specvla_ros.core.kinematics import ArmKinematics
-    from specvla_ros.core.model_loading import load_drafter, load_vla
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.policy import Policy, PolicyConfig
+    from specvla_ros.core.spec_decoder import DecodeConfig
     from specvla_ros.core.types import Observation
     from specvla_ros.sim.task_env import TaskEnv
-    from specvla_ros.train.collect import execute_ee_delta, proprio_vector
+    from specvla_ros.train.collect import proprio_vector
 
     torch.set_num_threads(1)
-    target = load_vla(target_dir, device="cpu", dtype="float32")
-    drafter = load_drafter(draft_dir, target, draft_len=draft_len) if draft_dir else None
-    decoder = SpeculativeDecoder(target, drafter, DecodeConfig(mode=mode, relax_bins=relax_bins, draft_len=draft_len))
-    gate = None
-    if use_gate:
-        from specvla_ros.core.safety_config import load_safety_config
-        from specvla_ros.core.safety_gate import SafetyGate
-
-        gate = SafetyGate(load_safety_config())
-    kin = gate.kin if gate is not None else ArmKinematics.from_urdf()
-    at = target.action_tokenizer
-    env = TaskEnv(tasks[0], seed=seed_base)
+    policy = Policy(PolicyConfig(
+        target_dir=str(target_dir), draft_dir=str(draft_dir) if draft_dir else None,
+        drafter=drafter if draft_dir else "none", device="cpu", control_period_s=CONTROL_PERIOD_S,
+        decode=DecodeConfig(mode=mode, relax_bins=relax_bins, draft_len=draft_len)))
+    env = TaskEnv(tasks[0], seed=seed_base, image_size=policy.image_size)
     per_task: dict[str, dict] = {}
     emitted = passes = decisions = halts = 0
     latency: list[float] = []
@@ -82,24 +73,15 @@ def evaluate_closed_loop(
         for e in range(episodes):
             env.reset(seed=seed_base + e, task=task)
             while env.steps < env.max_steps and not env.success_ever:
-                state = env.robot_state()
-                mask = None
-                if gate is not None and envelope_mask:
-                    low, high = gate.envelope(state, CONTROL_PERIOD_S)
-                    mask = at.bin_mask_for_interval(low, high)
                 obs = Observation(env.render(), env.instruction, proprio_vector(env), frame_id=env.steps)
-                out = decoder.decode(obs, mask)
+                out = policy.step(obs, env.robot_state())
                 latency.append(out.stats.total_time_s)
                 emitted += out.stats.emitted
                 passes += out.stats.target_passes
                 decisions += 1
-                if gate is not None:
-                    verdict = gate.check(out.action, state, CONTROL_PERIOD_S)
-                    halts += int(verdict.is_halt)
-                    env.command(verdict.joint_command, verdict.gripper_command)
-                    env.step_control()
-                else:
-                    execute_ee_delta(env, kin, out.action)
+                halts += int(out.verdict.is_halt)
+                env.command(out.verdict.joint_command, out.verdict.gripper_command)
+                env.step_control()
             res["episodes"] += 1
             res["success"] += int(env.success_ever)
             res["collision"] += int(bool(env.episode_collisions))
@@ -113,11 +95,9 @@ def evaluate_closed_loop(
     lat = np.array(latency) if latency else np.zeros(1)
     return {
         "target": str(target_dir), "draft": str(draft_dir) if draft_dir else None, "mode": mode,
-        "relax_bins": relax_bins, "gate": use_gate, "envelope_mask": envelope_mask, "seed_base": seed_base,
-        "per_task": per_task,
+        "relax_bins": relax_bins, "seed_base": seed_base, "per_task": per_task,
         "success_rate": sum(r["success"] for r in per_task.values()) / sum(r["episodes"] for r in per_task.values()),
-        "decisions": decisions, "halts": halts,
-        "mean_accepted_length": emitted / max(passes, 1) if drafter is not None else 1.0,
+        "decisions": decisions, "halts": halts, "mean_accepted_length": emitted / max(passes, 1),
         "latency_ms_mean": float(lat.mean() * 1000), "latency_ms_p50": float(np.median(lat) * 1000),
     }
 
@@ -163,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ev.add_argument("--mode", default="greedy", choices=("greedy", "relaxed", "sample"))
     p_ev.add_argument("--relax-bins", type=int, default=0)
     p_ev.add_argument("--draft-len", type=int, default=4)
-    p_ev.add_argument("--no-gate", action="store_true", help="send actions through IK unchecked")
-    p_ev.add_argument("--no-mask", action="store_true", help="do not restrict action bins to the gate's envelope")
+    p_ev.add_argument("--drafter", default="model", choices=("model", "eagle"))
     p_ev.add_argument("--json", type=Path, default=None, help="also write the results here")
 
     args = parser.parse_args(argv)
@@ -177,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(distill_draft.distill_draft(distill_draft.config_from_args(args)), indent=2))
         elif args.cmd == "eval":
             res = evaluate_closed_loop(args.target, args.draft, tuple(args.tasks.split(",")), args.episodes,
-                                       args.seed_base, args.mode, args.relax_bins, args.draft_len,
-                                       not args.no_gate, not args.no_mask)
+                                       args.seed_base, args.mode, args.relax_bins, args.draft_len, args.drafter)
             text = json.dumps(res, indent=2)
             print(text)
             if args.json:

@@ -119,10 +119,12 @@ def load_demos(
     tokenizer: VLATextTokenizer,
     max_episodes: int | None = None,
     image_size: int | None = None,
+    stats: ActionNormStats | None = None,
 ) -> DemoDataset:
     """Load episodes (successful ones only) and tokenise their targets.
 
     image_size: resize frames to this square size when they differ (None: keep).
+    stats: tokenise actions with these statistics (a trained target's) instead of the dataset's.
     """
     dirs = [Path(d) for d in ([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs)]
     files = episode_files(dirs)
@@ -158,7 +160,10 @@ def load_demos(
     if not seeds:
         raise ValueError(f"no successful episodes in {[str(d) for d in dirs]}")
     acts = np.concatenate(actions)
-    stats, raw = _statistics(dirs, acts)
+    if stats is None:
+        stats, raw = _statistics(dirs, acts)
+    else:
+        raw = {DATASET_KEY: {"action": stats.to_json_dict(), "num_transitions": int(len(acts))}}
     at = ActionTokenizer(tokenizer.vocab_size, stats, tokenizer.n_action_tokens)
     instructions = sorted(set(instr))
     lookup = {s: i for i, s in enumerate(instructions)}

@@ -281,7 +281,7 @@ def distill_draft(cfg: DraftTrainConfig, ds: DemoDataset | None = None) -> dict:
         p.requires_grad_(False)
     tok = target.text_tokenizer
     if ds is None:
-        ds = load_demos(cfg.data, tok, cfg.max_episodes)
+        ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=target.action_tokenizer.stats)  # the target's tokens
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     t_env = time.perf_counter()
     masks = envelope_masks(ds, target.action_tokenizer) if cfg.safety_weight > 0 else None
