@@ -79,7 +79,7 @@ def test_greedy_spec_equals_target_greedy(kind, draft_len, adaptive, tiny_checkp
             o = obs(seed, PROMPTS[seed])
             want = greedy_reference[(seed, masked)]
             got = spec.decode(o, narrow_mask(target, 2, seed) if masked else None)
-            assert got.token_ids == want.token_ids, (kind, seed, prompt)
+            assert got.token_ids == want.token_ids, (kind, seed, masked)
             np.testing.assert_array_equal(got.action, want.action)
             assert got.stats.emitted == len(want.token_ids)
             assert got.stats.target_passes <= want.stats.target_passes

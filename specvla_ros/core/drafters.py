@@ -42,7 +42,7 @@ from specvla_ros.core.kv_cache import StaticKVCache
 from specvla_ros.core.model_interface import VisionFeatures
 from specvla_ros.core.output_grammar import OutputGrammar
 from specvla_ros.core.tiny_vla import (
-    CACHE_MARGIN, CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, TinyVLAConfig, rope_tables, run_llama_layers,
+    CACHE_MARGIN, CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, rope_tables, run_llama_layers,
 )
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
 
@@ -151,7 +151,11 @@ class ModelDrafter(AdaptiveDraftLength):
         self.num_draft_tokens = self.initial
 
     @torch.inference_mode()
-    def propose(self, k, grammar, state, sample, temperature, generator):
+    def propose(
+        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
+        generator: torch.Generator | None,
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k tokens (k >= 1) and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("ModelDrafter.propose called before begin()")
         pending = torch.tensor(self._committed[self._n_fed :], dtype=torch.long, device=self.model.device)
@@ -337,7 +341,11 @@ class EagleDrafter(AdaptiveDraftLength):
         self.num_draft_tokens = self.initial
 
     @torch.inference_mode()
-    def propose(self, k, grammar, state, sample, temperature, generator):
+    def propose(
+        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
+        generator: torch.Generator | None,
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k tokens (k >= 1) and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("EagleDrafter.propose called before begin()")
         device = self.head.fc.weight.device

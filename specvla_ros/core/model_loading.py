@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -22,6 +22,9 @@ from specvla_ros.core.model_interface import ModelLoadError, VLAModel
 from specvla_ros.core.tiny_vla import (
     CONFIG_FILE, DRAFT_MODEL_TYPE, TARGET_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, TinyVLAConfig, load_weights, read_config,
 )
+
+if TYPE_CHECKING:
+    from specvla_ros.core.drafters import Drafter
 
 Loader = Callable[[Path, torch.device, torch.dtype], VLAModel]
 
@@ -118,7 +121,7 @@ def load_vla(path: str | Path, device: str | torch.device = "auto", dtype: str |
 
 def load_drafter(
     path: str | Path, target: VLAModel, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True
-):
+) -> "Drafter":
     """Load the draft checkpoint in ``path`` for ``target`` -> ModelDrafter or EagleDrafter.
 
     Checks that the draft was made for this target (vocabulary, widths).
