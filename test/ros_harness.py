@@ -24,14 +24,22 @@ def ros_context(domain_id: int, discovery: str = "OFF") -> Iterator[Context]:
     """An initialised rclpy context on ``domain_id``; discovery OFF keeps topics in-process."""
     if not 10 <= domain_id <= 39:
         raise ValueError(f"ROS node tests use domain ids 10-39, got {domain_id}")
+    # Set for this context (and subprocesses started inside it), restored afterwards so
+    # later tests in the same pytest process do not inherit them.
+    saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")}
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
     try:
+        rclpy.init(context=ctx, domain_id=domain_id)
         yield ctx
     finally:
         ctx.try_shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class Spinner:

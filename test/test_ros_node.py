@@ -119,9 +119,8 @@ def make_graph(tiny_checkpoints):
             stats=Collector(probe, SpecDecodeStats, "/specvla_node/spec_stats", qos.STATUS),
             diagnostics=Collector(probe, DiagnosticArray, "/diagnostics", qos.STATUS),
         )
-        spinner = Spinner(ctx, policy, probe, threads=5)
-        stack.append(spinner)
         stack.append(graph)
+        stack.append(Spinner(ctx, policy, probe, threads=5))  # torn down first: stop spinning, then destroy
         return graph
 
     yield build

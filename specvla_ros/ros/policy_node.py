@@ -25,6 +25,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -224,9 +225,7 @@ class PolicyNode(LifecycleNode):
         for timer in self._timers:
             self.destroy_timer(timer)
         self._timers.clear()
-        self._publish(self._hold(SafetyStatus.HALT_NOT_READY, "node deactivated"), force=True)
-        with self._pub_lock:
-            self._active = False
+        self.publish_final_hold("node deactivated")
         self._diag.set_active(False)
         self.get_logger().info("inactive: hold published")
         return super().on_deactivate(state)
@@ -237,8 +236,7 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._active:
-            self._publish(self._hold(SafetyStatus.HALT_NOT_READY, "node shutting down"), force=True)
+        self.publish_final_hold("node shutting down")
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
@@ -267,11 +265,16 @@ class PolicyNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def publish_final_hold(self, reason: str = "node stopping") -> None:
-        """Hold the robot before the process exits (called by main on SIGINT/SIGTERM)."""
+        """Stop commanding: one last hold, after which no control tick publishes (deactivate, exit)."""
         if self._active:
-            self._publish(self._hold(SafetyStatus.HALT_NOT_READY, reason), force=True)
             with self._pub_lock:
-                self._active = False
+                self._active = False  # no control tick publishes after this
+            self._publish(self._hold(SafetyStatus.HALT_NOT_READY, reason), force=True)
+            # Reliable publishers: give subscribers (the controller first) up to 1 s to
+            # acknowledge the hold before the process tears the participant down.
+            for key in ("command", "gripper", "safety"):
+                if key in self._pubs and not self._pubs[key].wait_for_all_acked(Duration(seconds=1.0)):
+                    self.get_logger().warning(f"final hold on {self._pubs[key].topic_name} not acknowledged")
 
     # ------------------------------------------------------------------ input callbacks (store only)
     def _on_image(self, msg: Image | CompressedImage) -> None:
