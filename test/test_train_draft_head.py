@@ -180,7 +180,7 @@ def test_bag_frames_pair_image_instruction_and_joints(tmp_path):
 def test_bags_train_on_the_targets_own_greedy_tokens(tiny_checkpoints, tmp_path):
     bag = _write_bag(tmp_path / "bag")
     with pytest.raises(ValueError, match="--tokens greedy"):
-        train(_cfg(tiny_checkpoints[0], [bag], tmp_path / "a", steps=2))
+        train(_cfg(tiny_checkpoints[0], [bag], tmp_path / "a", steps=2, tokens="demo"))
     summary = train(_cfg(tiny_checkpoints[0], [bag], tmp_path / "b", steps=3, batch_size=2, tokens="greedy"))
     assert summary["steps"] == 3 and summary["frames"] == 3
 
