@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_bag_helpers import (
@@ -138,3 +139,54 @@ def test_cli_record_closes_the_bag_on_sigint(tmp_path) -> None:
     assert (out / "metadata.yaml").is_file() and "Traceback" not in stderr
     # The topic was subscribed before the signal, so the finished bag lists it.
     assert [t.name for t in bag_info(out).topics] == ["/joint_states"]
+
+
+def test_live_flow_play_clock_into_node_process_and_record_node_io(tiny_checkpoints, tmp_path) -> None:
+    """The user's flow, three processes: specvla_node on sim time, `specvla_bag record --node-io
+    --use-sim-time`, and `specvla_bag play --clock` of the shipped simulator bag."""
+    import signal
+
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+
+    target, draft, _ = tiny_checkpoints
+    inputs = Path(__file__).parent / "data" / "bags" / "sim_inputs"
+    out = tmp_path / "live"
+    env = _env(75)
+    node_exe = shutil.which("specvla_node", path=os.path.dirname(sys.executable))
+    node_cmd = [node_exe] if node_exe else [sys.executable, "-m", "specvla_ros.ros.policy_node"]
+    node = subprocess.Popen(node_cmd + ["--ros-args", "-p", "use_sim_time:=true", "-p", f"target_dir:={target}",
+                                        "-p", f"draft_dir:={draft}", "-p", "warmup_steps:=0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    recorder = subprocess.Popen(_cli() + ["record", "--node-io", "--use-sim-time", "-o", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        with ros_context(75, discovery="LOCALHOST") as ros:
+            wait_until(lambda: ros.node.count_publishers("/specvla_node/safety") >= 1, timeout=80,
+                       what="the node to configure (model load)")
+        # Two camera subscribers: the node and the recorder, so no frame goes out before both listen.
+        play = subprocess.run(_cli() + ["play", str(inputs), "--clock", "--wait-for-subscribers", "2",
+                                        "--subscriber-timeout", "30", "--topics", "/camera/image_raw",
+                                        "/joint_states", "/specvla/instruction"],
+                              capture_output=True, text=True, env=env, timeout=80)
+        assert play.returncode == 0, play.stderr
+    finally:
+        for proc in (recorder, node):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        rec_out, rec_err = recorder.communicate(timeout=40)
+        node.communicate(timeout=40)
+    assert recorder.returncode == 0, rec_err
+    frames = {deserialize_message(raw, Image).header.stamp.sec * 10**9 + deserialize_message(raw, Image).header.stamp.nanosec
+              for t, _, raw in bag_messages(inputs) if t == "/camera/image_raw"}
+    from specvla_msgs.msg import SafetyVerdict
+
+    recorded = bag_messages(out)
+    verdicts = [(t, deserialize_message(raw, SafetyVerdict)) for topic, t, raw in recorded if topic == "/specvla_node/safety"]
+    decisions = [v for _, v in verdicts if v.status_name in ("OK", "SCALED")]
+    assert decisions, [v.status_name for _, v in verdicts]
+    # Decisions carry the stamp of the camera frame they answer (how outputs align to inputs).
+    assert all(v.header.stamp.sec * 10**9 + v.header.stamp.nanosec in frames for v in decisions)
+    # Everything was stamped with the bag's sim time (/clock from play), not the wall clock.
+    start, end = min(frames), max(frames)
+    assert all(start - 10**9 <= t <= end + 10**9 for _, t, _ in recorded)
