@@ -421,3 +421,36 @@ def test_policy_drives_openvla_through_the_safety_gate(ckpt):
     assert out.verdict.joint_command.shape == (7,) and np.all(np.isfinite(out.verdict.joint_command))
     if not out.verdict.is_halt:
         assert np.all(np.isfinite(out.action))
+
+
+@torch.inference_mode()
+def test_graph_replay_bookkeeping_on_cpu(ckpt):
+    """The CUDA-graph branch (static inputs copied in, outputs cloned out, length advanced) with a
+    stand-in graph that recomputes on replay: decoding must not change (the capture itself needs a GPU)."""
+    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+
+    m = load_openvla(ckpt, "cpu", unnorm_key="sim_panda", warmup=False)
+    obs = Observation(image=_image(11), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32))
+    ref = SpeculativeDecoder(m, _eagle_for(m, 4), DecodeConfig(draft_len=2)).decode(obs)
+    m.enable_static_cache(capacity=64)
+    runner = m._static
+    replays: list[int] = []
+
+    class StandInGraph:
+        def __init__(self, x, pos, hidden, logits):  # noqa: ANN001
+            self.io = (x, pos, hidden, logits)
+
+        def replay(self) -> None:
+            x, pos, hidden, logits = self.io
+            h, lg = runner._compute(x, pos, False)
+            hidden.copy_(h)
+            logits.copy_(lg)
+            replays.append(x.shape[1])
+
+    d = m.config.d_model
+    for n in range(1, 10):
+        x, pos = torch.zeros(1, n, d), torch.zeros(n, dtype=torch.long)
+        hidden, logits = torch.zeros(n, d), torch.zeros(n, m.vocab_size)
+        runner._graphs[n] = (StandInGraph(x, pos, hidden, logits), x, pos, hidden, logits)
+    res = SpeculativeDecoder(m, _eagle_for(m, 4), DecodeConfig(draft_len=2)).decode(obs)
+    assert replays and res.token_ids == ref.token_ids
