@@ -104,3 +104,32 @@ def test_readme_parameter_table_lists_every_parameter() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [s.name for s in params.SCHEMA if f"| `{s.name}` |" not in readme]
     assert not missing, f"README parameter table lacks {missing}"
+
+
+def test_shipped_yaml_parses_as_a_ros_params_file() -> None:
+    # rcl's own YAML parser (what --params-file uses), not PyYAML: nested decode.*, string arrays
+    import os
+
+    import rclpy
+    from rclpy.context import Context
+
+    saved = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "OFF"
+    ctx = Context()
+    try:
+        rclpy.init(context=ctx, domain_id=25,
+                   args=["--ros-args", "--params-file", str(params.default_config_path()), "-p", "decode.seed:=7"])
+        node = PolicyNode(context=ctx)
+        try:
+            assert node.unknown_parameters == []
+            assert node.get_parameter("decode.seed").value == 7  # command line wins over the file
+            assert list(node.get_parameter("joint_names").value) == params.defaults()["joint_names"]
+            assert node.get_parameter("decode.mode").value == params.defaults()["decode.mode"]
+        finally:
+            node.destroy_node()
+    finally:
+        ctx.try_shutdown()
+        if saved is None:
+            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+        else:
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = saved

@@ -515,13 +515,14 @@ def main(args: list[str] | None = None) -> int:
         node.get_logger().error("autostart failed; staying unconfigured (see /diagnostics)")
     while not stop.wait(0.1) and spinner.is_alive():
         pass
-    node.get_logger().info("stopping")
+    crashed = not stop.is_set()  # the executor thread died (its traceback is on stderr)
+    node.get_logger().info("stopping" if not crashed else "executor stopped unexpectedly; stopping")
     node.publish_final_hold()
     executor.shutdown()
     spinner.join(timeout=10.0)
     node.destroy_node()
     rclpy.shutdown()
-    return 0
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":
