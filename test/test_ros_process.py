@@ -110,3 +110,45 @@ def test_bad_params_file_exits_with_error(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "control_period" in out.stderr
+
+
+def test_bringup_sim_graph_closes_the_loop(tmp_path, tiny_checkpoints) -> None:
+    """specvla_bringup's default graph (= sim.launch.py): the simulator feeds the node, the node commands it."""
+    pytest.importorskip("mujoco")
+    from specvla_msgs.msg import TaskStatus
+
+    from specvla_ros.ros.params import default_config_path
+
+    target, draft, _ = tiny_checkpoints
+    cfg = yaml.safe_load(default_config_path().read_text())  # both sections, as the launch file passes it
+    cfg["specvla_node"]["ros__parameters"].update(target_dir=str(target), draft_dir=str(draft), device="cpu",
+                                                  warmup_steps=1)
+    params = tmp_path / "sim_params.yaml"
+    params.write_text(yaml.safe_dump(cfg))
+    env = _env(33)
+    env.setdefault("MUJOCO_GL", "egl")
+    with ros_context(33, discovery="LOCALHOST") as ctx:
+        probe = Node("sim_graph_probe", context=ctx)
+        verdicts = Collector(probe, SafetyVerdict, "/specvla_node/safety", qos.STATUS)
+        status = Collector(probe, TaskStatus, "/specvla_sim/task_status", 10)
+        spinner = Spinner(ctx, probe, threads=2)
+        proc = subprocess.Popen([str(BIN / "specvla_bringup"), "--params-file", str(params)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            decided = verdicts.wait_for(lambda v: v.status < SafetyVerdict.HALT_STALE_INPUT, timeout=STARTUP)
+            if decided is None:
+                proc.kill()
+                pytest.fail("no decision in the sim graph:\n" + proc.communicate()[0].decode()[-3000:])
+            # the simulator is stepping and reports the task the node was instructed with
+            t0 = decided[0]
+            hit = status.wait_for(lambda s: s.step > 0 and s.instruction != "", timeout=STARTUP, after=t0)
+            assert hit is not None
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out.decode()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            spinner.stop()
+            probe.destroy_node()
