@@ -103,10 +103,16 @@ def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndar
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "camera") -> Image:
-    """HxWx3 uint8 RGB -> sensor_msgs/Image rgb8 (used by the simulator, tests and benchmarks)."""
-    msg = _bridge.cv2_to_imgmsg(np.ascontiguousarray(rgb, dtype=np.uint8), encoding="rgb8")
-    msg.header = Header(stamp=stamp or Time(), frame_id=frame_id)
-    return msg
+    """HxWx3 uint8 RGB -> sensor_msgs/Image rgb8 (used by tests and benchmarks).
+
+    Built directly: cv_bridge's cv2_to_imgmsg goes through a deprecated numpy call.
+    """
+    arr = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 array, got shape {arr.shape}")
+    h, w = arr.shape[:2]
+    return Image(header=Header(stamp=stamp or Time(), frame_id=frame_id), height=h, width=w, encoding="rgb8",
+                 is_bigendian=0, step=w * 3, data=arr.tobytes())
 
 
 def stamp_ns(stamp: Time) -> int:
