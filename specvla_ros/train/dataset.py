@@ -58,6 +58,7 @@ class DemoDataset:
     stats: ActionNormStats
     pad_id: int
     raw_statistics: dict
+    aux: "AuxTargets | None" = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -120,11 +121,13 @@ def load_demos(
     max_episodes: int | None = None,
     image_size: int | None = None,
     stats: ActionNormStats | None = None,
+    aux: bool = False,
 ) -> DemoDataset:
     """Load episodes (successful ones only) and tokenise their targets.
 
     image_size: resize frames to this square size when they differ (None: keep).
     stats: tokenise actions with these statistics (a trained target's) instead of the dataset's.
+    aux: also build privileged position targets (``AuxTargets``) for auxiliary losses.
     """
     dirs = [Path(d) for d in ([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs)]
     files = episode_files(dirs)
@@ -181,12 +184,64 @@ def load_demos(
         target[i, : len(t)] = t
         target[i, len(t) : len(t) + ACTION_DIM] = act_ids[i]
         n_text[i] = len(t)
-    return DemoDataset(
+    ds = DemoDataset(
         images=np.concatenate(images), proprio=np.concatenate(proprio), actions=acts,
         instr_idx=np.array([lookup[s] for s in instr], dtype=np.int64), instructions=instructions,
         target_ids=target, n_text=n_text, episode=np.concatenate(episode), task=np.array(task),
         seeds=np.array(seeds, dtype=np.int64), stats=stats, pad_id=tokenizer.pad_token_id, raw_statistics=raw,
     )
+    if aux:
+        ds.aux = build_aux_targets(ds, narrations)
+    return ds
+
+
+#: Phrases said while the named object still rests where the layout put it (before contact).
+_PRE_CONTACT = ("moving to", "lowering to", "closing the gripper", "opening the gripper")
+_X_CENTRE, _X_HALF, _Y_HALF = 0.49, 0.13, 0.22  # [m] object area (sim.tasks.WORKSPACE_X/Y) -> about [-1, 1]
+
+
+@dataclass
+class AuxTargets:
+    """Privileged positions for auxiliary losses (training only; the model never sees them as input).
+
+    objects (N,4,3): per colour of ``sim.language.COLOR_NAMES``: (present, x, y), x/y scaled to ~[-1, 1];
+    named (N,2): the instruction's object (x, y), same scaling; valid (N,) bool: the positions hold
+    (the object has not been touched yet); tcp (N,3): TCP position from forward kinematics, scaled.
+    """
+
+    objects: np.ndarray
+    named: np.ndarray
+    valid: np.ndarray
+    tcp: np.ndarray
+
+
+def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
+    """Object positions from each episode's seeded layout (``sim.tasks.sample_layout``), TCP by FK."""
+    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.sim.language import COLOR_NAMES
+    from specvla_ros.sim.tasks import sample_layout
+
+    n = len(ds)
+    objects = np.zeros((n, len(COLOR_NAMES), 3), dtype=np.float32)
+    named = np.zeros((n, 2), dtype=np.float32)
+    tcp = np.zeros((n, 3), dtype=np.float32)
+    valid = np.array([s.startswith(_PRE_CONTACT) for s in narrations], dtype=bool)
+    scale = lambda xy: ((xy[0] - _X_CENTRE) / _X_HALF, xy[1] / _Y_HALF)  # noqa: E731
+    layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for e in range(ds.n_episodes):
+        rows = np.flatnonzero(ds.episode == e)
+        layout = sample_layout(str(ds.task[rows[0]]), int(ds.seeds[e]))
+        obj = np.zeros((len(COLOR_NAMES), 3), dtype=np.float32)
+        for o in layout.objects:
+            obj[COLOR_NAMES.index(o.color)] = (1.0, *scale(o.xy))
+        layouts[e] = (obj, np.array(scale(layout.target.xy), dtype=np.float32))
+        objects[rows] = obj
+        named[rows] = layouts[e][1]
+    kin = ArmKinematics.from_urdf()
+    for i in range(n):
+        pos, _ = kin.fk(ds.proprio[i, :7].astype(np.float64))
+        tcp[i] = ((pos[0] - _X_CENTRE) / _X_HALF, pos[1] / _Y_HALF, (pos[2] - 0.15) / 0.15)
+    return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -206,6 +261,7 @@ class Batch:
     labels: torch.Tensor
     is_action: torch.Tensor  # (B,T) bool
     index: np.ndarray  # dataset rows
+    aux: dict[str, torch.Tensor] | None = None  # AuxTargets rows as tensors, when the dataset has them
 
 
 def make_batch(ds: DemoDataset, idx: np.ndarray, rng: np.random.Generator | None = None,
@@ -224,9 +280,12 @@ def make_batch(ds: DemoDataset, idx: np.ndarray, rng: np.random.Generator | None
     cols = torch.arange(tgt.shape[1])[None, :]
     start = torch.from_numpy(ds.n_text[idx])[:, None]
     is_action = (cols >= start) & (cols < start + ACTION_DIM)
+    aux = None
+    if ds.aux is not None:
+        aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in ("objects", "named", "valid", "tcp")}
     return Batch(images=imgs, instructions=[ds.instructions[i] for i in ds.instr_idx[idx]],
                  proprio=torch.from_numpy(ds.proprio[idx]), target_ids=tgt, labels=labels,
-                 is_action=is_action, index=np.asarray(idx))
+                 is_action=is_action, index=np.asarray(idx), aux=aux)
 
 
 def epoch_batches(indices: np.ndarray, batch_size: int, rng: np.random.Generator, drop_last: bool = True):
