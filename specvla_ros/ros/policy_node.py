@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
@@ -33,8 +35,6 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
-from builtin_interfaces.msg import Time as TimeMsg
-from diagnostic_msgs.msg import DiagnosticArray
 
 from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyStatus, Verdict
 from specvla_ros.ros import conversions as conv
