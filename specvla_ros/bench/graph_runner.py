@@ -191,7 +191,10 @@ class SimGraph:
     def __init__(self, out_dir: Path, node: dict | None = None, sim: dict | None = None,
                  record_frames: bool = False, domain_id: int | None = None, startup_timeout_s: float = 300.0) -> None:
         self.out_dir = Path(out_dir)
-        self.node_overrides = dict(node or {})
+        # In lockstep the world waits for each command, so a slow decision or a frame
+        # older than usual is still current: relax the wall-clock deadline and
+        # freshness limits meant for a real, moving robot (a caller may override them).
+        self.node_overrides = {"decision_deadline": 30.0, "max_input_age": 10.0, **(node or {})}
         self.sim_overrides = {"lockstep": True, **(sim or {})}
         self.record_frames = record_frames
         self.domain_id = domain_id
