@@ -348,10 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="direct", choices=("direct", "ros"),
                    help="direct: Policy.step on the simulator; ros: specvla_sim + specvla_node processes in the loop")
     p.add_argument("--out", default="out/eval", help="directory for results.json, table.md, plot.png")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (measured on 2 shared cores: 2 threads on the main thread "
+                        "made a decision ~14x slower than 1)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.threads < 1:
+        print(f"specvla_eval: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
     try:
         cfg = EvalConfig(tasks=tuple(t for t in args.tasks.split(",") if t),
                          modes=tuple(m for m in args.modes.split(",") if m), episodes=args.episodes,
