@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from builtin_interfaces.msg import Time as TimeMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -281,6 +282,11 @@ class SimNode(Node):
                 self._run_lockstep()
             else:
                 self._run_realtime()
+        except RCLError:
+            # SIGINT shuts the context down before destroy_node() stops this thread;
+            # a publish failing then is the normal way out, anything else is a bug.
+            if self.context.ok():
+                raise
         finally:
             self.env.close()
 
