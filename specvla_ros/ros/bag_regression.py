@@ -190,10 +190,10 @@ def _check_input_bag(path: Path, remap: dict[str, str]) -> list[str]:
 def _node_holds(node: Any, frame_stamp_ns: int, joints: dict[str, float]) -> bool:
     """True once the node's newest inputs are this frame and these joint positions.
 
-    Reads the node's input snapshot (the same one its control tick uses). A
+    Reads the node's ``latest_inputs()`` (the snapshot its control tick uses). A
     node without it falls back to the stale-verdict check in `replay`.
     """
-    snapshot = getattr(node, "_snapshot", None)
+    snapshot = getattr(node, "latest_inputs", None)
     if snapshot is None:
         return True
     snap = snapshot()

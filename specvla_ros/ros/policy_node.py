@@ -302,6 +302,14 @@ class PolicyNode(LifecycleNode):
             return _Inputs(self._in.image, self._in.image_received, self._in.image_seq,
                            dict(self._in.joints), self._in.instruction, self._in.estop)
 
+    def latest_inputs(self) -> _Inputs:
+        """A copy of the newest stored inputs (what the next control tick decides on).
+
+        For tools that drive the node in lockstep (bag replay) and need to know a
+        frame has arrived before advancing the clock.
+        """
+        return self._snapshot()
+
     def _input_problem(self, key: str, problem: str | None, level: int = ERROR) -> None:
         if self._diag.set_input(key, problem, level):
             if problem is None:
