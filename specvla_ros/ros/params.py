@@ -86,7 +86,7 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("device", STRING, f"Torch device {_MODEL}", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
     ParamSpec("dtype", STRING, f"Model weight dtype {_MODEL}", choices=("float32", "float16", "bfloat16", "auto")),
     ParamSpec("unnorm_key", STRING, f"Action statistics key; '' = the checkpoint's only/default one {_MODEL}"),
-    ParamSpec("safety_config", STRING, f"joint_limits YAML for the safety gate; '' = built-in Panda limits {_MODEL}"),
+    ParamSpec("safety_config", STRING, f"safety.yaml for the gate (workspace, speed, obstacles; names the joint_limits YAML); '' = shipped Panda config {_MODEL}"),
     ParamSpec("safe_envelope", BOOL, f"Accept/resample only action bins inside the safety envelope {_MODEL}"),
     ParamSpec("redecode_shrink", DOUBLE, f"Envelope shrink factor when re-decoding a halted action [1] {_MODEL}",
               min=0.0, max=1.0),
