@@ -13,7 +13,9 @@ as the last ``n_bins`` ids, the action tokens of ``ActionTokenizer``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -24,6 +26,19 @@ from specvla_ros.core.action_tokenizer import ActionTokenizer
 
 class ModelLoadError(RuntimeError):
     """A checkpoint directory is missing, incomplete or inconsistent (message says which file and why)."""
+
+
+def read_json_object(path: Path, missing_hint: str = "") -> dict:
+    """A checkpoint's JSON file as a dict; ModelLoadError naming the file if missing or malformed."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: missing{missing_hint}") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return data
 
 
 @runtime_checkable

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
-from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures
+from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
 from specvla_ros.core.static_llama import StaticCacheHandle, StaticLlamaRunner
 from specvla_ros.core.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, preprocess_image, timm_family
 
@@ -352,15 +352,7 @@ class OpenVLA(nn.Module):
 # --- loading -----------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: missing") from exc
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def weight_files(ckpt_dir: Path) -> dict[str, list[str]]:

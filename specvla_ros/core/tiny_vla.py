@@ -45,7 +45,7 @@ from transformers import LlamaConfig, LlamaModel
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 from specvla_ros.core.kv_cache import StaticKVCache
-from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures
+from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
 
 TARGET_MODEL_TYPE = "specvla_tiny"
@@ -504,15 +504,7 @@ def read_config(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / CONFIG_FILE
     if not Path(ckpt_dir).is_dir():
         raise ModelLoadError(f"{ckpt_dir}: checkpoint directory does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: missing (every checkpoint dir needs a config.json)") from exc
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, " (every checkpoint dir needs a config.json)")
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
