@@ -292,3 +292,46 @@ def test_non_finite_logits_never_yield_a_disallowed_action(tiny_checkpoints):
         broken.lm_head.weight.fill_(float("nan"))
     with pytest.raises(RuntimeError, match="non-finite logits"):
         SpeculativeDecoder(broken, None, DecodeConfig()).decode(obs(0, PROMPTS[0]), narrow_mask(broken, 2, 0))
+
+
+def test_narration_reuse_is_lossless_and_skips_draft_passes(target, noisy_copy):
+    """Drafting last frame's narration again: same greedy output, fewer draft passes, and a
+    stale or grammar-breaking history (different prompt, shorter narration cap) changes nothing."""
+    base = SpeculativeDecoder(target, None, DecodeConfig())
+    reuse = ModelDrafter(noisy_copy, draft_len=3)
+    plain = ModelDrafter(noisy_copy, draft_len=3, reuse_narration=False)
+    spec_reuse = SpeculativeDecoder(target, reuse, DecodeConfig(draft_len=3))
+    spec_plain = SpeculativeDecoder(target, plain, DecodeConfig(draft_len=3))
+    frames = [obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(1, PROMPTS[1], 3), obs(1, PROMPTS[1], 4)]
+    reused_total = 0
+    for o in frames:
+        want = base.decode(o)
+        got_reuse, got_plain = spec_reuse.decode(o), spec_plain.decode(o)
+        assert got_reuse.token_ids == want.token_ids and got_plain.token_ids == want.token_ids
+        reused_total += reuse.reused
+        assert plain.reused == 0
+        if reuse.reused:  # reused narration tokens cost no draft forward passes
+            assert got_reuse.stats.draft_passes < got_plain.stats.draft_passes
+    assert reused_total > 0, "a repeated frame must reuse the previous narration"
+    # the same drafter under a grammar that caps the narration at 1 token: history must yield to it
+    short = SpeculativeDecoder(target, reuse, DecodeConfig(draft_len=3, max_narration_tokens=1))
+    o = frames[-1]
+    assert short.decode(o).token_ids == SpeculativeDecoder(target, None, DecodeConfig(max_narration_tokens=1)).decode(o).token_ids
+
+
+def test_narration_reuse_in_sampling_mode_with_shipped_pair():
+    """Sampling with a reused (one-hot q) narration: the shipped pair says a steady phrase, so later
+    decisions reuse it, and every decision is still a whole phrase + 7 action tokens."""
+    from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
+
+    target = load_vla(DEFAULT_TARGET_DIR, device="cpu")
+    drafter = load_drafter(DEFAULT_DRAFT_DIR, target)
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig(mode="sample", draft_len=3, seed=3, temperature=0.5))
+    o = obs(2, "reach the red cube", 1)
+    reused, narrations = 0, set()
+    for _ in range(5):
+        res = spec.decode(o)
+        assert len(res.action_tokens) == 7 and res.narration
+        narrations.add(res.narration)
+        reused += drafter.reused
+    assert reused > 0, narrations

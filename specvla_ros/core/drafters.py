@@ -126,13 +126,25 @@ def _pick(
 
 
 class ModelDrafter(AdaptiveDraftLength):
-    """Independent small VLA drafting from the target's shared vision features."""
+    """Independent small VLA drafting from the target's shared vision features.
+
+    With ``reuse_narration`` the narration is first drafted from the previous decision: at
+    10 Hz the robot says the same phrase for many frames in a row, so the rest of last
+    frame's phrase (through [EON]) is proposed at no model cost whenever the tokens emitted
+    so far match its start; the model drafts everything else (always the action tokens).
+    Verification is unchanged, so greedy output stays exactly the target's.
+    """
 
     needs_target_hidden = False
 
-    def __init__(self, model: TinyVLA, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True) -> None:
+    def __init__(self, model: TinyVLA, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True,
+                 reuse_narration: bool = True) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
         self.model = model
+        self.reuse_narration = reuse_narration
+        self._eon_id = int(model.text_tokenizer.eon_token_id)
+        self._last_text: list[int] = []  # previous decision's narration + [EON]
+        self.reused = 0  # narration tokens proposed from the previous decision since begin()
         self.cache: StaticKVCache | None = None
         self.passes = 0
         self._prefix_len = 0
@@ -142,6 +154,9 @@ class ModelDrafter(AdaptiveDraftLength):
         self._n_spec = 0  # drafts fed speculatively in the last propose
 
     def begin(self, ctx: DraftContext) -> None:
+        if self._eon_id in self._committed:  # keep the last finished decision's narration
+            self._last_text = self._committed[: self._committed.index(self._eon_id) + 1]
+        self.reused = 0
         self.cache, _ = self.model.prefill(ctx.vision, ctx.instruction, ctx.proprio)
         self._prefix_len = len(self.cache)
         self._committed = [int(ctx.first_token)]
@@ -158,6 +173,9 @@ class ModelDrafter(AdaptiveDraftLength):
         """Up to k tokens (k >= 1) and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("ModelDrafter.propose called before begin()")
+        reused = self._propose_from_last_narration(grammar, state, sample)
+        if reused is not None:
+            return reused
         pending = torch.tensor(self._committed[self._n_fed :], dtype=torch.long, device=self.model.device)
         logits = self.model.forward(pending, self.cache).logits[-1]
         self.passes += 1
@@ -179,6 +197,31 @@ class ModelDrafter(AdaptiveDraftLength):
         self._drafts = torch.cat(tokens).tolist()
         self._n_spec = len(self._drafts) - 1
         return self._drafts, (torch.stack(probs) if probs else None)
+
+    def _propose_from_last_narration(
+        self, grammar: OutputGrammar, state: int, sample: bool
+    ) -> tuple[list[int], torch.Tensor | None] | None:
+        """The rest of last decision's narration when this one has begun the same way, else None."""
+        done = len(self._committed)
+        last = self._last_text
+        if not (self.reuse_narration and grammar.is_text(state) and done < len(last) and self._committed == last[:done]):
+            return None
+        drafts: list[int] = []
+        for tok in last[done:]:
+            # the grammar may differ from last frame's (e.g. a shorter narration cap): stop where it objects
+            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+                break
+            drafts.append(tok)
+            state = grammar.advance(state, tok)
+        if not drafts:
+            return None
+        self._drafts, self._n_spec = drafts, 0  # nothing fed to the cache: it catches up in the next propose
+        self.reused += len(drafts)
+        q = None
+        if sample:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
+            q = torch.zeros(len(drafts), grammar.bias.shape[-1], device=grammar.bias.device)
+            q[torch.arange(len(drafts)), torch.tensor(drafts)] = 1.0
+        return drafts, q
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
         kept = min(n_accepted, self._n_spec)

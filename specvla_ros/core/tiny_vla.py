@@ -57,6 +57,8 @@ DEFAULT_UNNORM_KEY = "sim_panda"
 PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
 #: Extra cache positions reserved after the prefix (narration + EON + 7 actions + a full draft).
 CACHE_MARGIN = 64
+#: Keypoint stem resolution: a 128 px image gives 32x32 heat maps (4 px cells, sub-cell by soft-argmax).
+KEYPOINT_STRIDE = 4
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -85,6 +87,9 @@ class TinyVLAConfig:
     vision_layers: int = 1
     vision_heads: int = 2
     proprio_dim: int = PROPRIO_DIM
+    #: > 0: a conv stem + spatial softmax adds this many keypoint tokens (x, y, peak) to the patch
+    #: tokens; keypoints localise small objects far better than 32-px patches (0 = patches only)
+    vision_keypoints: int = 0
     n_action_bins: int = 256
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
@@ -94,6 +99,11 @@ class TinyVLAConfig:
                      "max_positions", "image_size", "patch_size", "patch_pool", "d_vision", "proprio_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TinyVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vision_keypoints < 0:
+            raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
+        if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
+            raise ValueError(f"TinyVLAConfig.image_size ({self.image_size}) must be a multiple of {KEYPOINT_STRIDE} "
+                             "when vision_keypoints > 0")
         if self.vision_layers < 0:
             raise ValueError(f"TinyVLAConfig.vision_layers must be >= 0, got {self.vision_layers}")
         if self.d_model % self.n_heads:
@@ -122,7 +132,8 @@ class TinyVLAConfig:
 
     @property
     def n_patches(self) -> int:
-        return (self.image_size // (self.patch_size * self.patch_pool)) ** 2
+        """Vision tokens per image: the pooled patch grid plus the keypoint tokens."""
+        return (self.image_size // (self.patch_size * self.patch_pool)) ** 2 + self.vision_keypoints
 
     def llama_config(self) -> LlamaConfig:
         return LlamaConfig(
@@ -150,12 +161,16 @@ PRESETS: dict[str, dict] = {
     # the shipped target: 8 x 256 (~7.7 M params), trains in well under an hour on a 2-core CPU
     "small": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                   vision_layers=2, vision_heads=4),
+    # "small" plus 16 spatial-softmax keypoint tokens (localises objects on unseen layouts)
+    "small_kp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
+                     vision_layers=2, vision_heads=4, vision_keypoints=16),
 }
 #: Independent draft model geometry per preset (1 decoder layer).
 DRAFT_PRESETS: dict[str, dict] = {
     "test": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
     "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
+    "small_kp": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
 }
 
 
@@ -224,6 +239,45 @@ def run_llama_layers(
 
 # --- vision ------------------------------------------------------------------------------
 
+class SpatialSoftmaxKeypoints(nn.Module):
+    """Conv stem -> K heat maps -> soft-argmax keypoint tokens (Levine et al.'s spatial softmax).
+
+    A keypoint is an expected image position, so it is exact to a fraction of a cell and
+    generalises to layouts never seen in training, where a patch token has to memorise
+    where in its 32 px square an object sits.
+    forward: images (B, 3, S, S) normalised -> (B, K, d_vision) tokens from (x, y, peak).
+    """
+
+    def __init__(self, n_keypoints: int, d_vision: int, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, kernel_size=KEYPOINT_STRIDE, stride=KEYPOINT_STRIDE), nn.GELU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv2d(width, n_keypoints, kernel_size=1),
+        )
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.embed = nn.Sequential(nn.Linear(3, d_vision), nn.GELU(), nn.Linear(d_vision, d_vision))
+        self.identity = nn.Parameter(torch.randn(1, n_keypoints, d_vision) * 0.02)
+
+    def coordinates(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3): soft-argmax x, y in [-1, 1] (image right / down) and the map's peak in (-1, 1)."""
+        maps = self.stem(images)  # (B, K, h, w)
+        b, k, h, w = maps.shape
+        logits = maps.flatten(2) * self.log_temperature.exp()
+        prob = logits.softmax(dim=-1).view(b, k, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, device=maps.device, dtype=maps.dtype)
+        ys = torch.linspace(-1.0, 1.0, h, device=maps.device, dtype=maps.dtype)
+        x = (prob.sum(dim=2) * xs).sum(dim=-1)
+        y = (prob.sum(dim=3) * ys).sum(dim=-1)
+        peak = torch.tanh(logits.amax(dim=-1) - logits.mean(dim=-1))  # how sharply the map found its feature
+        return torch.stack([x, y, peak], dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        coords = self.coordinates(images)
+        self.last_coordinates = coords  # read by training's auxiliary position loss
+        return self.embed(coords) + self.identity
+
+
 class PatchVisionEncoder(nn.Module):
     """RGB image -> patch tokens: conv patchify, conv pool, small transformer.
 
@@ -235,17 +289,20 @@ class PatchVisionEncoder(nn.Module):
         dv = cfg.d_vision
         self.patch = nn.Conv2d(3, dv, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pool = nn.Conv2d(dv, dv, kernel_size=cfg.patch_pool, stride=cfg.patch_pool)
-        self.pos = nn.Parameter(torch.randn(1, cfg.n_patches, dv) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, cfg.n_patches - cfg.vision_keypoints, dv) * 0.02)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dv, cfg.vision_heads, 2 * dv, dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
             for _ in range(cfg.vision_layers)
         )
         self.norm = nn.LayerNorm(dv)
+        self.keypoints = SpatialSoftmaxKeypoints(cfg.vision_keypoints, dv) if cfg.vision_keypoints else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.gelu(self.patch(images)))  # (B, dv, g, g)
         x = x.flatten(2).transpose(1, 2) + self.pos
+        if self.keypoints is not None:
+            x = torch.cat([x, self.keypoints(images)], dim=1)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -581,7 +638,7 @@ def make_random_draft(
                 model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tok.vocab_size,
                 has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
-                prompt_template=target_cfg.prompt_template, **geometry,
+                vision_keypoints=target_cfg.vision_keypoints, prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)
         elif kind == "eagle":

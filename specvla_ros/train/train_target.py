@@ -151,11 +151,13 @@ class AuxHeads(nn.Module):
     """Training-only heads: per-colour (present, x, y) from the patches; named-object xy + TCP xyz
     from the decoder state that predicts the first output token."""
 
-    def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4) -> None:
+    def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0) -> None:
         super().__init__()
         self.n_colors = n_colors
-        self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_patches * d_vision, 256), nn.GELU(),
-                                    nn.Linear(256, n_colors * 3))
+        # with keypoints, object positions are read from the keypoint coordinates alone, which
+        # pushes the keypoints onto the objects instead of letting a wide head memorise layouts
+        n_in = n_keypoints * 3 if n_keypoints else n_patches * d_vision
+        self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_in, 256), nn.GELU(), nn.Linear(256, n_colors * 3))
         self.decoder = nn.Sequential(nn.Linear(d_model, 256), nn.GELU(), nn.Linear(256, 5))
 
     def loss(self, patches: torch.Tensor, hidden0: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -187,7 +189,8 @@ def train_forward(model: TinyVLA, heads: AuxHeads | None, b: Batch, cfg: TargetT
         logits, hidden = model.forward_train(None, b.instructions, b.proprio, b.target_ids, vision_patches=patches)
     loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma)
     if heads is not None and b.aux is not None and cfg.aux_weight > 0:
-        aux_loss, am = heads.loss(patches, hidden[:, 0], b.aux)
+        kp = model.vision_encoder.keypoints
+        aux_loss, am = heads.loss(kp.last_coordinates if kp is not None else patches, hidden[:, 0], b.aux)
         loss = loss + cfg.aux_weight * aux_loss
         m.update(am)
     return loss, m
@@ -242,10 +245,16 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     model = build_target(cfg.preset, tok, ds).train()
     if cfg.init_from:
         init = TinyVLA.from_pretrained(cfg.init_from)
-        model.load_state_dict(init.state_dict())
-        print(f"initialised from {cfg.init_from}", flush=True)
+        # a checkpoint without keypoints can seed a keypoint model: only modules it lacks start fresh
+        result = model.load_state_dict(init.state_dict(), strict=False)
+        fresh = [k for k in result.missing_keys if ".keypoints." not in k]
+        if fresh or result.unexpected_keys:
+            raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: missing {fresh[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
+        note = f" ({len(result.missing_keys)} keypoint tensors start fresh)" if result.missing_keys else ""
+        print(f"initialised from {cfg.init_from}{note}", flush=True)
     mc = model.config
-    heads = AuxHeads(mc.n_patches, mc.d_vision, mc.d_model) if ds.aux is not None and cfg.aux_weight > 0 else None
+    heads = AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints) if ds.aux is not None and cfg.aux_weight > 0 else None
     named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
