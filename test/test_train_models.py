@@ -151,3 +151,30 @@ def test_cli_help_and_bad_args(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["target", "--data", "x", "--out", "y", "--preset", "huge"])
     torch.set_num_threads(1)
+
+
+def test_keypoint_target_pretrains_its_keypoints_and_its_draft_continues(demos, tmp_path) -> None:
+    """A keypoint preset: the stem is first fitted to the object positions (loss drops), the run
+    finishes and loads, and a draft distilled for it can be continued with init_from."""
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "t"), preset="test_kp", steps=6, batch_size=8,
+                            lr=3e-3, warmup_steps=0, val_fraction=0.0, eval_every=6, ckpt_every=6,
+                            keypoint_pretrain_steps=80, progress=False)
+    summary = train_target(cfg)
+    kp = summary["keypoint_pretraining"]
+    assert kp["step"] == 80 and kp["train_obj"] < 0.7 * kp["train_obj_before"], kp
+    target = load_vla(tmp_path / "t" / "final", device="cpu", dtype="float32")
+    assert target.config.vision_keypoints == 4
+    first = distill_draft(DraftTrainConfig(data=[str(demos)], target=str(tmp_path / "t" / "final"),
+                                           out=str(tmp_path / "d1"), steps=4, batch_size=8, warmup_steps=0,
+                                           val_fraction=0.0, eval_every=4, ckpt_every=4, progress=False))
+    second = distill_draft(DraftTrainConfig(data=[str(demos)], target=str(tmp_path / "t" / "final"),
+                                            out=str(tmp_path / "d2"), steps=2, batch_size=8, warmup_steps=0,
+                                            val_fraction=0.0, eval_every=2, ckpt_every=2, progress=False,
+                                            init_from=first["final_dir"]))
+    drafter = load_drafter(second["final_dir"], target)
+    ds = load_demos(demos, target.text_tokenizer)
+    obs = Observation(ds.images[2], ds.instructions[ds.instr_idx[2]], ds.proprio[2], frame_id=1)
+    base = SpeculativeDecoder(target, None, DecodeConfig()).decode(obs)
+    assert SpeculativeDecoder(target, drafter, DecodeConfig()).decode(obs).token_ids == base.token_ids
+    with pytest.raises(ValueError, match="keypoint_pretrain"):
+        TargetTrainConfig(data=["d"], out="o", keypoint_pretrain_steps=-1)

@@ -156,6 +156,8 @@ class TinyVLAConfig:
 PRESETS: dict[str, dict] = {
     "test": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=128, d_vision=32,
                  vision_layers=1, vision_heads=2),
+    "test_kp": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=128, d_vision=32,
+                    vision_layers=1, vision_heads=2, vision_keypoints=4),
     "default": dict(d_model=384, n_layers=8, n_heads=6, n_kv_heads=6, intermediate_size=1024, d_vision=128,
                     vision_layers=2, vision_heads=4),
     # the shipped target: 8 x 256 (~7.7 M params), trains in well under an hour on a 2-core CPU
@@ -168,6 +170,7 @@ PRESETS: dict[str, dict] = {
 #: Independent draft model geometry per preset (1 decoder layer).
 DRAFT_PRESETS: dict[str, dict] = {
     "test": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
+    "test_kp": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
     "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
     "small_kp": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
@@ -255,7 +258,8 @@ class SpatialSoftmaxKeypoints(nn.Module):
             nn.Conv2d(width, width, kernel_size=3, padding=1), nn.GELU(),
             nn.Conv2d(width, n_keypoints, kernel_size=1),
         )
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # start sharp enough (x5) that the soft-argmax moves when the maps change
+        self.log_temperature = nn.Parameter(torch.tensor(1.6))
         self.embed = nn.Sequential(nn.Linear(3, d_vision), nn.GELU(), nn.Linear(d_vision, d_vision))
         self.identity = nn.Parameter(torch.randn(1, n_keypoints, d_vision) * 0.02)
 

@@ -81,6 +81,7 @@ class DraftTrainConfig:
     bf16: bool = True
     storage_dtype: str = "float16"
     progress: bool = True
+    init_from: str = ""  # start from this draft checkpoint dir's weights (fresh optimiser and schedule)
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -288,6 +289,11 @@ def distill_draft(cfg: DraftTrainConfig, ds: DemoDataset | None = None) -> dict:
     env_s = time.perf_counter() - t_env
     torch.manual_seed(cfg.seed)
     draft = build_draft_model(target, cfg.preset) if cfg.kind == "model" else build_eagle(target)
+    if cfg.init_from:  # continue from an earlier draft (e.g. one distilled from a previous target)
+        if cfg.kind != "model":
+            raise ValueError("init_from is supported for kind 'model' drafts")
+        draft.load_state_dict(TinyVLA.from_pretrained(cfg.init_from).state_dict())
+        print(f"draft initialised from {cfg.init_from}", flush=True)
     draft.train()
     d_draft = draft.config.d_model
     proj = nn.Linear(d_draft, target.config.d_model, bias=False) if d_draft != target.config.d_model else None
@@ -392,6 +398,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-episodes", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--init-from", default="", help="start from this draft checkpoint dir's weights")
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--no-progress", action="store_true")
 
@@ -402,6 +409,7 @@ def config_from_args(a: argparse.Namespace) -> DraftTrainConfig:
         batch_size=a.batch_size, lr=a.lr, safety_weight=a.safety_weight, feature_weight=a.feature_weight,
         eval_every=a.eval_every, ckpt_every=a.ckpt_every, time_budget_min=a.time_budget_min,
         max_episodes=a.max_episodes, seed=a.seed, threads=a.threads, bf16=not a.no_bf16, progress=not a.no_progress,
+        init_from=a.init_from,
     )
 
 

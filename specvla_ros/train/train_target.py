@@ -70,6 +70,10 @@ class TargetTrainConfig:
     # vision pathway localise objects within minutes instead of hours
     aux_weight: float = 1.0
     init_from: str = ""  # start from this checkpoint dir's weights (fresh optimiser and schedule)
+    # keypoint models: first fit the keypoint stem alone to the object positions (fast: the stem is
+    # tiny), so the decoder trains on keypoints that already sit on the objects
+    keypoint_pretrain_steps: int = 0
+    keypoint_pretrain_lr: float = 3e-3
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +92,9 @@ class TargetTrainConfig:
             raise ValueError(f"bad warmup_steps/weight_decay/grad_clip: {self.warmup_steps}, {self.weight_decay}, {self.grad_clip}")
         if self.action_weight <= 0 or self.action_label_sigma < 0:
             raise ValueError(f"action_weight must be > 0 and action_label_sigma >= 0, got {self.action_weight}, {self.action_label_sigma}")
+        if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
+            raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
+                             f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
         if not 0 <= self.jitter <= 0.5:
             raise ValueError(f"TargetTrainConfig.jitter must be in [0, 0.5], got {self.jitter}")
         if not 0 <= self.val_fraction < 1:
@@ -156,8 +163,12 @@ class AuxHeads(nn.Module):
         self.n_colors = n_colors
         # with keypoints, object positions are read from the keypoint coordinates alone, which
         # pushes the keypoints onto the objects instead of letting a wide head memorise layouts
-        n_in = n_keypoints * 3 if n_keypoints else n_patches * d_vision
-        self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_in, 256), nn.GELU(), nn.Linear(256, n_colors * 3))
+        # (a linear read-out: an MLP over 48 coordinates memorises a few hundred layouts instead)
+        if n_keypoints:
+            self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_keypoints * 3, n_colors * 3))
+        else:
+            self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_patches * d_vision, 256), nn.GELU(),
+                                        nn.Linear(256, n_colors * 3))
         self.decoder = nn.Sequential(nn.Linear(d_model, 256), nn.GELU(), nn.Linear(256, 5))
 
     def loss(self, patches: torch.Tensor, hidden0: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -175,6 +186,39 @@ class AuxHeads(nn.Module):
             named_cm = float((named_err.sqrt() * valid).sum() / valid.sum().clamp(min=1.0)) * 17.5
         return l_present + l_obj + l_named + l_tcp, {"aux_obj": float(l_obj.detach()), "aux_named_cm": named_cm,
                                                      "aux_tcp": float(l_tcp.detach())}
+
+
+def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset, train_idx: np.ndarray,
+                       val_idx: np.ndarray, cfg: TargetTrainConfig) -> dict[str, float]:
+    """Fit the keypoint stem and the aux heads' linear object read-out to the object positions."""
+    kp = model.vision_encoder.keypoints if model.vision_encoder is not None else None
+    if kp is None or heads is None or ds.aux is None:
+        raise ValueError("keypoint pretraining needs a keypoint preset and auxiliary targets (aux_weight > 0)")
+    opt = torch.optim.AdamW(list(kp.parameters()) + list(heads.vision.parameters()), lr=cfg.keypoint_pretrain_lr)
+    rng = np.random.default_rng(cfg.seed + 7)
+
+    def object_loss(idx: np.ndarray, train: bool) -> torch.Tensor:
+        b = make_batch(ds, idx, rng if train else None, cfg.jitter if train else 0.0)
+        obj = heads.vision(kp.coordinates(model._images_to_tensor(b.images))).view(-1, heads.n_colors, 3)
+        w = b.aux["objects"][..., 0] * b.aux["valid"].float()[:, None]
+        return (((obj[..., 1:] - b.aux["objects"][..., 1:]) ** 2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+
+    result: dict[str, float] = {}
+    with torch.no_grad():
+        first = float(object_loss(train_idx[:512], False))
+    for i in range(1, cfg.keypoint_pretrain_steps + 1):
+        loss = object_loss(rng.choice(train_idx, cfg.batch_size), True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i % 250 == 0 or i == cfg.keypoint_pretrain_steps:
+            with torch.no_grad():
+                val = float(object_loss(val_idx[:512], False)) if len(val_idx) else float("nan")
+            with torch.no_grad():
+                now = float(object_loss(train_idx[:512], False))
+            result = {"step": i, "train_obj_before": first, "train_obj": now, "val_obj": val}
+            print(f"keypoint pretraining {i}: object loss train {result['train_obj']:.3f} val {val:.3f}", flush=True)
+    return result
 
 
 def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset) -> TinyVLA:
@@ -276,6 +320,9 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         torch.manual_seed(cfg.seed + step)
         print(f"resumed from {state_path} at step {step} ({elapsed_before / 60:.1f} min trained)", flush=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    keypoint_pretraining: dict[str, float] = {}
+    if step == 0 and cfg.keypoint_pretrain_steps > 0:
+        keypoint_pretraining = pretrain_keypoints(model, heads, ds, train_idx, val_idx, cfg)
     print(f"target: preset {cfg.preset}, {count_parameters(model) / 1e6:.2f} M params; "
           f"{ds.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val steps (loaded in {load_s:.0f} s)",
           flush=True)
@@ -340,6 +387,7 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         "train_minutes": round((elapsed_before + time.perf_counter() - t0) / 60.0, 1),
         "episodes": ds.n_episodes, "train_steps": int(len(train_idx)), "val_steps": int(len(val_idx)),
         "last_train": last, "val": final_val, "seed": cfg.seed, "final_dir": str(out / "final"),
+        "keypoint_pretraining": keypoint_pretraining,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -366,6 +414,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--aux-weight", type=float, default=d.aux_weight, help="auxiliary position losses (0 = off)")
     p.add_argument("--init-from", default="", help="start from this checkpoint dir's weights")
+    p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
+                   help="fit the keypoint stem to object positions first (keypoint presets)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--no-progress", action="store_true")
 
@@ -377,6 +427,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
+        keypoint_pretrain_steps=a.keypoint_pretrain_steps,
     )
 
 
