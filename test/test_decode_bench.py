@@ -35,3 +35,14 @@ def test_bench_table_and_bad_dir(tiny_checkpoints, capsys, tmp_path):
     assert "baseline" in out and "spec_exact[model]" in out and "hf_assisted" not in out
     assert main(["--target", str(tmp_path / "missing"), "--decisions", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_on_simulator_frames_with_the_shipped_pair(capsys):
+    """--frames sim: consecutive camera frames of expert episodes; the shipped pair repeats its
+    narration there, so drafting accepts more than one token per target pass."""
+    assert main(["--frames", "sim", "--decisions", "4", "--warmup", "1", "--no-hf", "--device", "cpu",
+                 "--threads", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == "sim" and report["checkpoints"]["source"] == "shipped"
+    exact = report["methods"]["spec_exact[model]"]
+    assert exact["n"] == 4 and exact["tokens_per_verify_pass"] > 1.0

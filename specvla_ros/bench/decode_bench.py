@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers generate() comparisons")
+    p.add_argument("--frames", default="random", choices=["random", "sim"],
+                   help="random: a noise image and prompt per decision (no simulator needed); sim: consecutive "
+                        "camera frames of scripted-expert episodes (what the closed loop sees)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
@@ -161,6 +164,29 @@ def _resolve_checkpoints(args, workdir: Path) -> tuple[Path, list[Path], str]:
     return target, drafts, f"random {args.preset} preset"
 
 
+def sim_observations(n: int, seed: int) -> list[Observation]:
+    """n consecutive camera frames of scripted-expert episodes (reach, push, pick cycled), 10 Hz."""
+    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.sim.expert import ScriptedExpert
+    from specvla_ros.sim.task_env import TaskEnv
+    from specvla_ros.train.collect import run_episode
+
+    env = TaskEnv("reach", seed=seed)
+    expert, kin = ScriptedExpert(env), ArmKinematics.from_urdf()
+    frames: list[Observation] = []
+    try:
+        for i in range(n):
+            if len(frames) >= n:
+                break
+            env.reset(seed=seed + i, task=("reach", "push", "pick")[i % 3])
+            ep = run_episode(env, expert, kin, hold_steps=0)
+            frames += [Observation(img, env.instruction, prop, frame_id=len(frames) + j)
+                       for j, (img, prop) in enumerate(zip(ep.images, ep.proprio))]
+    finally:
+        env.close()
+    return frames[:n]
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.decisions < 1 or args.warmup < 0:
         raise ValueError(f"--decisions must be >= 1 and --warmup >= 0, got {args.decisions}, {args.warmup}")
@@ -201,12 +227,14 @@ def run(args: argparse.Namespace) -> dict:
 
     rng = np.random.default_rng(args.seed)
     n_total = args.warmup + args.decisions
+    frames = sim_observations(n_total, 90000 + args.seed) if args.frames == "sim" else None
     device = target.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for i in range(n_total):
         measure = i >= args.warmup
-        o = Observation(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), PROMPTS[i % len(PROMPTS)],
-                        rng.normal(size=8).astype(np.float32), frame_id=None)
+        o = frames[i] if frames is not None else Observation(
+            rng.integers(0, 256, (128, 128, 3), dtype=np.uint8), PROMPTS[i % len(PROMPTS)],
+            rng.normal(size=8).astype(np.float32), frame_id=None)
         base_tokens: list[int] = []
         for name, dec in decoders.items():
             sync()
@@ -252,7 +280,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "device": str(device), "dtype": str(target.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
         "checkpoints": {"source": source, "target": str(target_dir), "drafts": drafters_info},
-        "decisions": args.decisions, "relax_bins": args.relax_bins, "draft_len": args.draft_len,
+        "decisions": args.decisions, "frames": args.frames, "relax_bins": args.relax_bins, "draft_len": args.draft_len,
         "max_draft_len": args.max_draft_len, "max_narration_tokens": args.max_narration,
         "methods": {name: m.summary(None if name == "baseline" else base_p50) for name, m in methods.items()},
     }
@@ -260,7 +288,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [f"specvla_bench: {report['checkpoints']['source']} checkpoints, device {report['device']} "
-             f"{report['dtype']}, {report['threads']} threads, {report['decisions']} decisions/method",
+             f"{report['dtype']}, {report['threads']} threads, {report['decisions']} decisions/method, {report['frames']} frames",
              f"{'method':34s} {'p50 ms':>8s} {'p95 ms':>8s} {'speedup':>8s} {'tok/pass':>8s} {'accept':>7s} {'ovh %':>6s}"]
     for name, m in report["methods"].items():
         def f(key, fmt):
