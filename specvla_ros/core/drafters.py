@@ -170,18 +170,28 @@ class ModelDrafter(AdaptiveDraftLength):
         self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
         generator: torch.Generator | None,
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k tokens (k >= 1) and, when sampling, their distributions (n, V); see ``Drafter``."""
+        """Up to k model tokens (k >= 1), after the reused rest of last frame's narration when it
+        applies, and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("ModelDrafter.propose called before begin()")
-        reused = self._propose_from_last_narration(grammar, state, sample)
-        if reused is not None:
-            return reused
-        pending = torch.tensor(self._committed[self._n_fed :], dtype=torch.long, device=self.model.device)
+        reused = self._last_narration_rest(grammar, state)
+        for tok in reused:
+            state = grammar.advance(state, tok)
+        self.reused += len(reused)
+        tokens: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
+        if sample and reused:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
+            q = torch.zeros(len(reused), grammar.bias.shape[-1], device=grammar.bias.device)
+            q[torch.arange(len(reused)), torch.tensor(reused)] = 1.0
+            probs.extend(q)
+        if grammar.is_done(state):
+            self._drafts, self._n_spec = reused, 0
+            return reused, (torch.stack(probs) if probs else None)
+        # one pass over the committed tokens the cache lacks and the reused narration, then k model tokens
+        pending = torch.tensor(self._committed[self._n_fed :] + reused, dtype=torch.long, device=self.model.device)
         logits = self.model.forward(pending, self.cache).logits[-1]
         self.passes += 1
         self._n_fed = len(self._committed)
-        tokens: list[torch.Tensor] = []
-        probs: list[torch.Tensor] = []
         for i in range(k):
             tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
             tokens.append(tok)
@@ -194,34 +204,24 @@ class ModelDrafter(AdaptiveDraftLength):
                 break
             logits = self.model.forward(tok, self.cache).logits[-1]
             self.passes += 1
-        self._drafts = torch.cat(tokens).tolist()
-        self._n_spec = len(self._drafts) - 1
+        self._drafts = reused + torch.cat(tokens).tolist()
+        self._n_spec = len(self._drafts) - 1  # every draft but the last is in the cache
         return self._drafts, (torch.stack(probs) if probs else None)
 
-    def _propose_from_last_narration(
-        self, grammar: OutputGrammar, state: int, sample: bool
-    ) -> tuple[list[int], torch.Tensor | None] | None:
-        """The rest of last decision's narration when this one has begun the same way, else None."""
+    def _last_narration_rest(self, grammar: OutputGrammar, state: int) -> list[int]:
+        """The rest of last decision's narration (through [EON]) when this one has begun the same way."""
         done = len(self._committed)
         last = self._last_text
         if not (self.reuse_narration and grammar.is_text(state) and done < len(last) and self._committed == last[:done]):
-            return None
-        drafts: list[int] = []
+            return []
+        rest: list[int] = []
         for tok in last[done:]:
             # the grammar may differ from last frame's (e.g. a shorter narration cap): stop where it objects
             if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
                 break
-            drafts.append(tok)
+            rest.append(tok)
             state = grammar.advance(state, tok)
-        if not drafts:
-            return None
-        self._drafts, self._n_spec = drafts, 0  # nothing fed to the cache: it catches up in the next propose
-        self.reused += len(drafts)
-        q = None
-        if sample:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
-            q = torch.zeros(len(drafts), grammar.bias.shape[-1], device=grammar.bias.device)
-            q[torch.arange(len(drafts)), torch.tensor(drafts)] = 1.0
-        return drafts, q
+        return rest
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
         kept = min(n_accepted, self._n_spec)
