@@ -1,11 +1,14 @@
 """Safety-gate latency: p50/p95 per action, with and without collision checking.
 
-    python -m specvla_ros.bench.gate_bench [--n 2000] [--json] [--safety-config PATH]
+    python -m specvla_ros.bench.gate_bench [--n 2000] [--json] [--safety-config PATH] [--objects N]
 
 States are reachable poses of the task region (IK to random TCP poses above the
 table); actions are ordinary ee_delta steps (inside the envelope), fast ones
 (scaled by the gate) and ones that halt. Also times ``envelope()`` (what the
-policy computes for the decoder's mask before each decode).
+policy computes for the decoder's mask before each decode). ``--objects N``
+puts N cube-sized scene objects on the table (the first one gripper_may_touch,
+like a task's object) and re-sets the list before every check, as the policy
+node and the evaluation do each control step.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import time
 
 import numpy as np
 
+from specvla_ros.core.collision_scene import SceneObject
 from specvla_ros.core.kinematics import rpy_matrix
 from specvla_ros.core.safety_config import load_safety_config
 from specvla_ros.core.safety_gate import SafetyGate
@@ -50,11 +54,18 @@ def _pcts(times: list[float]) -> dict[str, float]:
             "mean_ms": float(a.mean()), "n": int(a.size)}
 
 
-def run(n: int = 2000, safety_config: str | None = None, dt: float = 0.2, seed: int = 0) -> dict:
+def _objects(n: int, rng: np.random.Generator) -> list[SceneObject]:
+    return [SceneObject(f"object{i}", (float(rng.uniform(0.36, 0.62)), float(rng.uniform(-0.22, 0.22)), 0.022),
+                        (0.044, 0.044, 0.044), gripper_may_touch=i == 0) for i in range(n)]
+
+
+def run(n: int = 2000, safety_config: str | None = None, dt: float = 0.2, seed: int = 0, objects: int = 0) -> dict:
     gate = SafetyGate(load_safety_config(safety_config))
     rng = np.random.default_rng(seed)
     states = _states(gate, 64, rng)
-    results: dict = {"n_collision_pairs": gate.scene.n_pairs if gate.scene is not None else 0, "checks": {}}
+    scene_objects = _objects(objects, rng)
+    results: dict = {"n_collision_pairs": gate.scene.n_pairs if gate.scene is not None else 0,
+                     "scene_objects": objects, "checks": {}}
     statuses: dict[str, dict[str, int]] = {}
     for collision in (True, False):
         gate.collision_checking = collision and gate.scene is not None
@@ -63,8 +74,13 @@ def run(n: int = 2000, safety_config: str | None = None, dt: float = 0.2, seed: 
             counts: dict[str, int] = {}
             for i in range(n):
                 state = RobotState(q=states[i % len(states)], gripper=0.04)
-                v = gate.check(_actions(kind, gate, state, dt, rng), state, dt)
-                times.append(v.check_time_s)
+                action = _actions(kind, gate, state, dt, rng)
+                t0 = time.perf_counter()
+                if objects:
+                    gate.set_scene_objects(scene_objects)
+                v = gate.check(action, state, dt)
+                # with objects: the per-step list update counts too
+                times.append(time.perf_counter() - t0 if objects else v.check_time_s)
                 counts[v.status.name] = counts.get(v.status.name, 0) + 1
             key = f"{kind}/{'collision' if collision else 'no_collision'}"
             results["checks"][key] = _pcts(times)
@@ -85,15 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000, help="actions per configuration")
     ap.add_argument("--safety-config", default=None, help="safety.yaml (default: the shipped one)")
     ap.add_argument("--dt", type=float, default=0.2, help="control period [s]")
+    ap.add_argument("--objects", type=int, default=0, help="scene objects on the table (set before every check)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
-    if args.n < 1 or not args.dt > 0:
-        ap.error("--n must be >= 1 and --dt > 0")
-    res = run(args.n, args.safety_config, args.dt)
+    if args.n < 1 or not args.dt > 0 or args.objects < 0:
+        ap.error("--n must be >= 1, --dt > 0 and --objects >= 0")
+    res = run(args.n, args.safety_config, args.dt, objects=args.objects)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"safety gate latency per action ({res['n_collision_pairs']} collision pairs)")
+    print(f"safety gate latency per action ({res['n_collision_pairs']} collision pairs, "
+          f"{res['scene_objects']} scene objects)")
     print(f"{'actions / collision checking':42s} {'p50 ms':>8s} {'p95 ms':>8s}  statuses")
     for key, r in res["checks"].items():
         st = ", ".join(f"{k} {v}" for k, v in sorted(res["statuses"][key].items()))

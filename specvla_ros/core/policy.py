@@ -12,6 +12,7 @@ This is the object the ROS node drives; it knows nothing of ROS.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from specvla_ros.core.action_tokenizer import ActionTokenizer, load_norm_stats
+from specvla_ros.core.collision_scene import SceneObject
 from specvla_ros.core.model_interface import ModelLoadError, VLAModel
 from specvla_ros.core.model_loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
@@ -139,6 +141,18 @@ class Policy:
         }
 
     # --- control ------------------------------------------------------------------
+    def set_scene_objects(self, objects: Sequence[SceneObject], valid_for_s: float | None = None) -> None:
+        """Known objects for the gate's collision check (replaces the previous list; empty clears it).
+
+        The caller owns freshness: update every step from perception / the simulator, clear
+        when the source goes stale, or pass valid_for_s. See ``SafetyGate.set_scene_objects``.
+        """
+        self.gate.set_scene_objects(objects, valid_for_s)
+
+    @property
+    def scene_objects(self) -> tuple[SceneObject, ...]:
+        return self.gate.scene_objects
+
     def hold(self, state: RobotState, status: SafetyStatus, reason: str) -> Verdict:
         """Hold the measured joints with the given status (stale input, e-stop, deadline, ...)."""
         return self.gate.hold(state, status, reason)

@@ -145,6 +145,13 @@ class SafetyConfig:
     boxes: tuple[BoxObstacle, ...] = ()
     min_obstacle_distance: float = 0.005  # [m] robot links to table/boxes
     min_self_distance: float = 0.01  # [m] between non-adjacent links
+    min_object_distance: float = 0.002  # [m] robot links to known scene objects (SafetyGate.set_scene_objects)
+    # links that may touch an object marked gripper_may_touch (the task's object)
+    gripper_links: tuple[str, ...] = ("panda_hand", "panda_leftfinger", "panda_rightfinger")
+    # the two finger links: the space between them counts as solid against scene objects
+    # (the gate's fingers are locked open; a closed gripper must not straddle an object); () = off
+    finger_links: tuple[str, ...] = ("panda_leftfinger", "panda_rightfinger")
+    scene_object_slots: int = 8  # box slots pre-allocated for scene objects (the pool grows when exceeded)
     obstacle_ignore_links: tuple[str, ...] = ("panda_link0",)  # resting on the table
     self_collision_ignore: tuple[tuple[str, str], ...] = PANDA_SELF_COLLISION_IGNORE
     singularity_halt_condition: float = 90.0  # Jacobian condition number (MoveIt Servo's hard stop)
@@ -159,7 +166,8 @@ class SafetyConfig:
             raise ValueError(f"action_space {self.action_space!r} must be one of {ACTION_SPACES}")
         if self.speed_envelope not in SPEED_ENVELOPES:
             raise ValueError(f"speed_envelope {self.speed_envelope!r} must be one of {SPEED_ENVELOPES}")
-        for name in ("joint_limit_margin", "min_obstacle_distance", "min_self_distance", "gripper_min_opening"):
+        for name in ("joint_limit_margin", "min_obstacle_distance", "min_self_distance", "min_object_distance",
+                     "gripper_min_opening"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
@@ -173,6 +181,12 @@ class SafetyConfig:
         if self.gripper_min_opening >= self.gripper_max_opening:
             raise ValueError(f"gripper_min_opening {self.gripper_min_opening} must be < gripper_max_opening "
                              f"{self.gripper_max_opening}")
+        if not (isinstance(self.scene_object_slots, int) and 0 <= self.scene_object_slots <= 256):
+            raise ValueError(f"scene_object_slots must be an integer in [0, 256], got {self.scene_object_slots!r}")
+        if not all(isinstance(n, str) and n for n in self.gripper_links):
+            raise ValueError(f"gripper_links must be non-empty link names, got {self.gripper_links!r}")
+        if len(self.finger_links) not in (0, 2) or not all(isinstance(n, str) and n for n in self.finger_links):
+            raise ValueError(f"finger_links must be two link names or empty, got {self.finger_links!r}")
         if self.ik_max_iterations < 1:
             raise ValueError(f"ik_max_iterations must be >= 1, got {self.ik_max_iterations}")
         wmin, wmax = np.asarray(self.workspace_min, float), np.asarray(self.workspace_max, float)
@@ -265,6 +279,20 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
         kw["min_obstacle_distance"] = float(c["min_obstacle_distance"])
     if "min_self_distance" in c:
         kw["min_self_distance"] = float(c["min_self_distance"])
+    if "min_object_distance" in c:
+        kw["min_object_distance"] = float(c["min_object_distance"])
+    if "gripper_links" in c:
+        links = c["gripper_links"] or ()
+        if not isinstance(links, (list, tuple)):
+            raise ValueError(f"{path}: collision.gripper_links must be a list of link names")
+        kw["gripper_links"] = tuple(str(n) for n in links)
+    if "finger_links" in c:
+        links = c["finger_links"] or ()
+        if not isinstance(links, (list, tuple)):
+            raise ValueError(f"{path}: collision.finger_links must be a list of two link names")
+        kw["finger_links"] = tuple(str(n) for n in links)
+    if "scene_object_slots" in c:
+        kw["scene_object_slots"] = c["scene_object_slots"]
     if "obstacle_ignore_links" in c:
         kw["obstacle_ignore_links"] = tuple(c["obstacle_ignore_links"] or ())
     if "self_collision_ignore" in c:

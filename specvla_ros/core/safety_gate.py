@@ -10,15 +10,26 @@ limit, away from an obstacle) is allowed so the robot can recover.
 Check order: input finiteness and shape, gripper clamp, raw bounds and speed
 (scale), target (IK for ee_delta), joint velocity/acceleration and TCP speed of
 the target (scale again), joint limits, workspace, singularity, collision.
+
+Collision covers the table and static boxes of the config, the robot itself,
+and known scene objects (``set_scene_objects``: perception's or the
+simulator's boxes; the task's object may be touched by the gripper links
+only). The caller owns the object list's freshness: it replaces the list
+whenever it learns something new, clears it when its source goes stale (the
+ROS node does both), or passes ``valid_for_s`` so the gate drops the list by
+itself once it is that old.
 """
 from __future__ import annotations
 
+import logging
+import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pinocchio as pin
 
-from specvla_ros.core.collision_scene import CollisionScene
+from specvla_ros.core.collision_scene import CollisionScene, SceneObject
 from specvla_ros.core.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
 from specvla_ros.core.safety_config import SafetyConfig
 from specvla_ros.core.safety_envelope import ee_delta_envelope, joint_envelope
@@ -28,6 +39,8 @@ from specvla_ros.core.types import ACTION_DIM_NAMES, RobotState, SafetyStatus, V
 _SCALE_TOL = 1e-6
 #: Re-targeting rounds when the target's joint/TCP speeds still exceed a limit.
 _SPEED_ROUNDS = 8
+
+_log = logging.getLogger(__name__)
 
 
 class SafetyGate:
@@ -60,11 +73,55 @@ class SafetyGate:
         self._hi_raw = np.asarray(config.action_high, dtype=np.float64)
         self._wmin = np.asarray(config.workspace_min, dtype=np.float64)
         self._wmax = np.asarray(config.workspace_max, dtype=np.float64)
+        self._objects: tuple[SceneObject, ...] = ()
+        self._objects_expire_at = math.inf  # time.monotonic() after which the objects are dropped
+        self.objects_expired = 0  # how often an object list ran out of validity (for diagnostics)
 
     # --- public API -------------------------------------------------------------
     @property
     def action_dim(self) -> int:
         return self.config.action_dim
+
+    @property
+    def scene_objects(self) -> tuple[SceneObject, ...]:
+        """The known objects the next check uses (after dropping an expired list)."""
+        self._expire_objects()
+        return self._objects
+
+    def set_scene_objects(self, objects: Sequence[SceneObject], valid_for_s: float | None = None) -> None:
+        """Replace the known scene objects (an empty sequence clears them).
+
+        valid_for_s: drop the list by itself this many seconds from now (monotonic
+            clock) unless replaced before; None = valid until replaced or cleared.
+
+        Raises TypeError for entries that are not SceneObject and ValueError for a bad
+        valid_for_s (SceneObject validates itself on construction); the previous list
+        stays in force then.
+        """
+        objs = tuple(objects)
+        bad = [type(o).__name__ for o in objs if not isinstance(o, SceneObject)]
+        if bad:
+            raise TypeError(f"set_scene_objects needs SceneObject entries, got {bad}")
+        if valid_for_s is not None and not (math.isfinite(valid_for_s) and valid_for_s > 0):
+            raise ValueError(f"valid_for_s must be finite and > 0 or None, got {valid_for_s}")
+        if self.scene is not None and len(objs) > self.scene.object_slots:
+            # rare: rebuild once with a larger pool instead of dropping objects unchecked
+            self.scene = CollisionScene(self.kin, self.config, object_slots=max(len(objs), 2 * self.scene.object_slots))
+        if self.scene is not None:
+            self.scene.set_objects(objs)
+        self._objects = objs
+        self._objects_expire_at = math.inf if valid_for_s is None else time.monotonic() + valid_for_s
+
+    def clear_scene_objects(self) -> None:
+        """Forget every known object (the static scene from the config stays)."""
+        self.set_scene_objects(())
+
+    def _expire_objects(self) -> None:
+        if self._objects and time.monotonic() > self._objects_expire_at:
+            _log.warning("%d scene object(s) expired without an update: dropped from the collision scene",
+                         len(self._objects))
+            self.objects_expired += 1
+            self.clear_scene_objects()
 
     def hold(self, state: RobotState, status: SafetyStatus, reason: str, **figures: float) -> Verdict:
         """The hold command: measured joint positions, gripper kept (clamped to range).
@@ -97,6 +154,7 @@ class SafetyGate:
     def check(self, action: np.ndarray, state: RobotState, dt: float) -> Verdict:
         """Check one action (robot units) for a control step of ``dt`` seconds."""
         t0 = time.perf_counter()
+        self._expire_objects()
         verdict = self._check(action, state, dt)
         verdict.check_time_s = time.perf_counter() - t0
         return verdict
@@ -226,13 +284,19 @@ class SafetyGate:
             d_t = self.scene.distances(q_t)
             figures["min_distance"] = d_t.minimum
             obs_bad = d_t.obstacle < cfg.min_obstacle_distance
+            obj_bad = d_t.object < cfg.min_object_distance
             self_bad = d_t.self_ < cfg.min_self_distance
-            if obs_bad or self_bad:
+            if obs_bad or obj_bad or self_bad:
                 d_0 = self.scene.distances(q)
                 if obs_bad and d_t.obstacle < d_0.obstacle - 1e-9:
                     return self._halt(state, a, SafetyStatus.HALT_COLLISION,
                                       f"{d_t.obstacle_pair[0]} would come within {d_t.obstacle * 1000:.1f} mm of "
                                       f"{d_t.obstacle_pair[1]} (min {cfg.min_obstacle_distance * 1000:.1f} mm)", **figures)
+                if obj_bad and d_t.object < d_0.object - 1e-9:
+                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
+                                      f"{d_t.object_pair[0]} would come within {d_t.object * 1000:.1f} mm of scene "
+                                      f"object {d_t.object_pair[1]!r} (min {cfg.min_object_distance * 1000:.1f} mm)",
+                                      **figures)
                 if self_bad and d_t.self_ < d_0.self_ - 1e-9:
                     return self._halt(state, a, SafetyStatus.HALT_COLLISION,
                                       f"{d_t.self_pair[0]} would come within {d_t.self_ * 1000:.1f} mm of "
