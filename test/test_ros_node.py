@@ -19,7 +19,7 @@ from lifecycle_msgs.srv import ChangeState
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from ros_harness import Collector, Spinner, ros_context, wait_until
@@ -364,3 +364,79 @@ def test_bad_model_path_fails_configure_and_reports_it(make_graph, tmp_path) -> 
         for s in d.status), timeout=WAIT)
     assert hit is not None
     assert not g.commands.msgs
+
+
+# --------------------------------------------------------------------------- scene objects
+
+
+def test_scene_objects_from_a_publisher_reach_the_gate_and_expire(make_graph) -> None:
+    """Real publisher -> node -> Policy's gate: a box under the fingers refuses the step
+    down that passes without it; a stale or foreign-frame set is dropped with a warning
+    and the robot keeps running on the static scene (no hold)."""
+    from geometry_msgs.msg import Point, Vector3
+    from specvla_msgs.msg import SceneObject as SceneObjectMsg
+    from specvla_msgs.msg import SceneObjects
+
+    from specvla_ros.core.collision_scene import SceneObject
+    from specvla_ros.core.safety_config import load_safety_config
+    from specvla_ros.core.safety_gate import SafetyGate
+    from specvla_ros.core.spec_decoder import DecodeResult
+    from specvla_ros.core.types import DecodeStats, RobotState
+
+    down = np.array([0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 1.0])
+    gate = SafetyGate(load_safety_config())
+    tcp, _ = gate.kin.fk(Q0)
+    block = SceneObject("block", (tcp[0], tcp[1], tcp[2] - 0.06), (0.12, 0.12, 0.04))
+    state = RobotState(q=Q0, gripper=sum(FINGERS))
+    assert gate.check(down, state, PERIOD).status == SafetyStatus.OK  # precondition: clear without it
+    gate.set_scene_objects([block])
+    assert gate.check(down, state, PERIOD).status == SafetyStatus.HALT_COLLISION
+
+    g = make_graph(36, scene_objects_max_age=0.6)
+    start(g)
+    assert g.verdicts.wait_for(decided, timeout=WAIT) is not None
+    # the model is not under test here: it always asks for the same step down
+    g.policy._policy.decoder.decode = lambda obs, mask=None: DecodeResult(
+        "", [], np.zeros(7, dtype=np.int64), down.copy(), DecodeStats(emitted=8, target_passes=1), [])
+    t0 = time.monotonic()
+    assert g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=t0) is not None
+
+    msg = conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))
+    pub = g.probe.create_publisher(SceneObjects, "/specvla/scene_objects", 10)
+    sending = {"msg": msg}
+    timer = g.probe.create_timer(0.05, lambda: pub.publish(sending["msg"]))
+    t_pub = time.monotonic()
+    _, v = first_status(g, SafetyStatus.HALT_COLLISION, after=t_pub)
+    assert "'block'" in v.reason
+    assert is_hold(g.commands.wait_for(lambda c: True, timeout=WAIT, after=time.monotonic())[1])
+
+    # the publisher stops: after scene_objects_max_age the objects are dropped, no stale-input hold
+    g.probe.destroy_timer(timer)
+    t_stop = time.monotonic()
+    t_ok, _ = g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=t_stop) \
+        or pytest.fail("objects never dropped")
+    assert t_ok - t_stop >= 0.6 - PERIOD
+    assert not any(v.status == SafetyVerdict.HALT_STALE_INPUT for v in g.verdicts.since(t_stop))
+    assert g.policy._policy.scene_objects == ()
+    assert g.diagnostics.wait_for(lambda d: any(
+        kv.key == "scene_objects" and "dropped" in kv.value for s in d.status for kv in s.values),
+        timeout=WAIT, after=t_stop) is not None
+
+    # a set in another frame is refused as a whole; a NaN object alone is dropped
+    bad = SceneObjectMsg(name="ghost", center=Point(x=math.nan), size=Vector3(x=0.1, y=0.1, z=0.1))
+    sending["msg"] = conv.scene_objects_to_msg([block], Header(frame_id="camera"))
+    timer = g.probe.create_timer(0.05, lambda: pub.publish(sending["msg"]))
+    assert g.diagnostics.wait_for(lambda d: any(
+        kv.key == "scene_objects" and "frame 'camera'" in kv.value for s in d.status for kv in s.values),
+        timeout=WAIT) is not None
+    assert g.policy._policy.scene_objects == ()
+    mixed = conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))
+    mixed.objects.append(bad)
+    sending["msg"] = mixed
+    t_mixed = time.monotonic()
+    _, v = first_status(g, SafetyStatus.HALT_COLLISION, after=t_mixed)
+    assert [o.name for o in g.policy._policy.scene_objects] == ["block"]
+    assert g.diagnostics.wait_for(lambda d: any(
+        kv.key == "scene_objects" and "objects[1] dropped" in kv.value for s in d.status for kv in s.values),
+        timeout=WAIT) is not None
+    g.probe.destroy_timer(timer)

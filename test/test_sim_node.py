@@ -194,3 +194,32 @@ def test_yaml_section_matches_the_node_defaults() -> None:
     for key, value in section.items():
         assert value == defaults[key], key
     SimNodeConfig(**{**defaults, **section})
+
+
+def test_scene_objects_published_with_every_camera_frame() -> None:
+    from specvla_msgs.msg import SceneObjects
+
+    from specvla_ros.ros.sim_node import TOPIC_SCENE_OBJECTS
+
+    with sim_graph(46, lockstep=True, task="push", seed=4, image_width=32, image_height=32) as (sim, probe, _):
+        objects = Collector(probe, SceneObjects, TOPIC_SCENE_OBJECTS, qos.SCENE_OBJECTS)
+        layout = sample_layout("push", 4)
+        got = objects.wait_for(lambda m: len(m.objects) == len(layout.objects), timeout=10.0)
+        assert got is not None
+        msg = got[1]
+        assert msg.header.frame_id == "panda_link0"
+        names = [o.name for o in msg.objects]
+        assert names == [f"{s.color}_{s.shape}" for s in layout.objects]
+        assert [o.gripper_may_touch for o in msg.objects] == [True] + [False] * len(layout.distractors)
+        for o, spec in zip(msg.objects, layout.objects):
+            assert abs(o.center.x - spec.xy[0]) < 0.005 and abs(o.center.y - spec.xy[1]) < 0.005
+            assert min(o.size.x, o.size.y, o.size.z) > 0.03
+        # a reset publishes the new episode's objects
+        client = probe.create_client(ResetEpisode, SERVICE_RESET)
+        assert client.wait_for_service(timeout_sec=10.0)
+        t0 = time.monotonic()
+        resp = client.call(ResetEpisode.Request(task="pick", seed=2), timeout_sec=30.0)
+        assert resp is not None and resp.success
+        pick = sample_layout("pick", 2)
+        want = [f"{s.color}_{s.shape}" for s in pick.objects]
+        assert objects.wait_for(lambda m: [o.name for o in m.objects] == want, timeout=10.0, after=t0) is not None

@@ -20,6 +20,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from specvla_ros.core.collision_scene import SceneObject
 from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
 
 #: Encodings the node accepts on the camera topic (8-bit colour or grey).
@@ -247,3 +248,39 @@ def stats_to_msg(stats: DecodeStats, header: Header):  # -> specvla_msgs.msg.Spe
 
 def key_values(values: Mapping[str, object]) -> list[KeyValue]:
     return [KeyValue(key=str(k), value=f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()]
+
+
+# --------------------------------------------------------------------------- scene objects
+
+
+def scene_objects_to_msg(objects: Sequence[SceneObject], header: Header):  # -> specvla_msgs.msg.SceneObjects
+    """Known objects -> specvla_msgs/SceneObjects (boxes in header.frame_id)."""
+    from geometry_msgs.msg import Point, Vector3
+    from specvla_msgs.msg import SceneObject as SceneObjectMsg
+    from specvla_msgs.msg import SceneObjects
+
+    return SceneObjects(header=header, objects=[
+        SceneObjectMsg(name=o.name, center=Point(x=o.center[0], y=o.center[1], z=o.center[2]),
+                       size=Vector3(x=o.size[0], y=o.size[1], z=o.size[2]), gripper_may_touch=o.gripper_may_touch)
+        for o in objects])
+
+
+def scene_objects_from_msg(msg, frame_id: str) -> tuple[list[SceneObject], list[str]]:
+    """specvla_msgs/SceneObjects -> (valid objects, one problem line per dropped object).
+
+    Raises:
+        InputError: the message is not in ``frame_id`` (the whole set is unusable; nothing
+            here transforms between frames).
+    """
+    if msg.header.frame_id != frame_id:
+        raise InputError(f"scene objects in frame '{msg.header.frame_id}', expected '{frame_id}' "
+                         "(publish them in the robot base frame)")
+    objects: list[SceneObject] = []
+    problems: list[str] = []
+    for i, o in enumerate(msg.objects):
+        try:
+            objects.append(SceneObject(o.name, (o.center.x, o.center.y, o.center.z), (o.size.x, o.size.y, o.size.z),
+                                       bool(o.gripper_may_touch)))
+        except ValueError as exc:
+            problems.append(f"objects[{i}] dropped: {exc}")
+    return objects, problems

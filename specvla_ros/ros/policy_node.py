@@ -9,6 +9,11 @@ Threads and callback groups (MultiThreadedExecutor):
 Every control tick publishes exactly one ~/safety verdict. Anything wrong with
 the inputs (e-stop, stale, malformed, missing) or a late decision publishes a
 hold (the measured joint positions) instead of an action.
+
+Known scene objects (``scene_objects_topic``, specvla_msgs/SceneObjects) go to
+the safety gate's collision scene at each control tick; a stale or unusable
+set is dropped with a warning and the robot keeps running against the static
+scene (a robot without perception still works), it does not hold.
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ class _Inputs:
     joints: dict[str, conv.JointSample] = field(default_factory=dict)
     instruction: str | None = None
     estop: bool = False
+    scene_objects: Any = None  # specvla_msgs/SceneObjects
+    scene_objects_received: float = 0.0
 
 
 @dataclass
@@ -101,6 +108,7 @@ class PolicyNode(LifecycleNode):
         self._last_state: RobotState | None = None  # last valid measured state (hold target)
         self._last_status: SafetyStatus | None = None
         self._last_narration: str | None = None
+        self._applied_objects: Any = None  # the SceneObjects message the gate holds now (None: none)
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._timers: list[Any] = []
@@ -193,6 +201,12 @@ class PolicyNode(LifecycleNode):
                                                    qos.JOINT_STATES, callback_group=g, qos_overriding_options=opts))
         self._subs.append(self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, qos.LATCHED,
                                                    callback_group=g, qos_overriding_options=opts))
+        if self._p["scene_objects_topic"]:
+            from specvla_msgs.msg import SceneObjects
+
+            self._subs.append(self.create_subscription(SceneObjects, self._p["scene_objects_topic"],
+                                                       self._on_scene_objects, qos.SCENE_OBJECTS,
+                                                       callback_group=g, qos_overriding_options=opts))
 
     def _destroy_io(self) -> None:
         for timer in self._timers:
@@ -251,6 +265,7 @@ class PolicyNode(LifecycleNode):
         self._destroy_io()
         self._policy = None
         self._image_cache = None
+        self._applied_objects = None
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
@@ -296,11 +311,17 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self._in.estop = bool(msg.data)
 
+    def _on_scene_objects(self, msg: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._in.scene_objects, self._in.scene_objects_received = msg, now
+
     # ------------------------------------------------------------------ control loop
     def _snapshot(self) -> _Inputs:
         with self._lock:
             return _Inputs(self._in.image, self._in.image_received, self._in.image_seq,
-                           dict(self._in.joints), self._in.instruction, self._in.estop)
+                           dict(self._in.joints), self._in.instruction, self._in.estop,
+                           self._in.scene_objects, self._in.scene_objects_received)
 
     def latest_inputs(self) -> _Inputs:
         """A copy of the newest stored inputs (what the next control tick decides on).
@@ -369,6 +390,42 @@ class PolicyNode(LifecycleNode):
             return None, f"instruction has {len(text)} characters (max_instruction_length {limit})"
         return text, None
 
+    def _scene_objects_problem(self, problem: str | None) -> None:
+        """Diagnostic + one log line per change; never a hold (the static scene still protects)."""
+        if self._diag.set_input("scene_objects", problem, WARN):
+            if problem is None:
+                self.get_logger().info("scene_objects: ok")
+            else:
+                self.get_logger().warning(f"scene_objects: {problem}")
+            self._publish_diagnostics()
+
+    def _apply_scene_objects(self, snap: _Inputs, now: float) -> None:
+        """Give the gate the newest scene objects, or drop them when stale or unusable."""
+        msg = snap.scene_objects
+        if msg is None:
+            return  # never received: static scene only, nothing to report
+        age = now - snap.scene_objects_received
+        max_age = float(self._p["scene_objects_max_age"])
+        if age > max_age:
+            if self._applied_objects is not None:
+                self._policy.set_scene_objects(())
+                self._applied_objects = None
+            self._scene_objects_problem(f"last received {age:.2f} s ago (scene_objects_max_age {max_age:.2f} s) "
+                                        "-> dropped from the collision scene")
+            return
+        if msg is self._applied_objects:
+            return  # converted on an earlier tick
+        try:
+            objects, problems = conv.scene_objects_from_msg(msg, self._p["scene_objects_frame"])
+        except conv.InputError as exc:
+            self._policy.set_scene_objects(())
+            self._applied_objects = None
+            self._scene_objects_problem(f"{exc} -> dropped from the collision scene")
+            return
+        self._policy.set_scene_objects(objects)
+        self._applied_objects = msg
+        self._scene_objects_problem("; ".join(problems) if problems else None)
+
     def _control_tick(self) -> None:
         if not self._active or self._policy is None:
             return
@@ -403,6 +460,7 @@ class PolicyNode(LifecycleNode):
 
         if state is None:  # unreachable: a missing state is reported as a problem above
             return
+        self._apply_scene_objects(snap, tick)
         proprio = np.concatenate([state.q, [state.gripper]]).astype(np.float32)
         stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
         # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.

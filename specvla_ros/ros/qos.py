@@ -50,6 +50,14 @@ COMMAND = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
+#: Known scene objects (perception / simulator): only the newest set matters; best
+#: effort subscribes to reliable and best-effort publishers alike.
+SCENE_OBJECTS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
 #: Monitoring outputs (verdicts, stats, narration, diagnostics).
 STATUS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,

@@ -2,8 +2,10 @@
 arm behind ros2_control.
 
 Publishes the camera (sensor_msgs/Image rgb8, sensor-data QoS), /joint_states,
-/clock (sim_clock), the episode's TaskStatus and the task instruction
-(latched); accepts joint_trajectory_controller, forward_position_controller and
+/clock (sim_clock), the episode's TaskStatus, the task instruction (latched)
+and, with every camera frame, the objects on the table as
+specvla_msgs/SceneObjects boxes in the robot base frame (the task's object
+marked gripper_may_touch: what a perception pipeline would report); accepts joint_trajectory_controller, forward_position_controller and
 gripper commands; resets on the ~/reset service (specvla_msgs/ResetEpisode).
 
 Threading: one simulation thread owns the TaskEnv (MuJoCo's GL context belongs
@@ -51,6 +53,7 @@ TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_CLOCK = "/clock"
 TOPIC_STATUS = "/specvla_sim/task_status"
 TOPIC_INSTRUCTION = "/specvla/instruction"
+TOPIC_SCENE_OBJECTS = "/specvla/scene_objects"
 TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
 TOPIC_FORWARD = "/forward_position_controller/commands"
 TOPIC_GRIPPER = "/gripper_controller/commands"
@@ -151,8 +154,11 @@ class SimNode(Node):
         self._pub_joints = self.create_publisher(JointState, TOPIC_JOINT_STATES, state_qos,
                                                  qos_overriding_options=over)
         self._pub_clock = (self.create_publisher(Clock, TOPIC_CLOCK, state_qos) if self.cfg.sim_clock else None)
-        from specvla_msgs.msg import TaskStatus
+        from specvla_msgs.msg import SceneObjects, TaskStatus
         from specvla_msgs.srv import ResetEpisode
+
+        self._pub_objects = self.create_publisher(SceneObjects, TOPIC_SCENE_OBJECTS, state_qos,
+                                                  qos_overriding_options=over)
 
         self._TaskStatus = TaskStatus
         self._pub_status = self.create_publisher(TaskStatus, TOPIC_STATUS, qos.STATUS, qos_overriding_options=over)
@@ -424,6 +430,13 @@ class SimNode(Node):
         h, w = rgb.shape[:2]
         self._pub_image.publish(Image(header=self._header(self.cfg.camera_frame_id), height=h, width=w,
                                       encoding="rgb8", is_bigendian=0, step=3 * w, data=rgb.tobytes()))
+        self._publish_scene_objects()
+
+    def _publish_scene_objects(self) -> None:
+        from specvla_ros.ros.conversions import scene_objects_to_msg
+        from specvla_ros.sim.known_objects import BASE_FRAME, task_scene_objects
+
+        self._pub_objects.publish(scene_objects_to_msg(task_scene_objects(self.env), self._header(BASE_FRAME)))
 
     def _publish_status(self) -> None:
         env = self.env
