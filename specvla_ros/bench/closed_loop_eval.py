@@ -140,6 +140,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
     (what a wrapper without a gate would do); the verdict is still counted.
     """
     from specvla_ros.core.kinematics import ee_delta_to_joint_target
+    from specvla_ros.sim.known_objects import task_scene_objects
 
     env.reset(seed=seed, task=task)
     limit = max_steps or env.max_steps
@@ -149,6 +150,8 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
         image = env.render()
         obs = Observation(image=image, instruction=env.instruction,
                           proprio=np.concatenate([state.q, [state.gripper]]).astype(np.float32), frame_id=step + 1)
+        # the gate knows the objects on the table, as specvla_node does from /specvla/scene_objects
+        policy.set_scene_objects(task_scene_objects(env))
         t0 = time.perf_counter()
         out: PolicyOutput = policy.step(obs, state)
         res.latencies_s.append(time.perf_counter() - t0)

@@ -55,6 +55,7 @@ def evaluate_closed_loop(
     from specvla_ros.core.policy import Policy, PolicyConfig
     from specvla_ros.core.spec_decoder import DecodeConfig
     from specvla_ros.core.types import Observation
+    from specvla_ros.sim.known_objects import task_scene_objects
     from specvla_ros.sim.task_env import TaskEnv
     from specvla_ros.train.collect import proprio_vector
 
@@ -74,6 +75,7 @@ def evaluate_closed_loop(
             env.reset(seed=seed_base + e, task=task)
             while env.steps < env.max_steps and not env.success_ever:
                 obs = Observation(env.render(), env.instruction, proprio_vector(env), frame_id=env.steps)
+                policy.set_scene_objects(task_scene_objects(env))  # gate as specvla_node does
                 out = policy.step(obs, env.robot_state())
                 latency.append(out.stats.total_time_s)
                 emitted += out.stats.emitted
