@@ -178,3 +178,27 @@ def test_keypoint_target_pretrains_its_keypoints_and_its_draft_continues(demos, 
     assert SpeculativeDecoder(target, drafter, DecodeConfig()).decode(obs).token_ids == base.token_ids
     with pytest.raises(ValueError, match="keypoint_pretrain"):
         TargetTrainConfig(data=["d"], out="o", keypoint_pretrain_steps=-1)
+
+
+def test_expected_bin_error_measures_distance_and_pulls_toward_the_label() -> None:
+    """The regression term grows with how far the predicted mass sits from the label, and its
+    gradient moves the expected bin toward it (cross-entropy alone cannot tell near from far)."""
+    from specvla_ros.train.train_target import expected_bin_error
+
+    vocab, n_bins = 300, 256
+    first = vocab - n_bins
+    labels = torch.tensor([[first + 100]])
+    act = torch.tensor([[True]])
+
+    def peaked(at: int) -> torch.Tensor:
+        logits = torch.full((1, 1, vocab), -30.0)
+        logits[0, 0, first + at] = 30.0
+        return logits
+
+    near, far = expected_bin_error(peaked(102), labels, act, n_bins), expected_bin_error(peaked(180), labels, act, n_bins)
+    assert float(near) == pytest.approx(2.0, abs=1e-3) and float(far) == pytest.approx(80.0, abs=1e-3)
+    logits = torch.zeros(1, 1, vocab, requires_grad=True)  # uniform: expected bin 127.5, label 100
+    expected_bin_error(logits, labels, act, n_bins).backward()
+    step = logits - 50.0 * logits.grad
+    assert float(expected_bin_error(step.detach(), labels, act, n_bins)) < 27.5
+    assert float(expected_bin_error(peaked(5), labels, torch.tensor([[False]]), n_bins)) == 0.0

@@ -55,6 +55,7 @@ class TargetTrainConfig:
     grad_clip: float = 1.0
     action_weight: float = 2.0  # loss weight of action tokens relative to text tokens
     action_label_sigma: float = 1.0  # [bins] Gaussian soft labels on action tokens (0 = one-hot)
+    action_reg_weight: float = 0.0  # L1 of the expected action bin (in half-ranges) -- see expected_bin_error
     jitter: float = 0.1  # brightness/contrast/colour jitter amplitude (0 = none)
     val_fraction: float = 0.05
     eval_every: int = 250
@@ -90,6 +91,8 @@ class TargetTrainConfig:
             raise ValueError(f"TargetTrainConfig.lr must be > 0 and min_lr_ratio in [0,1], got {self.lr}, {self.min_lr_ratio}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
             raise ValueError(f"bad warmup_steps/weight_decay/grad_clip: {self.warmup_steps}, {self.weight_decay}, {self.grad_clip}")
+        if self.action_reg_weight < 0:
+            raise ValueError(f"TargetTrainConfig.action_reg_weight must be >= 0, got {self.action_reg_weight}")
         if self.action_weight <= 0 or self.action_label_sigma < 0:
             raise ValueError(f"action_weight must be > 0 and action_label_sigma >= 0, got {self.action_weight}, {self.action_label_sigma}")
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
@@ -129,8 +132,24 @@ def soft_action_targets(labels: torch.Tensor, is_action: torch.Tensor, vocab: in
     return target
 
 
+def expected_bin_error(logits: torch.Tensor, labels: torch.Tensor, act: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Mean |E[bin] - label bin| over action positions [bins].
+
+    Cross-entropy alone over 256 fine bins gives no signal about *how far* a guess is, and
+    the policy collapsed to one average move whatever the image showed (it ignored the
+    object); the expected bin under the predicted distribution is a regression the
+    gradient can follow.
+    """
+    if not act.any():
+        return logits.new_zeros(())
+    first = logits.shape[-1] - n_bins
+    p = torch.softmax(logits[act][:, first:], dim=-1)
+    expected = (p * torch.arange(n_bins, dtype=p.dtype, device=p.device)).sum(-1)
+    return (expected - (labels[act] - first).to(p.dtype)).abs().mean()
+
+
 def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: float,
-            sigma: float) -> tuple[torch.Tensor, dict[str, float]]:
+            sigma: float, reg_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted token loss; returns (loss, metrics: text_ce, action_ce, action_acc, bin_err)."""
     logits = logits.float()
     valid = batch.labels != IGNORE
@@ -141,6 +160,9 @@ def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: floa
     txt = valid & ~batch.is_action
     w = txt.float() + action_weight * act.float()
     loss = (tok_loss * w).sum() / w.sum().clamp(min=1.0)
+    reg = expected_bin_error(logits, batch.labels, act, n_bins)
+    if reg_weight > 0 and act.any():
+        loss = loss + reg_weight * reg / (n_bins / 2)
     with torch.no_grad():
         pred = logits.argmax(-1)
         ce = F.cross_entropy(logits.transpose(1, 2), batch.labels, reduction="none", ignore_index=IGNORE)
@@ -150,6 +172,7 @@ def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: floa
             "text_acc": float((pred[txt] == batch.labels[txt]).float().mean()) if txt.any() else 0.0,
             "action_acc": float((pred[act] == batch.labels[act]).float().mean()) if act.any() else 0.0,
             "bin_err": float((pred[act] - batch.labels[act]).abs().float().mean()) if act.any() else 0.0,
+            "expected_bin_err": float(reg),
         }
     return loss, metrics
 
@@ -231,7 +254,8 @@ def train_forward(model: TinyVLA, heads: AuxHeads | None, b: Batch, cfg: TargetT
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         patches = model.encode_vision_batch(b.images)
         logits, hidden = model.forward_train(None, b.instructions, b.proprio, b.target_ids, vision_patches=patches)
-    loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma)
+    loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma,
+                      cfg.action_reg_weight)
     if heads is not None and b.aux is not None and cfg.aux_weight > 0:
         kp = model.vision_encoder.keypoints
         aux_loss, am = heads.loss(kp.last_coordinates if kp is not None else patches, hidden[:, 0], b.aux)
@@ -404,6 +428,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--action-weight", type=float, default=d.action_weight)
     p.add_argument("--action-label-sigma", type=float, default=d.action_label_sigma, help="[bins]")
+    p.add_argument("--action-reg-weight", type=float, default=d.action_reg_weight,
+                   help="weight of the expected-bin L1 on action tokens (0 = off)")
     p.add_argument("--jitter", type=float, default=d.jitter, help="image colour jitter amplitude")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
@@ -424,6 +450,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
     return TargetTrainConfig(
         data=list(a.data), out=a.out, preset=a.preset, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
         warmup_steps=a.warmup_steps, action_weight=a.action_weight, action_label_sigma=a.action_label_sigma,
+        action_reg_weight=a.action_reg_weight,
         jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
