@@ -104,3 +104,30 @@ def test_patch_only_checkpoint_still_loads(tmp_path):
     model = load_vla(path, device="cpu")
     assert model.config.vision_keypoints == 0
     assert model.vision_encoder.keypoints is None
+
+
+def test_proprio_keep_hides_the_joints_from_the_model(tmp_path):
+    """proprio_keep=(7,): the joints cannot change the output (no copycat shortcut), the gripper can;
+    the setting survives save/load and bad indices are refused."""
+    tok = VLATextTokenizer.build()
+    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **{**PRESETS["test_kp"], "proprio_keep": (7,)})
+    torch.manual_seed(0)
+    model = TinyVLA(cfg, tok)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_vla(tmp_path / "m", device="cpu")
+    assert loaded.config.proprio_keep == (7,)
+    img = np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    vis = loaded.encode_vision(img)
+    base = np.zeros(8, dtype=np.float32)
+    joints_moved = base.copy()
+    joints_moved[:7] = [0.5, -0.3, 0.2, -2.0, 0.1, 1.5, 0.7]
+    gripper_moved = base.copy()
+    gripper_moved[7] = 0.08
+
+    def first_logits(p):
+        return loaded.prefill(vis, "reach the red cube", p)[1].logits
+
+    torch.testing.assert_close(first_logits(base), first_logits(joints_moved))
+    assert not torch.allclose(first_logits(base), first_logits(gripper_moved))
+    with pytest.raises(ValueError, match="proprio_keep"):
+        TinyVLAConfig(**{**PRESETS["test"], "proprio_keep": (8,)})

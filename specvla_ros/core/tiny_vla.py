@@ -90,6 +90,12 @@ class TinyVLAConfig:
     #: > 0: a conv stem + spatial softmax adds this many keypoint tokens (x, y, peak) to the patch
     #: tokens; keypoints localise small objects far better than 32-px patches (0 = patches only)
     vision_keypoints: int = 0
+    #: indices of the proprio vector the model reads (empty = all). Behaviour cloning on joint
+    #: positions learns a copycat shortcut: in expert data the arm's displacement from home
+    #: already points at the goal, so the policy ignores the image and, from the home pose,
+    #: repeats an average first move. Reading only the gripper opening ([7]) forces the
+    #: object and the TCP to come from the camera.
+    proprio_keep: tuple[int, ...] = ()
     n_action_bins: int = 256
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
@@ -99,6 +105,10 @@ class TinyVLAConfig:
                      "max_positions", "image_size", "patch_size", "patch_pool", "d_vision", "proprio_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TinyVLAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.proprio_keep = tuple(int(i) for i in self.proprio_keep)
+        if any(not 0 <= i < self.proprio_dim for i in self.proprio_keep) or len(set(self.proprio_keep)) != len(self.proprio_keep):
+            raise ValueError(f"TinyVLAConfig.proprio_keep must be distinct indices in [0, {self.proprio_dim}), "
+                             f"got {self.proprio_keep}")
         if self.vision_keypoints < 0:
             raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
@@ -166,6 +176,9 @@ PRESETS: dict[str, dict] = {
     # "small" plus 16 spatial-softmax keypoint tokens (localises objects on unseen layouts)
     "small_kp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                      vision_layers=2, vision_heads=4, vision_keypoints=16),
+    # the shipped target: "small_kp" that reads only the gripper opening from proprio (no copycat shortcut)
+    "small_kp_grip": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
+                          vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_keep=(7,)),
 }
 #: Independent draft model geometry per preset (1 decoder layer).
 DRAFT_PRESETS: dict[str, dict] = {
@@ -174,6 +187,7 @@ DRAFT_PRESETS: dict[str, dict] = {
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
     "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
     "small_kp": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
+    "small_kp_grip": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
 }
 
 
@@ -342,6 +356,11 @@ class TinyVLA(nn.Module):
         self.vision_encoder = PatchVisionEncoder(cfg) if cfg.has_vision_encoder else None
         self.projector = nn.Sequential(nn.Linear(cfg.d_vision, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
         self.proprio_proj = nn.Sequential(nn.Linear(cfg.proprio_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        keep = torch.ones(cfg.proprio_dim)
+        if cfg.proprio_keep:
+            keep.zero_()
+            keep[list(cfg.proprio_keep)] = 1.0
+        self.register_buffer("proprio_keep_mask", keep, persistent=False)
         self.backbone = LlamaModel(cfg.llama_config())
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, std=0.02)
@@ -419,7 +438,7 @@ class TinyVLA(nn.Module):
             raise ValueError(f"proprio must have {self.config.proprio_dim} values per sample, got {p.shape[1]}")
         if not bool(torch.isfinite(p).all()):  # NaN would reach the logits and defeat the token masks
             raise ValueError("proprio contains NaN or Inf")
-        return p
+        return p * self.proprio_keep_mask.to(p.dtype)
 
     def prefix_embeds(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> torch.Tensor:
         """Prefix input embeddings (1, P, d): projected patches, proprio token, BOS + prompt."""
@@ -642,7 +661,7 @@ def make_random_draft(
                 model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tok.vocab_size,
                 has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
-                vision_keypoints=target_cfg.vision_keypoints, prompt_template=target_cfg.prompt_template, **geometry,
+                vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep, prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)
         elif kind == "eagle":

@@ -187,27 +187,38 @@ class AuxHeads(nn.Module):
         # with keypoints, object positions are read from the keypoint coordinates alone, which
         # pushes the keypoints onto the objects instead of letting a wide head memorise layouts
         # (a linear read-out: an MLP over 48 coordinates memorises a few hundred layouts instead)
+        # keypoints also read out the TCP (x, y, z): the arm's position must come from the camera
+        # when the model does not read the joints (TinyVLAConfig.proprio_keep)
+        self.tcp_from_vision = bool(n_keypoints)
         if n_keypoints:
-            self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_keypoints * 3, n_colors * 3))
+            self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_keypoints * 3, n_colors * 3 + 3))
         else:
             self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_patches * d_vision, 256), nn.GELU(),
                                         nn.Linear(256, n_colors * 3))
         self.decoder = nn.Sequential(nn.Linear(d_model, 256), nn.GELU(), nn.Linear(256, 5))
 
-    def loss(self, patches: torch.Tensor, hidden0: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        obj = self.vision(patches.float()).view(-1, self.n_colors, 3)
-        dec = self.decoder(hidden0.float())
+    def vision_loss(self, vision_in: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(presence + object position [+ TCP] loss, object position loss) from the vision features."""
+        out = self.vision(vision_in.float())
+        obj = out[:, : self.n_colors * 3].view(-1, self.n_colors, 3)
         present = aux["objects"][..., 0]
-        valid = aux["valid"].float()
-        l_present = F.binary_cross_entropy_with_logits(obj[..., 0], present)
-        w = present * valid[:, None]
+        w = present * aux["valid"].float()[:, None]
         l_obj = (((obj[..., 1:] - aux["objects"][..., 1:]) ** 2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+        total = F.binary_cross_entropy_with_logits(obj[..., 0], present) + l_obj
+        if self.tcp_from_vision:
+            total = total + ((out[:, self.n_colors * 3 :] - aux["tcp"]) ** 2).sum(-1).mean()
+        return total, l_obj
+
+    def loss(self, patches: torch.Tensor, hidden0: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        l_vision, l_obj = self.vision_loss(patches, aux)
+        dec = self.decoder(hidden0.float())
+        valid = aux["valid"].float()
         named_err = ((dec[:, :2] - aux["named"]) ** 2).sum(-1)
         l_named = (named_err * valid).sum() / valid.sum().clamp(min=1.0)
         l_tcp = ((dec[:, 2:] - aux["tcp"]) ** 2).sum(-1).mean()
         with torch.no_grad():  # [m]: x scaled by 0.13, y by 0.22 -> report a rough metric error
             named_cm = float((named_err.sqrt() * valid).sum() / valid.sum().clamp(min=1.0)) * 17.5
-        return l_present + l_obj + l_named + l_tcp, {"aux_obj": float(l_obj.detach()), "aux_named_cm": named_cm,
+        return l_vision + l_named + l_tcp, {"aux_obj": float(l_obj.detach()), "aux_named_cm": named_cm,
                                                      "aux_tcp": float(l_tcp.detach())}
 
 
@@ -222,9 +233,8 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
 
     def object_loss(idx: np.ndarray, train: bool) -> torch.Tensor:
         b = make_batch(ds, idx, rng if train else None, cfg.jitter if train else 0.0)
-        obj = heads.vision(kp.coordinates(model._images_to_tensor(b.images))).view(-1, heads.n_colors, 3)
-        w = b.aux["objects"][..., 0] * b.aux["valid"].float()[:, None]
-        return (((obj[..., 1:] - b.aux["objects"][..., 1:]) ** 2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
+        total, l_obj = heads.vision_loss(kp.coordinates(model._images_to_tensor(b.images)), b.aux)
+        return total if train else l_obj
 
     result: dict[str, float] = {}
     with torch.no_grad():
