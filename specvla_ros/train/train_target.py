@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, count_parameters
+from specvla_ros.core.tiny_vla import PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
 STATE_FILE = "train_state.pt"
@@ -74,6 +74,7 @@ class TargetTrainConfig:
     # keypoint models: first fit the keypoint stem alone to the object positions (fast: the stem is
     # tiny), so the decoder trains on keypoints that already sit on the objects
     keypoint_pretrain_steps: int = 0
+    fresh_keypoints: bool = False  # re-initialise the keypoint stem after init_from (new stem settings)
     keypoint_pretrain_lr: float = 3e-3
     progress: bool = True
 
@@ -331,6 +332,9 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
                              f"unexpected {result.unexpected_keys[:5]}")
         note = f" ({len(result.missing_keys)} keypoint tensors start fresh)" if result.missing_keys else ""
         print(f"initialised from {cfg.init_from}{note}", flush=True)
+    if cfg.fresh_keypoints and model.vision_encoder is not None and model.vision_encoder.keypoints is not None:
+        model.vision_encoder.keypoints = SpatialSoftmaxKeypoints(model.config.vision_keypoints, model.config.d_vision)
+        print("keypoint stem re-initialised", flush=True)
     mc = model.config
     heads = AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints) if ds.aux is not None and cfg.aux_weight > 0 else None
     named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
@@ -450,6 +454,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--aux-weight", type=float, default=d.aux_weight, help="auxiliary position losses (0 = off)")
     p.add_argument("--init-from", default="", help="start from this checkpoint dir's weights")
+    p.add_argument("--fresh-keypoints", action="store_true", help="re-initialise the keypoint stem after --init-from")
     p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
                    help="fit the keypoint stem to object positions first (keypoint presets)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
@@ -464,7 +469,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
-        keypoint_pretrain_steps=a.keypoint_pretrain_steps,
+        keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
     )
 
 
