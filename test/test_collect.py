@@ -54,3 +54,28 @@ def test_config_rejects_bad_values(tmp_path) -> None:
         CollectConfig(out=tmp_path, episodes=1, tasks=("fly",))
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--episodes", "2", "--tasks", "fly"])
+
+
+def test_detours_leave_the_expert_path_but_record_expert_labels() -> None:
+    """detour_steps: the first steps execute random moves, so later states differ from the
+    expert's own path, while every recorded action is still the expert's for that state."""
+    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.sim.expert import ScriptedExpert
+    from specvla_ros.sim.task_env import TaskEnv
+    from specvla_ros.train.collect import run_episode
+
+    env = TaskEnv("reach", seed=3, image_size=(64, 64))
+    expert, kin = ScriptedExpert(env), ArmKinematics.from_urdf()
+    try:
+        env.reset(seed=3, task="reach")
+        plain = run_episode(env, expert, kin, record_images=False)
+        env.reset(seed=3, task="reach")
+        detour = run_episode(env, expert, kin, record_images=False, detour_steps=4)
+        assert env.success_ever  # the expert recovers from the detour
+    finally:
+        env.close()
+    np.testing.assert_allclose(plain.actions[0], detour.actions[0])  # same start, same expert label
+    assert np.abs(plain.proprio[2] - detour.proprio[2]).max() > 1e-3  # the detour moved the arm elsewhere
+    assert detour.narrations[0].startswith("moving to")
+    with pytest.raises(ValueError, match="detour_steps"):
+        CollectConfig(out="x", episodes=1, detour_steps=-1)

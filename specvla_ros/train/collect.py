@@ -44,12 +44,18 @@ class CollectConfig:
     # DART-style: executed TCP translation gets Gaussian noise of this std [m]
     # while the clean expert action is recorded, so the data shows recoveries
     exec_noise_m: float = 0.004
+    # up to this many first steps execute a random 4 cm move (biased down) instead of the
+    # expert's while the expert's action is recorded: the data then holds states the policy
+    # drifts into (low but not at the object) with the right label, not only the expert's path
+    detour_steps: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         from specvla_ros.sim.language import TASKS
 
         self.out = Path(self.out)
+        if self.detour_steps < 0:
+            raise ValueError(f"detour_steps must be >= 0, got {self.detour_steps}")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if not self.tasks or any(t not in TASKS for t in self.tasks):
@@ -94,7 +100,7 @@ NOISE_FLOOR_Z = 0.06  # [m] TCP height below which execution noise never pushes 
 
 
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
-                exec_noise_m: float = 0.0) -> Episode:
+                exec_noise_m: float = 0.0, detour_steps: int = 0) -> Episode:
     """Roll out the expert from the env's current reset until it has held success
     for hold_steps steps or the step budget runs out. With exec_noise_m > 0 the
     executed translation is perturbed (seeded by the episode's seed); the recorded
@@ -102,6 +108,7 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
     ep = Episode()
     rng = np.random.default_rng([env.seed, 7919])
     held = 0
+    n_detour = int(rng.integers(1, detour_steps + 1)) if detour_steps > 0 else 0
     expert.reset()
     while env.steps < env.max_steps:
         action, narration = expert.act()
@@ -119,6 +126,10 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
             norm = float(np.linalg.norm(executed[:3]))
             if norm > MAX_EXEC_STEP_M:
                 executed[:3] *= MAX_EXEC_STEP_M / norm
+        if env.steps < n_detour:
+            direction = rng.normal(size=3) + np.array([0.0, 0.0, -0.7])
+            executed[:3] = MAX_EXEC_STEP_M * direction / np.linalg.norm(direction)
+            executed[3:6] = 0.0
         result = execute_ee_delta(env, kin, executed)
         ep.ik_failures += int(not result.success)
         if env.success_ever:
@@ -179,7 +190,8 @@ def collect(cfg: CollectConfig) -> dict:
     for i in bar:
         task = cfg.tasks[i % len(cfg.tasks)]
         env.reset(seed=cfg.seed + i, task=task)
-        ep = run_episode(env, expert, kin, hold_steps=cfg.hold_steps, exec_noise_m=cfg.exec_noise_m)
+        ep = run_episode(env, expert, kin, hold_steps=cfg.hold_steps, exec_noise_m=cfg.exec_noise_m,
+                         detour_steps=cfg.detour_steps)
         ik_failures += ep.ik_failures
         stats = per_task[task]
         stats["episodes"] += 1
@@ -217,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-steps", type=int, default=2, help="holding-still steps after success")
     parser.add_argument("--exec-noise", type=float, default=0.004,
                         help="std of the noise on executed TCP translation [m] (0 = none)")
+    parser.add_argument("--detour-steps", type=int, default=0,
+                        help="up to this many first steps execute random moves (expert actions recorded)")
     parser.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -225,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CollectConfig(out=args.out, episodes=args.episodes,
                             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                             seed=args.seed, image_size=tuple(args.image_size), hold_steps=args.hold_steps,
-                            keep_failures=args.keep_failures, exec_noise_m=args.exec_noise, progress=not args.no_progress)
+                            keep_failures=args.keep_failures, exec_noise_m=args.exec_noise, detour_steps=args.detour_steps,
+                            progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     summary = collect(cfg)
