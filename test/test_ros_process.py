@@ -83,12 +83,17 @@ def _drive_and_stop(domain: int, cmd: list[str], camera_topic: str) -> None:
             assert final is not None and final[1].status == SafetyVerdict.HALT_NOT_READY
             assert list(final[1].joint_command) == pytest.approx(Q0)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            spinner.stop()
-            probe.destroy_node()
+            _teardown(proc, spinner, probe)
 
+
+
+def _teardown(proc: subprocess.Popen, spinner, probe) -> None:  # noqa: ANN001 - test harness objects
+    """Kill a process that is still running, stop spinning, drop the probe node."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    spinner.stop()
+    probe.destroy_node()
 
 def test_node_process_with_params_file_and_remap_stops_cleanly_on_sigint(tmp_path, tiny_checkpoints) -> None:
     params = _params_file(tmp_path, tiny_checkpoints)
@@ -147,8 +152,4 @@ def test_bringup_sim_graph_closes_the_loop(tmp_path, tiny_checkpoints) -> None:
             out, _ = proc.communicate(timeout=60)
             assert proc.returncode == 0, out.decode()[-3000:]
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            spinner.stop()
-            probe.destroy_node()
+            _teardown(proc, spinner, probe)

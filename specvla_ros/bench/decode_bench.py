@@ -175,13 +175,13 @@ def sim_observations(n: int, seed: int) -> list[Observation]:
     expert, kin = ScriptedExpert(env), ArmKinematics.from_urdf()
     frames: list[Observation] = []
     try:
-        for i in range(n):
-            if len(frames) >= n:
-                break
+        i = 0
+        while len(frames) < n:
             env.reset(seed=seed + i, task=("reach", "push", "pick")[i % 3])
             ep = run_episode(env, expert, kin, hold_steps=0)
             frames += [Observation(img, env.instruction, prop, frame_id=len(frames) + j)
                        for j, (img, prop) in enumerate(zip(ep.images, ep.proprio))]
+            i += 1
     finally:
         env.close()
     return frames[:n]

@@ -176,18 +176,15 @@ PRESETS: dict[str, dict] = {
     # "small" plus 16 spatial-softmax keypoint tokens (localises objects on unseen layouts)
     "small_kp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                      vision_layers=2, vision_heads=4, vision_keypoints=16),
-    # the shipped target: "small_kp" that reads only the gripper opening from proprio (no copycat shortcut)
+    # "small_kp" that reads only the gripper opening from proprio (no copycat shortcut; not shipped yet)
     "small_kp_grip": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                           vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_keep=(7,)),
 }
 #: Independent draft model geometry per preset (1 decoder layer).
 DRAFT_PRESETS: dict[str, dict] = {
     "test": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
-    "test_kp": dict(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=128),
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
     "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
-    "small_kp": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
-    "small_kp_grip": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
 }
 
 
@@ -277,6 +274,7 @@ class SpatialSoftmaxKeypoints(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(3.4))
         self.embed = nn.Sequential(nn.Linear(3, d_vision), nn.GELU(), nn.Linear(d_vision, d_vision))
         self.identity = nn.Parameter(torch.randn(1, n_keypoints, d_vision) * 0.02)
+        self.last_coordinates: torch.Tensor | None = None  # of the last forward: training's auxiliary loss reads it
 
     def coordinates(self, images: torch.Tensor) -> torch.Tensor:
         """(B, K, 3): soft-argmax x, y in [-1, 1] (image right / down) and the map's peak in (-1, 1)."""
@@ -293,7 +291,7 @@ class SpatialSoftmaxKeypoints(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         coords = self.coordinates(images)
-        self.last_coordinates = coords  # read by training's auxiliary position loss
+        self.last_coordinates = coords
         return self.embed(coords) + self.identity
 
 
@@ -662,7 +660,8 @@ def make_random_draft(
                 model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tok.vocab_size,
                 has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
-                vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep, prompt_template=target_cfg.prompt_template, **geometry,
+                vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep,
+                prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)
         elif kind == "eagle":

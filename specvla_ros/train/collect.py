@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CollectConfig(out=args.out, episodes=args.episodes,
                             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                             seed=args.seed, image_size=tuple(args.image_size), hold_steps=args.hold_steps,
-                            keep_failures=args.keep_failures, exec_noise_m=args.exec_noise, detour_steps=args.detour_steps,
-                            progress=not args.no_progress)
+                            keep_failures=args.keep_failures, exec_noise_m=args.exec_noise,
+                            detour_steps=args.detour_steps, progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     summary = collect(cfg)
