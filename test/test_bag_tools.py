@@ -256,7 +256,8 @@ def test_node_io_topics_match_the_policy_node() -> None:
     from specvla_ros.ros.bag_tools import NODE_INPUT_TOPICS, NODE_IO_TOPICS
 
     private = [f"/{params.NODE_NAME}/{t[2:]}" for t in (node.TOPIC_SAFETY, node.TOPIC_STATS)]
-    inputs = {node.TOPIC_IMAGE, node.TOPIC_INSTRUCTION, node.TOPIC_JOINT_STATES, node.TOPIC_ESTOP}
+    scene_topic = params.defaults()["scene_objects_topic"]
+    inputs = {node.TOPIC_IMAGE, node.TOPIC_INSTRUCTION, node.TOPIC_JOINT_STATES, node.TOPIC_ESTOP, scene_topic}
     outputs = {node.TOPIC_TRAJECTORY, node.TOPIC_FORWARD, node.TOPIC_GRIPPER, node.TOPIC_NARRATION,
                node.TOPIC_DIAGNOSTICS, *private}
     assert set(NODE_INPUT_TOPICS) == inputs

@@ -79,3 +79,34 @@ def test_detours_leave_the_expert_path_but_record_expert_labels() -> None:
     assert detour.narrations[0].startswith("moving to")
     with pytest.raises(ValueError, match="detour_steps"):
         CollectConfig(out="x", episodes=1, detour_steps=-1)
+
+
+def test_dagger_policy_drives_and_the_expert_labels(tiny_checkpoints, tmp_path) -> None:
+    """policy_dir: a (random) target drives through the deployed Policy and its gate; the episode is
+    written although it fails, and every recorded action is the expert's label for that state."""
+    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.sim.tasks import reach_point
+    from specvla_ros.sim.expert import MAX_STEP_M
+    from specvla_ros.sim.task_env import TaskEnv
+
+    target, _, _ = tiny_checkpoints
+    out = tmp_path / "dagger"
+    summary = collect(CollectConfig(out=out, episodes=1, tasks=("reach",), seed=7, policy_dir=str(target),
+                                    policy_beta=0.0, progress=False))
+    z = np.load(out / "episode_00000.npz")
+    assert summary["written"] == 1 and not bool(z["success"])  # a random policy fails; kept anyway
+    assert bool(z["policy_driven"])  # so load_demos keeps it
+    assert len(z["actions"]) == 30  # reach's step limit: the policy drove every step
+    # reach labels are stateless: the step toward the hover point from the recorded joints
+    kin, env = ArmKinematics.from_urdf(), TaskEnv("reach", seed=7, image_size=(32, 32))
+    goal = reach_point(env.target_position(), env.layout.target)
+    env.close()
+    for q, action in zip(z["proprio"][:, :7], z["actions"]):
+        delta = goal - kin.fk(q.astype(np.float64))[0]
+        expected = delta * min(1.0, MAX_STEP_M / np.linalg.norm(delta))
+        np.testing.assert_allclose(action[:3], expected, atol=2e-3)  # the object may settle slightly
+    assert np.ptp(z["proprio"][:, :7], axis=0).max() > 1e-3  # the arm moved under the policy
+    with pytest.raises(ValueError, match="policy_beta"):
+        CollectConfig(out="x", episodes=1, policy_beta=1.5)
+    with pytest.raises(ValueError, match="policy_dir"):
+        CollectConfig(out="x", episodes=1, policy_dir=str(tmp_path / "missing"))

@@ -46,6 +46,7 @@ from transformers import LlamaConfig, LlamaModel
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 from specvla_ros.core.kv_cache import StaticKVCache
 from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
+from specvla_ros.core.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
 
 TARGET_MODEL_TYPE = "specvla_tiny"
@@ -96,6 +97,10 @@ class TinyVLAConfig:
     #: repeats an average first move. Reading only the gripper opening ([7]) forces the
     #: object and the TCP to come from the camera.
     proprio_keep: tuple[int, ...] = ()
+    #: what the proprio token is made of: "raw" (the 8 values as given) or "panda_tcp" (the TCP
+    #: pose by forward kinematics inside the model, core.proprio_features): the policy then relates
+    #: the hand to what it sees without first learning the arm's kinematics from demonstrations
+    proprio_features: str = "raw"
     n_action_bins: int = 256
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
@@ -109,6 +114,12 @@ class TinyVLAConfig:
         if any(not 0 <= i < self.proprio_dim for i in self.proprio_keep) or len(set(self.proprio_keep)) != len(self.proprio_keep):
             raise ValueError(f"TinyVLAConfig.proprio_keep must be distinct indices in [0, {self.proprio_dim}), "
                              f"got {self.proprio_keep}")
+        if self.proprio_features not in FEATURE_KINDS:
+            raise ValueError(f"TinyVLAConfig.proprio_features must be one of {FEATURE_KINDS}, "
+                             f"got {self.proprio_features!r}")
+        if self.proprio_features == "panda_tcp" and (self.proprio_dim != 8 or self.proprio_keep):
+            raise ValueError("TinyVLAConfig.proprio_features 'panda_tcp' reads 7 joints + gripper "
+                             "(proprio_dim 8) and takes no proprio_keep")
         if self.vision_keypoints < 0:
             raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
@@ -176,6 +187,9 @@ PRESETS: dict[str, dict] = {
     # "small" plus 16 spatial-softmax keypoint tokens (localises objects on unseen layouts)
     "small_kp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                      vision_layers=2, vision_heads=4, vision_keypoints=16),
+    # "small_kp" whose proprio token is the TCP pose (forward kinematics in the model)
+    "small_kp_tcp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
+                         vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_features="panda_tcp"),
     # "small_kp" that reads only the gripper opening from proprio (no copycat shortcut; not shipped yet)
     "small_kp_grip": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                           vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_keep=(7,)),
@@ -354,7 +368,8 @@ class TinyVLA(nn.Module):
         self.action_tokenizer = ActionTokenizer(cfg.vocab_size, norm_stats, cfg.n_action_bins)
         self.vision_encoder = PatchVisionEncoder(cfg) if cfg.has_vision_encoder else None
         self.projector = nn.Sequential(nn.Linear(cfg.d_vision, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
-        self.proprio_proj = nn.Sequential(nn.Linear(cfg.proprio_dim, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        n_features = cfg.proprio_dim if cfg.proprio_features == "raw" else FEATURE_DIMS[cfg.proprio_features]
+        self.proprio_proj = nn.Sequential(nn.Linear(n_features, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
         keep = torch.ones(cfg.proprio_dim)
         if cfg.proprio_keep:
             keep.zero_()
@@ -437,7 +452,7 @@ class TinyVLA(nn.Module):
             raise ValueError(f"proprio must have {self.config.proprio_dim} values per sample, got {p.shape[1]}")
         if not bool(torch.isfinite(p).all()):  # NaN would reach the logits and defeat the token masks
             raise ValueError("proprio contains NaN or Inf")
-        return p * self.proprio_keep_mask.to(p.dtype)
+        return proprio_features(self.config.proprio_features, p * self.proprio_keep_mask.to(p.dtype))
 
     def prefix_embeds(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> torch.Tensor:
         """Prefix input embeddings (1, P, d): projected patches, proprio token, BOS + prompt."""
@@ -661,6 +676,7 @@ def make_random_draft(
                 has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
                 vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep,
+                proprio_features=target_cfg.proprio_features,
                 prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)

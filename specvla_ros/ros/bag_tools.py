@@ -51,6 +51,7 @@ NODE_INPUT_TOPICS: tuple[str, ...] = (
     "/specvla/instruction",
     "/joint_states",
     "/specvla/estop",
+    "/specvla/scene_objects",  # specvla_msgs/SceneObjects: the gate's collision scene changes the output
 )
 NODE_OUTPUT_TOPICS: tuple[str, ...] = (
     "/joint_trajectory_controller/joint_trajectory",

@@ -48,12 +48,22 @@ class CollectConfig:
     # expert's while the expert's action is recorded: the data then holds states the policy
     # drifts into (low but not at the object) with the right label, not only the expert's path
     detour_steps: int = 0
+    # DAgger: a trained target checkpoint drives the arm (through the deployed Policy and its
+    # safety gate) while the expert's action is recorded, so the data holds the states the
+    # policy itself reaches; each step the expert drives instead with probability policy_beta.
+    # Policy episodes are written whether or not they succeed (their labels are the expert's).
+    policy_dir: str | None = None
+    policy_beta: float = 0.3
     progress: bool = True
 
     def __post_init__(self) -> None:
         from specvla_ros.sim.language import TASKS
 
         self.out = Path(self.out)
+        if not 0.0 <= self.policy_beta <= 1.0:
+            raise ValueError(f"policy_beta must be in [0, 1], got {self.policy_beta}")
+        if self.policy_dir is not None and not Path(self.policy_dir).is_dir():
+            raise ValueError(f"policy_dir {self.policy_dir} is not a checkpoint directory")
         if self.detour_steps < 0:
             raise ValueError(f"detour_steps must be >= 0, got {self.detour_steps}")
         if self.episodes < 1:
@@ -77,6 +87,7 @@ class Episode:
     actions: list[np.ndarray] = field(default_factory=list)
     narrations: list[str] = field(default_factory=list)
     ik_failures: int = 0
+    policy_steps: int = 0  # steps the learned policy drove (DAgger)
 
 
 def proprio_vector(env) -> np.ndarray:  # noqa: ANN001 - TaskEnv, imported lazily
@@ -99,12 +110,26 @@ MAX_EXEC_STEP_M = 0.045  # [m] executed translation cap (the gate allows 0.05 pe
 NOISE_FLOOR_Z = 0.06  # [m] TCP height below which execution noise never pushes down
 
 
+def policy_drives(env, policy, image: np.ndarray) -> None:  # noqa: ANN001 - TaskEnv, Policy
+    """One control step commanded by the deployed Policy (model, envelope mask, safety gate)."""
+    from specvla_ros.core.types import Observation
+    from specvla_ros.sim.known_objects import task_scene_objects
+
+    policy.set_scene_objects(task_scene_objects(env))
+    out = policy.step(Observation(image, env.instruction, proprio_vector(env), frame_id=env.steps),
+                      env.robot_state())
+    env.command(out.verdict.joint_command, out.verdict.gripper_command)
+    env.step_control()
+
+
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
-                exec_noise_m: float = 0.0, detour_steps: int = 0) -> Episode:
+                exec_noise_m: float = 0.0, detour_steps: int = 0, policy=None,  # noqa: ANN001
+                policy_beta: float = 0.0) -> Episode:
     """Roll out the expert from the env's current reset until it has held success
     for hold_steps steps or the step budget runs out. With exec_noise_m > 0 the
     executed translation is perturbed (seeded by the episode's seed); the recorded
-    action stays the expert's."""
+    action stays the expert's. With a ``policy`` (core.policy.Policy) the policy drives
+    each step with probability 1 - policy_beta while the expert's action is recorded."""
     ep = Episode()
     rng = np.random.default_rng([env.seed, 7919])
     held = 0
@@ -112,11 +137,20 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
     expert.reset()
     while env.steps < env.max_steps:
         action, narration = expert.act()
+        image = env.render() if record_images or policy is not None else None
         if record_images:
-            ep.images.append(env.render())
+            ep.images.append(image)
         ep.proprio.append(proprio_vector(env))
         ep.actions.append(np.asarray(action, dtype=np.float32))
         ep.narrations.append(narration)
+        if policy is not None and rng.random() >= policy_beta:
+            policy_drives(env, policy, image)
+            ep.policy_steps += 1
+            if env.success_ever:
+                if held >= hold_steps:
+                    break
+                held += 1
+            continue
         executed = np.asarray(action, dtype=np.float64).copy()
         if exec_noise_m > 0 and narration not in (HOLD, CLOSE):
             noise = rng.normal(0.0, exec_noise_m, size=3)
@@ -151,6 +185,7 @@ def save_episode(path: Path, ep: Episode, env) -> None:  # noqa: ANN001
         seed=np.array(env.seed, dtype=np.int64),
         success=np.array(bool(env.success_ever)),
         collision=np.array(bool(env.episode_collisions)),
+        policy_driven=np.array(ep.policy_steps > 0),
     )
 
 
@@ -182,6 +217,12 @@ def collect(cfg: CollectConfig) -> dict:
     kin = ArmKinematics.from_urdf()
     env = TaskEnv(cfg.tasks[0], seed=cfg.seed, image_size=cfg.image_size)
     expert = ScriptedExpert(env)
+    policy = None
+    if cfg.policy_dir is not None:
+        from specvla_ros.core.policy import Policy, PolicyConfig
+
+        policy = Policy(PolicyConfig(target_dir=str(cfg.policy_dir), draft_dir=None, drafter="none", device="cpu",
+                                     control_period_s=env.config.control_period_s))
     all_actions, all_proprio = [], []
     per_task = {t: {"episodes": 0, "success": 0, "collision": 0, "steps": 0} for t in cfg.tasks}
     written = ik_failures = 0
@@ -191,14 +232,14 @@ def collect(cfg: CollectConfig) -> dict:
         task = cfg.tasks[i % len(cfg.tasks)]
         env.reset(seed=cfg.seed + i, task=task)
         ep = run_episode(env, expert, kin, hold_steps=cfg.hold_steps, exec_noise_m=cfg.exec_noise_m,
-                         detour_steps=cfg.detour_steps)
+                         detour_steps=cfg.detour_steps, policy=policy, policy_beta=cfg.policy_beta)
         ik_failures += ep.ik_failures
         stats = per_task[task]
         stats["episodes"] += 1
         stats["success"] += int(env.success_ever)
         stats["collision"] += int(bool(env.episode_collisions))
         stats["steps"] += len(ep.actions)
-        if env.success_ever or cfg.keep_failures:
+        if env.success_ever or cfg.keep_failures or policy is not None:
             save_episode(cfg.out / f"episode_{written:05d}.npz", ep, env)
             written += 1
             all_actions.append(np.stack(ep.actions))
@@ -231,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="std of the noise on executed TCP translation [m] (0 = none)")
     parser.add_argument("--detour-steps", type=int, default=0,
                         help="up to this many first steps execute random moves (expert actions recorded)")
+    parser.add_argument("--policy", default=None,
+                        help="DAgger: this target checkpoint drives (expert actions recorded)")
+    parser.add_argument("--policy-beta", type=float, default=0.3,
+                        help="with --policy: probability per step that the expert drives instead")
     parser.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -240,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                             seed=args.seed, image_size=tuple(args.image_size), hold_steps=args.hold_steps,
                             keep_failures=args.keep_failures, exec_noise_m=args.exec_noise,
-                            detour_steps=args.detour_steps, progress=not args.no_progress)
+                            detour_steps=args.detour_steps, policy_dir=args.policy,
+                            policy_beta=args.policy_beta, progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     summary = collect(cfg)

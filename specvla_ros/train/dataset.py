@@ -123,7 +123,7 @@ def load_demos(
     stats: ActionNormStats | None = None,
     aux: bool = False,
 ) -> DemoDataset:
-    """Load episodes (successful ones only) and tokenise their targets.
+    """Load episodes (successful or policy-driven ones) and tokenise their targets.
 
     image_size: resize frames to this square size when they differ (None: keep).
     stats: tokenise actions with these statistics (a trained target's) instead of the dataset's.
@@ -143,7 +143,9 @@ def load_demos(
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # e.g. a collector killed mid-write
             skipped.append(f"{f.name} ({exc})")
             continue
-        if not bool(z["success"]):
+        # a failed expert episode teaches nothing; a failed policy-driven (DAgger) one holds the
+        # expert's labels for the states the policy reaches, which is the point of collecting it
+        if not bool(z["success"]) and not bool(z.get("policy_driven", False)):
             continue
         imgs = z["images"]
         if image_size is not None and imgs.shape[1:3] != (image_size, image_size):

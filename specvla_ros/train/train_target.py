@@ -220,6 +220,32 @@ class AuxHeads(nn.Module):
                                                      "aux_tcp": float(l_tcp.detach())}
 
 
+@torch.no_grad()
+def fit_linear_readout(heads: "AuxHeads", kp: SpatialSoftmaxKeypoints, model: TinyVLA, ds: DemoDataset,
+                       idx: np.ndarray) -> None:
+    """Least-squares fit of the linear object read-out to the current keypoints. A fresh random
+    read-out would first drag the trained keypoints off the objects with its large gradients."""
+    coords = []
+    for start in range(0, len(idx), 256):
+        b = make_batch(ds, idx[start:start + 256])
+        coords.append(kp.coordinates(model._images_to_tensor(b.images)).flatten(1).double())
+    x = torch.cat([torch.cat(coords), torch.ones(len(idx), 1, dtype=torch.float64)], dim=1)
+    objects = torch.from_numpy(ds.aux.objects[idx]).double()
+    usable = (objects[..., 0] > 0) & torch.from_numpy(ds.aux.valid[idx])[:, None]
+    linear = heads.vision[1]
+    for c in range(heads.n_colors):
+        rows = usable[:, c]
+        if int(rows.sum()) <= x.shape[1]:
+            continue  # too few samples of this colour: keep the random read-out
+        gram = x[rows].T @ x[rows]
+        # ridge: near-constant keypoints (a fresh stem) would otherwise get huge weights that the
+        # first stem updates turn into huge errors
+        ridge = 0.05 * gram.diagonal().mean() * torch.eye(x.shape[1], dtype=torch.float64)
+        sol = torch.linalg.solve(gram + ridge, x[rows].T @ objects[rows, c, 1:])  # (K*3+1, 2)
+        linear.weight[3 * c + 1:3 * c + 3] = sol[:-1].T.to(linear.weight.dtype)
+        linear.bias[3 * c + 1:3 * c + 3] = sol[-1].to(linear.bias.dtype)
+
+
 def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset, train_idx: np.ndarray,
                        val_idx: np.ndarray, cfg: TargetTrainConfig) -> dict[str, float]:
     """Fit the keypoint stem and the aux heads' linear object read-out to the object positions."""
@@ -237,6 +263,7 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
     result: dict[str, float] = {}
     with torch.no_grad():
         first = float(object_loss(train_idx[:512], False))
+        fit_linear_readout(heads, kp, model, ds, rng.choice(train_idx, min(len(train_idx), 2048), replace=False))
     for i in range(1, cfg.keypoint_pretrain_steps + 1):
         loss = object_loss(rng.choice(train_idx, cfg.batch_size), True)
         opt.zero_grad(set_to_none=True)
@@ -321,12 +348,18 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     if cfg.init_from:
         init = TinyVLA.from_pretrained(cfg.init_from)
         # a checkpoint without keypoints can seed a keypoint model: only modules it lacks start fresh
-        result = model.load_state_dict(init.state_dict(), strict=False)
-        fresh = [k for k in result.missing_keys if ".keypoints." not in k]
+        # ... and a raw-proprio checkpoint a TCP-feature model: the proprio input layer starts fresh
+        own = model.state_dict()
+        src = {k: v for k, v in init.state_dict().items() if k not in own or v.shape == own[k].shape}
+        reshaped = [k for k in init.state_dict() if k not in src]
+        if any(not k.startswith("proprio_proj.") for k in reshaped):
+            raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: shapes of {reshaped[:5]} differ")
+        result = model.load_state_dict(src, strict=False)
+        fresh = [k for k in result.missing_keys if ".keypoints." not in k and k not in reshaped]
         if fresh or result.unexpected_keys:
             raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: missing {fresh[:5]}, "
                              f"unexpected {result.unexpected_keys[:5]}")
-        note = f" ({len(result.missing_keys)} keypoint tensors start fresh)" if result.missing_keys else ""
+        note = f" ({len(result.missing_keys)} tensors start fresh)" if result.missing_keys else ""
         print(f"initialised from {cfg.init_from}{note}", flush=True)
     if cfg.fresh_keypoints and model.vision_encoder is not None and model.vision_encoder.keypoints is not None:
         model.vision_encoder.keypoints = SpatialSoftmaxKeypoints(model.config.vision_keypoints, model.config.d_vision)
