@@ -202,3 +202,27 @@ def test_expected_bin_error_measures_distance_and_pulls_toward_the_label() -> No
     step = logits - 1.0 * logits.grad
     assert float(expected_bin_error(step.detach(), labels, act, n_bins)) < 27.5
     assert float(expected_bin_error(peaked(5), labels, torch.tensor([[False]]), n_bins)) == 0.0
+
+
+def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
+    """colour_keypoints: colour c's position is read from keypoint c alone (moving any other keypoint
+    changes nothing), pretraining lowers that loss, and the TCP-feature preset trains with it."""
+    from specvla_ros.train.train_target import AuxHeads
+
+    heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=6, colour_keypoints=True)
+    torch.nn.init.normal_(heads.colour_weight)
+    coords = torch.rand(2, 6, 3) * 2 - 1
+    aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool)}
+    moved = coords.clone()
+    moved[:, 4:] = 0.0  # keypoints past the colours
+    assert heads.vision_loss(coords, aux)[1] == heads.vision_loss(moved, aux)[1]
+    moved[:, 2] += 0.3  # colour 2's own keypoint
+    assert heads.vision_loss(coords, aux)[1] != heads.vision_loss(moved, aux)[1]
+    with pytest.raises(ValueError, match="colour_keypoints"):
+        AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=2, colour_keypoints=True)
+
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "t"), preset="test_kp", steps=4, batch_size=8,
+                            lr=3e-3, warmup_steps=0, val_fraction=0.0, eval_every=4, ckpt_every=4,
+                            keypoint_pretrain_steps=60, colour_keypoints=True, progress=False)
+    kp = train_target(cfg)["keypoint_pretraining"]
+    assert kp["train_obj"] < 0.7 * kp["train_obj_before"], kp

@@ -76,6 +76,11 @@ class TargetTrainConfig:
     keypoint_pretrain_steps: int = 0
     fresh_keypoints: bool = False  # re-initialise the keypoint stem after init_from (new stem settings)
     keypoint_pretrain_lr: float = 3e-3
+    # bind keypoint c to the object of colour c (sim.language.COLOR_NAMES order): its own quadratic
+    # read-out must give that object's position. The shared linear read-out spreads each object
+    # over all keypoints, and the decoder then learned a per-colour average move instead of
+    # looking; a colour-bound keypoint is one token the instruction's colour can attend to
+    colour_keypoints: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -178,13 +183,30 @@ def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: floa
     return loss, metrics
 
 
+N_QUAD_FEATURES = 5
+
+
+def quad_features(coords: torch.Tensor) -> torch.Tensor:
+    """(..., 3) keypoint (x, y, peak) -> (..., 5): x, y, xy, x^2, y^2."""
+    x, y = coords[..., 0], coords[..., 1]
+    return torch.stack([x, y, x * y, x * x, y * y], dim=-1)
+
+
 class AuxHeads(nn.Module):
     """Training-only heads: per-colour (present, x, y) from the patches; named-object xy + TCP xyz
     from the decoder state that predicts the first output token."""
 
-    def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0) -> None:
+    def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0,
+                 colour_keypoints: bool = False) -> None:
         super().__init__()
         self.n_colors = n_colors
+        if colour_keypoints and n_keypoints < n_colors:
+            raise ValueError(f"colour_keypoints needs >= {n_colors} keypoints, the model has {n_keypoints}")
+        self.colour_keypoints = colour_keypoints
+        # per colour: (x, y, xy, x^2, y^2) of its own keypoint -> table (x, y); quadratic because the
+        # camera's perspective bends the image-to-table map
+        self.colour_weight = nn.Parameter(torch.zeros(n_colors, N_QUAD_FEATURES, 2))
+        self.colour_bias = nn.Parameter(torch.zeros(n_colors, 2))
         # with keypoints, object positions are read *linearly* from the keypoint coordinates alone:
         # that pushes the keypoints onto the objects. An MLP read-out memorised the layouts, and
         # extra TCP or presence read-outs held the keypoints at ~5 cm on held-out layouts (vs ~2 cm)
@@ -199,7 +221,12 @@ class AuxHeads(nn.Module):
     def vision_loss(self, vision_in: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to train on, object position loss) from the vision features; with keypoints both are
         the position loss, else the first adds the presence loss."""
-        obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
+        if self.colour_keypoints:
+            xy = torch.einsum("bcf,cfo->bco", quad_features(vision_in.float()[:, :self.n_colors]),
+                              self.colour_weight) + self.colour_bias
+            obj = torch.cat([torch.zeros_like(xy[..., :1]), xy], dim=-1)
+        else:
+            obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
         present = aux["objects"][..., 0]
         w = present * aux["valid"].float()[:, None]
         l_obj = (((obj[..., 1:] - aux["objects"][..., 1:]) ** 2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
@@ -233,15 +260,22 @@ def fit_linear_readout(heads: "AuxHeads", kp: SpatialSoftmaxKeypoints, model: Ti
     objects = torch.from_numpy(ds.aux.objects[idx]).double()
     usable = (objects[..., 0] > 0) & torch.from_numpy(ds.aux.valid[idx])[:, None]
     linear = heads.vision[1]
+    kp_coords = x[:, :-1].view(len(idx), -1, 3)
     for c in range(heads.n_colors):
         rows = usable[:, c]
+        if heads.colour_keypoints:
+            x = torch.cat([quad_features(kp_coords[:, c]), torch.ones(len(idx), 1, dtype=torch.float64)], dim=1)
         if int(rows.sum()) <= x.shape[1]:
             continue  # too few samples of this colour: keep the random read-out
         gram = x[rows].T @ x[rows]
         # ridge: near-constant keypoints (a fresh stem) would otherwise get huge weights that the
         # first stem updates turn into huge errors
         ridge = 0.05 * gram.diagonal().mean() * torch.eye(x.shape[1], dtype=torch.float64)
-        sol = torch.linalg.solve(gram + ridge, x[rows].T @ objects[rows, c, 1:])  # (K*3+1, 2)
+        sol = torch.linalg.solve(gram + ridge, x[rows].T @ objects[rows, c, 1:])  # (features+1, 2)
+        if heads.colour_keypoints:
+            heads.colour_weight[c] = sol[:-1].to(heads.colour_weight.dtype)
+            heads.colour_bias[c] = sol[-1].to(heads.colour_bias.dtype)
+            continue
         linear.weight[3 * c + 1:3 * c + 3] = sol[:-1].T.to(linear.weight.dtype)
         linear.bias[3 * c + 1:3 * c + 3] = sol[-1].to(linear.bias.dtype)
 
@@ -252,7 +286,8 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
     kp = model.vision_encoder.keypoints if model.vision_encoder is not None else None
     if kp is None or heads is None or ds.aux is None:
         raise ValueError("keypoint pretraining needs a keypoint preset and auxiliary targets (aux_weight > 0)")
-    opt = torch.optim.AdamW(list(kp.parameters()) + list(heads.vision.parameters()), lr=cfg.keypoint_pretrain_lr)
+    readout = list(heads.vision.parameters()) + [heads.colour_weight, heads.colour_bias]
+    opt = torch.optim.AdamW(list(kp.parameters()) + readout, lr=cfg.keypoint_pretrain_lr)
     rng = np.random.default_rng(cfg.seed + 7)
 
     def object_loss(idx: np.ndarray, train: bool) -> torch.Tensor:
@@ -365,7 +400,8 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         model.vision_encoder.keypoints = SpatialSoftmaxKeypoints(model.config.vision_keypoints, model.config.d_vision)
         print("keypoint stem re-initialised", flush=True)
     mc = model.config
-    heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints)
+    heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints,
+                      colour_keypoints=cfg.colour_keypoints)
              if ds.aux is not None and cfg.aux_weight > 0 else None)
     named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
@@ -487,6 +523,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh-keypoints", action="store_true", help="re-initialise the keypoint stem after --init-from")
     p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
                    help="fit the keypoint stem to object positions first (keypoint presets)")
+    p.add_argument("--colour-keypoints", action="store_true",
+                   help="bind keypoint c to the object of colour c (own quadratic read-out)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--no-progress", action="store_true")
 
@@ -500,6 +538,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
+        colour_keypoints=a.colour_keypoints,
     )
 
 
