@@ -205,19 +205,21 @@ def test_expected_bin_error_measures_distance_and_pulls_toward_the_label() -> No
 
 
 def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
-    """colour_keypoints: colour c's position is read from keypoint c alone (moving any other keypoint
-    changes nothing), pretraining lowers that loss, and the TCP-feature preset trains with it."""
+    """colour_keypoints: keypoint c is pulled onto colour c's object in the image (moving any other
+    keypoint changes nothing), and pretraining lowers that loss."""
     from specvla_ros.train.train_target import AuxHeads
 
-    heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=6, colour_keypoints=True)
-    torch.nn.init.normal_(heads.colour_weight)
-    coords = torch.rand(2, 6, 3) * 2 - 1
-    aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool)}
-    moved = coords.clone()
-    moved[:, 4:] = 0.0  # keypoints past the colours
-    assert heads.vision_loss(coords, aux)[1] == heads.vision_loss(moved, aux)[1]
-    moved[:, 2] += 0.3  # colour 2's own keypoint
-    assert heads.vision_loss(coords, aux)[1] != heads.vision_loss(moved, aux)[1]
+    heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=6, colour_keypoints=True, cells=32)
+    px = torch.rand(2, 4, 2) * 2 - 1
+    aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool), "objects_px": px}
+    on_target = torch.cat([torch.cat([px * 32 / 31, torch.zeros(2, 4, 1)], -1), torch.rand(2, 2, 3)], 1)
+    assert float(heads.vision_loss(on_target, aux)[1]) == pytest.approx(0.0, abs=1e-10)
+    moved = on_target.clone()
+    moved[:, 4:] = 0.0  # keypoints past the colours are free
+    assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.0, abs=1e-10)
+    moved[:, 2, :2] += 0.3  # colour 2's own keypoint
+    # (0.3^2 + 0.3^2) in each of 2 samples, averaged over the 8 (sample, colour) pairs present
+    assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.045, rel=1e-4)
     with pytest.raises(ValueError, match="colour_keypoints"):
         AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=2, colour_keypoints=True)
 
@@ -226,3 +228,22 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
                             keypoint_pretrain_steps=60, colour_keypoints=True, progress=False)
     kp = train_target(cfg)["keypoint_pretraining"]
     assert kp["train_obj"] < 0.7 * kp["train_obj_before"], kp
+
+
+def test_projection_puts_each_object_on_its_colour_in_the_camera_image() -> None:
+    """dataset.project_to_image (the colour keypoints' targets) lands on the object's pixels."""
+    from specvla_ros.sim.task_env import TaskEnv
+    from specvla_ros.train.dataset import project_to_image
+
+    env = TaskEnv("reach", seed=5, image_size=(128, 128))
+    try:
+        image = env.render().astype(int)
+        for obj in env.layout.objects:
+            u = project_to_image(np.array([obj.xy[0], obj.xy[1], obj.rest_z]))
+            col, row = ((u + 1) / 2 * 128).astype(int)
+            pixel = image[row, col]
+            assert int(np.argmax(pixel)) == {"red": 0, "green": 1, "blue": 2}.get(obj.color, 0), (obj.color, pixel)
+            if obj.color == "yellow":
+                assert pixel[0] > 150 and pixel[1] > 150 and pixel[2] < 100
+    finally:
+        env.close()

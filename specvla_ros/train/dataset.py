@@ -208,13 +208,32 @@ class AuxTargets:
 
     objects (N,4,3): per colour of ``sim.language.COLOR_NAMES``: (present, x, y), x/y scaled to ~[-1, 1];
     named (N,2): the instruction's object (x, y), same scaling; valid (N,) bool: the positions hold
-    (the object has not been touched yet); tcp (N,3): TCP position from forward kinematics, scaled.
+    (the object has not been touched yet); tcp (N,3): TCP position from forward kinematics, scaled;
+    objects_px (N,4,2): each colour's object centre in the camera image, (x right, y down) in [-1, 1].
     """
 
     objects: np.ndarray
     named: np.ndarray
     valid: np.ndarray
     tcp: np.ndarray
+    objects_px: np.ndarray
+
+
+def project_to_image(points: np.ndarray) -> np.ndarray:
+    """(..., 3) world points [m] -> (..., 2) in the simulator camera's image: x right, y down, [-1, 1]
+    across the image (sim.scene's fixed look-at camera, square image)."""
+    from specvla_ros.sim.scene import CAMERA_FOVY, CAMERA_LOOKAT, CAMERA_POS
+
+    pos = np.array(CAMERA_POS)
+    fwd = np.array(CAMERA_LOOKAT) - pos
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, fwd)
+    d = np.asarray(points, dtype=np.float64) - pos
+    depth = d @ fwd
+    focal = 1.0 / np.tan(np.radians(CAMERA_FOVY) / 2)
+    return np.stack([focal * (d @ right) / depth, -focal * (d @ up) / depth], axis=-1)
 
 
 def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
@@ -227,6 +246,7 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     objects = np.zeros((n, len(COLOR_NAMES), 3), dtype=np.float32)
     named = np.zeros((n, 2), dtype=np.float32)
     tcp = np.zeros((n, 3), dtype=np.float32)
+    objects_px = np.zeros((n, len(COLOR_NAMES), 2), dtype=np.float32)
     valid = np.array([s.startswith(_PRE_CONTACT) for s in narrations], dtype=bool)
     scale = lambda xy: ((xy[0] - _X_CENTRE) / _X_HALF, xy[1] / _Y_HALF)  # noqa: E731
     layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -234,8 +254,11 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
         rows = np.flatnonzero(ds.episode == e)
         layout = sample_layout(str(ds.task[rows[0]]), int(ds.seeds[e]))
         obj = np.zeros((len(COLOR_NAMES), 3), dtype=np.float32)
+        px = np.zeros((len(COLOR_NAMES), 2), dtype=np.float32)
         for o in layout.objects:
             obj[COLOR_NAMES.index(o.color)] = (1.0, *scale(o.xy))
+            px[COLOR_NAMES.index(o.color)] = project_to_image(np.array([o.xy[0], o.xy[1], o.rest_z]))
+        objects_px[rows] = px
         layouts[e] = (obj, np.array(scale(layout.target.xy), dtype=np.float32))
         objects[rows] = obj
         named[rows] = layouts[e][1]
@@ -243,7 +266,7 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     for i in range(n):
         pos, _ = kin.fk(ds.proprio[i, :7].astype(np.float64))
         tcp[i] = ((pos[0] - _X_CENTRE) / _X_HALF, pos[1] / _Y_HALF, (pos[2] - 0.15) / 0.15)
-    return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp)
+    return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp, objects_px=objects_px)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -284,7 +307,7 @@ def make_batch(ds: DemoDataset, idx: np.ndarray, rng: np.random.Generator | None
     is_action = (cols >= start) & (cols < start + ACTION_DIM)
     aux = None
     if ds.aux is not None:
-        aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in ("objects", "named", "valid", "tcp")}
+        aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in ("objects", "named", "valid", "tcp", "objects_px")}
     return Batch(images=imgs, instructions=[ds.instructions[i] for i in ds.instr_idx[idx]],
                  proprio=torch.from_numpy(ds.proprio[idx]), target_ids=tgt, labels=labels,
                  is_action=is_action, index=np.asarray(idx), aux=aux)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.tiny_vla import PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters
+from specvla_ros.core.tiny_vla import (
+    KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
+)
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
 STATE_FILE = "train_state.pt"
@@ -183,30 +185,18 @@ def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: floa
     return loss, metrics
 
 
-N_QUAD_FEATURES = 5
-
-
-def quad_features(coords: torch.Tensor) -> torch.Tensor:
-    """(..., 3) keypoint (x, y, peak) -> (..., 5): x, y, xy, x^2, y^2."""
-    x, y = coords[..., 0], coords[..., 1]
-    return torch.stack([x, y, x * y, x * x, y * y], dim=-1)
-
-
 class AuxHeads(nn.Module):
     """Training-only heads: per-colour (present, x, y) from the patches; named-object xy + TCP xyz
     from the decoder state that predicts the first output token."""
 
     def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0,
-                 colour_keypoints: bool = False) -> None:
+                 colour_keypoints: bool = False, cells: int = 32) -> None:
         super().__init__()
         self.n_colors = n_colors
         if colour_keypoints and n_keypoints < n_colors:
             raise ValueError(f"colour_keypoints needs >= {n_colors} keypoints, the model has {n_keypoints}")
         self.colour_keypoints = colour_keypoints
-        # per colour: (x, y, xy, x^2, y^2) of its own keypoint -> table (x, y); quadratic because the
-        # camera's perspective bends the image-to-table map
-        self.colour_weight = nn.Parameter(torch.zeros(n_colors, N_QUAD_FEATURES, 2))
-        self.colour_bias = nn.Parameter(torch.zeros(n_colors, 2))
+        self.cells = cells
         # with keypoints, object positions are read *linearly* from the keypoint coordinates alone:
         # that pushes the keypoints onto the objects. An MLP read-out memorised the layouts, and
         # extra TCP or presence read-outs held the keypoints at ~5 cm on held-out layouts (vs ~2 cm)
@@ -222,11 +212,14 @@ class AuxHeads(nn.Module):
         """(loss to train on, object position loss) from the vision features; with keypoints both are
         the position loss, else the first adds the presence loss."""
         if self.colour_keypoints:
-            xy = torch.einsum("bcf,cfo->bco", quad_features(vision_in.float()[:, :self.n_colors]),
-                              self.colour_weight) + self.colour_bias
-            obj = torch.cat([torch.zeros_like(xy[..., :1]), xy], dim=-1)
-        else:
-            obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
+            # keypoint c is pulled straight onto colour c's object in the image: a read-out to table
+            # coordinates starts at zero and then passes no gradient to the keypoints (measured: stuck)
+            present = aux["objects"][..., 0] * aux["valid"].float()[:, None]
+            target = aux["objects_px"] * self.cells / (self.cells - 1)  # soft-argmax spans cell centres
+            err = ((vision_in.float()[:, :self.n_colors, :2] - target) ** 2).sum(-1)
+            l_px = (err * present).sum() / present.sum().clamp(min=1.0)
+            return l_px, l_px
+        obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
         present = aux["objects"][..., 0]
         w = present * aux["valid"].float()[:, None]
         l_obj = (((obj[..., 1:] - aux["objects"][..., 1:]) ** 2).sum(-1) * w).sum() / w.sum().clamp(min=1.0)
@@ -252,6 +245,8 @@ def fit_linear_readout(heads: "AuxHeads", kp: SpatialSoftmaxKeypoints, model: Ti
                        idx: np.ndarray) -> None:
     """Least-squares fit of the linear object read-out to the current keypoints. A fresh random
     read-out would first drag the trained keypoints off the objects with its large gradients."""
+    if heads.colour_keypoints:
+        return  # colour-bound keypoints are supervised in the image directly, through no read-out
     coords = []
     for start in range(0, len(idx), 256):
         b = make_batch(ds, idx[start:start + 256])
@@ -260,11 +255,8 @@ def fit_linear_readout(heads: "AuxHeads", kp: SpatialSoftmaxKeypoints, model: Ti
     objects = torch.from_numpy(ds.aux.objects[idx]).double()
     usable = (objects[..., 0] > 0) & torch.from_numpy(ds.aux.valid[idx])[:, None]
     linear = heads.vision[1]
-    kp_coords = x[:, :-1].view(len(idx), -1, 3)
     for c in range(heads.n_colors):
         rows = usable[:, c]
-        if heads.colour_keypoints:
-            x = torch.cat([quad_features(kp_coords[:, c]), torch.ones(len(idx), 1, dtype=torch.float64)], dim=1)
         if int(rows.sum()) <= x.shape[1]:
             continue  # too few samples of this colour: keep the random read-out
         gram = x[rows].T @ x[rows]
@@ -272,10 +264,6 @@ def fit_linear_readout(heads: "AuxHeads", kp: SpatialSoftmaxKeypoints, model: Ti
         # first stem updates turn into huge errors
         ridge = 0.05 * gram.diagonal().mean() * torch.eye(x.shape[1], dtype=torch.float64)
         sol = torch.linalg.solve(gram + ridge, x[rows].T @ objects[rows, c, 1:])  # (features+1, 2)
-        if heads.colour_keypoints:
-            heads.colour_weight[c] = sol[:-1].to(heads.colour_weight.dtype)
-            heads.colour_bias[c] = sol[-1].to(heads.colour_bias.dtype)
-            continue
         linear.weight[3 * c + 1:3 * c + 3] = sol[:-1].T.to(linear.weight.dtype)
         linear.bias[3 * c + 1:3 * c + 3] = sol[-1].to(linear.bias.dtype)
 
@@ -286,8 +274,7 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
     kp = model.vision_encoder.keypoints if model.vision_encoder is not None else None
     if kp is None or heads is None or ds.aux is None:
         raise ValueError("keypoint pretraining needs a keypoint preset and auxiliary targets (aux_weight > 0)")
-    readout = list(heads.vision.parameters()) + [heads.colour_weight, heads.colour_bias]
-    opt = torch.optim.AdamW(list(kp.parameters()) + readout, lr=cfg.keypoint_pretrain_lr)
+    opt = torch.optim.AdamW(list(kp.parameters()) + list(heads.vision.parameters()), lr=cfg.keypoint_pretrain_lr)
     rng = np.random.default_rng(cfg.seed + 7)
 
     def object_loss(idx: np.ndarray, train: bool) -> torch.Tensor:
@@ -401,7 +388,7 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         print("keypoint stem re-initialised", flush=True)
     mc = model.config
     heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints,
-                      colour_keypoints=cfg.colour_keypoints)
+                      colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE)
              if ds.aux is not None and cfg.aux_weight > 0 else None)
     named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
