@@ -247,3 +247,27 @@ def test_projection_puts_each_object_on_its_colour_in_the_camera_image() -> None
                 assert pixel[0] > 150 and pixel[1] > 150 and pixel[2] < 100
     finally:
         env.close()
+
+
+def test_named_aux_weight_scales_the_named_object_terms_only() -> None:
+    """The decoder head's named-object terms (absolute and relative to the TCP) scale with
+    named_weight; the TCP term does not; a bad weight is refused by the config."""
+    from specvla_ros.train.train_target import AuxHeads
+
+    torch.manual_seed(0)
+    aux = {"objects": torch.zeros(3, 4, 3), "valid": torch.ones(3, dtype=torch.bool),
+           "named": torch.rand(3, 2), "tcp": torch.rand(3, 3), "objects_px": torch.zeros(3, 4, 2)}
+    coords, hidden = torch.rand(3, 4, 3), torch.rand(3, 64)
+    one = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=4, named_weight=1.0)
+    five = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=4, named_weight=5.0)
+    five.load_state_dict(one.state_dict())
+    with torch.no_grad():
+        dec = one.decoder(hidden)
+        l_tcp = ((dec[:, 2:5] - aux["tcp"]) ** 2).sum(-1).mean()
+        base = one.vision_loss(coords, aux)[0]
+        named_one = one.loss(coords, hidden, aux)[0] - base - l_tcp
+        named_five = five.loss(coords, hidden, aux)[0] - base - l_tcp
+    assert float(named_one) > 0
+    assert float(named_five) == pytest.approx(5 * float(named_one), rel=1e-4)
+    with pytest.raises(ValueError, match="named_aux_weight"):
+        TargetTrainConfig(data=["d"], out="o", named_aux_weight=-1.0)

@@ -83,6 +83,9 @@ class TargetTrainConfig:
     # over all keypoints, and the decoder then learned a per-colour average move instead of
     # looking; a colour-bound keypoint is one token the instruction's colour can attend to
     colour_keypoints: bool = False
+    # extra weight on the decoder's named-object estimate (absolute and relative to the TCP): the
+    # action needs exactly that vector, and without it the policy learned one average move per colour
+    named_aux_weight: float = 1.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -112,8 +115,9 @@ class TargetTrainConfig:
             raise ValueError(f"TargetTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.time_budget_min < 0:
             raise ValueError(f"TargetTrainConfig.time_budget_min must be >= 0, got {self.time_budget_min}")
-        if self.aux_weight < 0:
-            raise ValueError(f"TargetTrainConfig.aux_weight must be >= 0, got {self.aux_weight}")
+        if self.aux_weight < 0 or self.named_aux_weight < 0:
+            raise ValueError(f"TargetTrainConfig.aux_weight and named_aux_weight must be >= 0, got "
+                             f"{self.aux_weight}, {self.named_aux_weight}")
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"TargetTrainConfig.storage_dtype must be float32/float16/bfloat16, got {self.storage_dtype!r}")
 
@@ -190,7 +194,7 @@ class AuxHeads(nn.Module):
     from the decoder state that predicts the first output token."""
 
     def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0,
-                 colour_keypoints: bool = False, cells: int = 32) -> None:
+                 colour_keypoints: bool = False, cells: int = 32, named_weight: float = 1.0) -> None:
         super().__init__()
         self.n_colors = n_colors
         if colour_keypoints and n_keypoints < n_colors:
@@ -206,7 +210,9 @@ class AuxHeads(nn.Module):
         else:
             self.vision = nn.Sequential(nn.Flatten(1), nn.Linear(n_patches * d_vision, 256), nn.GELU(),
                                         nn.Linear(256, n_colors * 3))
-        self.decoder = nn.Sequential(nn.Linear(d_model, 256), nn.GELU(), nn.Linear(256, 5))
+        self.named_weight = named_weight
+        # named object xy, TCP xyz, named object - TCP (xy)
+        self.decoder = nn.Sequential(nn.Linear(d_model, 256), nn.GELU(), nn.Linear(256, 7))
 
     def vision_loss(self, vision_in: torch.Tensor, aux: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to train on, object position loss) from the vision features; with keypoints both are
@@ -233,7 +239,9 @@ class AuxHeads(nn.Module):
         valid = aux["valid"].float()
         named_err = ((dec[:, :2] - aux["named"]) ** 2).sum(-1)
         l_named = (named_err * valid).sum() / valid.sum().clamp(min=1.0)
-        l_tcp = ((dec[:, 2:] - aux["tcp"]) ** 2).sum(-1).mean()
+        l_tcp = ((dec[:, 2:5] - aux["tcp"]) ** 2).sum(-1).mean()
+        rel_err = ((dec[:, 5:7] - (aux["named"] - aux["tcp"][:, :2])) ** 2).sum(-1)
+        l_named = self.named_weight * (l_named + (rel_err * valid).sum() / valid.sum().clamp(min=1.0))
         with torch.no_grad():  # [m]: x scaled by 0.13, y by 0.22 -> report a rough metric error
             named_cm = float((named_err.sqrt() * valid).sum() / valid.sum().clamp(min=1.0)) * 17.5
         return l_vision + l_named + l_tcp, {"aux_obj": float(l_obj.detach()), "aux_named_cm": named_cm,
@@ -388,7 +396,8 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         print("keypoint stem re-initialised", flush=True)
     mc = model.config
     heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints,
-                      colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE)
+                      colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE,
+                      named_weight=cfg.named_aux_weight)
              if ds.aux is not None and cfg.aux_weight > 0 else None)
     named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
@@ -512,6 +521,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit the keypoint stem to object positions first (keypoint presets)")
     p.add_argument("--colour-keypoints", action="store_true",
                    help="bind keypoint c to the object of colour c (own quadratic read-out)")
+    p.add_argument("--named-aux-weight", type=float, default=d.named_aux_weight,
+                   help="extra weight on the decoder's named-object estimate (absolute and relative to the TCP)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--no-progress", action="store_true")
 
@@ -525,7 +536,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
-        colour_keypoints=a.colour_keypoints,
+        colour_keypoints=a.colour_keypoints, named_aux_weight=a.named_aux_weight,
     )
 
 
