@@ -60,6 +60,8 @@ PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
 CACHE_MARGIN = 64
 #: Keypoint stem resolution: a 128 px image gives 32x32 heat maps (4 px cells, sub-cell by soft-argmax).
 KEYPOINT_STRIDE = 4
+#: Initial scale of each keypoint token's identity embedding.
+IDENTITY_STD = 0.5
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -287,7 +289,9 @@ class SpatialSoftmaxKeypoints(nn.Module):
         # at ~5 cm; measured on held-out layouts, x30 reached ~2 cm in 1000 steps (x5 and x90: 5 cm)
         self.log_temperature = nn.Parameter(torch.tensor(3.4))
         self.embed = nn.Sequential(nn.Linear(3, d_vision), nn.GELU(), nn.Linear(d_vision, d_vision))
-        self.identity = nn.Parameter(torch.randn(1, n_keypoints, d_vision) * 0.02)
+        # which keypoint a token is must be visible next to its coordinates' embedding (~0.5 per
+        # channel): at 0.02 the decoder could not tell the red keypoint from the blue one
+        self.identity = nn.Parameter(torch.randn(1, n_keypoints, d_vision) * IDENTITY_STD)
         self.last_coordinates: torch.Tensor | None = None  # of the last forward: training's auxiliary loss reads it
 
     def coordinates(self, images: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torch import nn
 
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.tiny_vla import (
-    KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
+    IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
 )
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
@@ -77,6 +77,9 @@ class TargetTrainConfig:
     # tiny), so the decoder trains on keypoints that already sit on the objects
     keypoint_pretrain_steps: int = 0
     fresh_keypoints: bool = False  # re-initialise the keypoint stem after init_from (new stem settings)
+    # re-draw the keypoint identity embeddings at IDENTITY_STD after init_from (checkpoints from
+    # before it was raised from 0.02 cannot tell their keypoints apart)
+    reset_keypoint_identity: bool = False
     keypoint_pretrain_lr: float = 3e-3
     # bind keypoint c to the object of colour c (sim.language.COLOR_NAMES order): its own quadratic
     # read-out must give that object's position. The shared linear read-out spreads each object
@@ -394,6 +397,10 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     if cfg.fresh_keypoints and model.vision_encoder is not None and model.vision_encoder.keypoints is not None:
         model.vision_encoder.keypoints = SpatialSoftmaxKeypoints(model.config.vision_keypoints, model.config.d_vision)
         print("keypoint stem re-initialised", flush=True)
+    if cfg.reset_keypoint_identity and model.vision_encoder is not None and model.vision_encoder.keypoints is not None:
+        with torch.no_grad():
+            model.vision_encoder.keypoints.identity.normal_(0.0, IDENTITY_STD)
+        print(f"keypoint identities re-drawn at std {IDENTITY_STD}", flush=True)
     mc = model.config
     heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints,
                       colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE,
@@ -523,6 +530,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bind keypoint c to the object of colour c (own quadratic read-out)")
     p.add_argument("--named-aux-weight", type=float, default=d.named_aux_weight,
                    help="extra weight on the decoder's named-object estimate (absolute and relative to the TCP)")
+    p.add_argument("--reset-keypoint-identity", action="store_true",
+                   help="re-draw the keypoint identity embeddings after --init-from")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--no-progress", action="store_true")
 
@@ -537,6 +546,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
         colour_keypoints=a.colour_keypoints, named_aux_weight=a.named_aux_weight,
+        reset_keypoint_identity=a.reset_keypoint_identity,
     )
 
 
