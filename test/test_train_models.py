@@ -271,3 +271,24 @@ def test_named_aux_weight_scales_the_named_object_terms_only() -> None:
     assert float(named_five) == pytest.approx(5 * float(named_one), rel=1e-4)
     with pytest.raises(ValueError, match="named_aux_weight"):
         TargetTrainConfig(data=["d"], out="o", named_aux_weight=-1.0)
+
+
+def test_reset_keypoint_identity_redraws_only_the_identities(demos, tmp_path) -> None:
+    """--reset-keypoint-identity after init_from: the identity embeddings are re-drawn at
+    IDENTITY_STD while the rest of the keypoint stem keeps the checkpoint's weights."""
+    from specvla_ros.core.tiny_vla import IDENTITY_STD, TinyVLA, make_random_checkpoint
+
+    model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path / "rand", preset="test_kp", seed=3))
+    with torch.no_grad():
+        model.vision_encoder.keypoints.identity.mul_(0.04)  # as small as before the change
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    assert float(TinyVLA.from_pretrained(src).vision_encoder.keypoints.identity.detach().std()) < 0.1 * IDENTITY_STD
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "t"), preset="test_kp", steps=1, batch_size=4,
+                            lr=1e-9, warmup_steps=0, val_fraction=0.0, eval_every=1, ckpt_every=1,
+                            init_from=str(src), reset_keypoint_identity=True, progress=False)
+    train_target(cfg)
+    new = load_vla(tmp_path / "t" / "final", device="cpu", dtype="float32").vision_encoder.keypoints
+    ref = TinyVLA.from_pretrained(src).vision_encoder.keypoints
+    assert float(new.identity.detach().std()) == pytest.approx(IDENTITY_STD, rel=0.2)
+    torch.testing.assert_close(new.stem[0].weight, ref.stem[0].weight.float(), atol=1e-3, rtol=1e-3)
