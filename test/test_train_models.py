@@ -231,9 +231,9 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
 
 
 def test_projection_puts_each_object_on_its_colour_in_the_camera_image() -> None:
-    """dataset.project_to_image (the colour keypoints' targets) lands on the object's pixels."""
+    """scene.project_to_image (the colour keypoints' targets) lands on the object's pixels."""
     from specvla_ros.sim.task_env import TaskEnv
-    from specvla_ros.train.dataset import project_to_image
+    from specvla_ros.sim.scene import project_to_image
 
     env = TaskEnv("reach", seed=5, image_size=(128, 128))
     try:

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from specvla_ros.core.kinematics import GRIPPER_MAX_OPENING
+
 #: (translation xyz [m], roll [rad]) of each arm joint's origin in its parent link.
 _PANDA_JOINT_ORIGINS: tuple[tuple[tuple[float, float, float], float], ...] = (
     ((0.0, 0.0, 0.333), 0.0),
@@ -36,7 +38,6 @@ TCP_CENTRE = (0.49, 0.0, 0.15)  # [m]
 TCP_SCALE = (0.13, 0.22, 0.15)  # [m]
 #: Fingers down, closing along the base y axis: the orientation the tasks keep.
 _DOWN = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0))
-GRIPPER_MAX_OPENING = 0.08  # [m]
 
 FEATURE_KINDS = ("raw", "panda_tcp")
 #: features per kind: raw = the 8 inputs; panda_tcp = xyz (3) + tilt from fingers-down (3) + gripper (1)

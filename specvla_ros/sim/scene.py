@@ -95,13 +95,29 @@ def robosuite_assets() -> Path:
     return path
 
 
-def _lookat_quat(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Quaternion (w x y z) of a MuJoCo camera at pos looking at target, z up."""
-    fwd = target - pos
+def _lookat_basis(pos: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, up, forward) unit vectors of a camera at pos looking at target, z up."""
+    fwd = np.asarray(target, dtype=np.float64) - pos
     fwd /= np.linalg.norm(fwd)
     right = np.cross(fwd, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
-    up = np.cross(right, fwd)
+    return right, np.cross(right, fwd), fwd
+
+
+def project_to_image(points: np.ndarray) -> np.ndarray:
+    """(..., 3) world points [m] -> (..., 2) in the camera image: x right, y down, [-1, 1] across a
+    square image (the fixed look-at camera above)."""
+    pos = np.array(CAMERA_POS)
+    right, up, fwd = _lookat_basis(pos, np.array(CAMERA_LOOKAT))
+    d = np.asarray(points, dtype=np.float64) - pos
+    depth = d @ fwd
+    focal = 1.0 / np.tan(np.radians(CAMERA_FOVY) / 2)
+    return np.stack([focal * (d @ right) / depth, -focal * (d @ up) / depth], axis=-1)
+
+
+def _lookat_quat(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Quaternion (w x y z) of a MuJoCo camera at pos looking at target, z up."""
+    right, up, fwd = _lookat_basis(pos, target)
     # MuJoCo cameras look along -z with +y up
     mat = np.column_stack([right, up, -fwd])
     quat = np.zeros(4)

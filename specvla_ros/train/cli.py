@@ -54,10 +54,8 @@ def evaluate_closed_loop(
 
     from specvla_ros.core.policy import Policy, PolicyConfig
     from specvla_ros.core.spec_decoder import DecodeConfig
-    from specvla_ros.core.types import Observation
-    from specvla_ros.sim.known_objects import task_scene_objects
     from specvla_ros.sim.task_env import TaskEnv
-    from specvla_ros.train.collect import proprio_vector
+    from specvla_ros.train.collect import policy_drives
 
     torch.set_num_threads(1)
     policy = Policy(PolicyConfig(
@@ -74,16 +72,12 @@ def evaluate_closed_loop(
         for e in range(episodes):
             env.reset(seed=seed_base + e, task=task)
             while env.steps < env.max_steps and not env.success_ever:
-                obs = Observation(env.render(), env.instruction, proprio_vector(env), frame_id=env.steps)
-                policy.set_scene_objects(task_scene_objects(env))  # gate as specvla_node does
-                out = policy.step(obs, env.robot_state())
+                out = policy_drives(env, policy, env.render())
                 latency.append(out.stats.total_time_s)
                 emitted += out.stats.emitted
                 passes += out.stats.target_passes
                 decisions += 1
                 halts += int(out.verdict.is_halt)
-                env.command(out.verdict.joint_command, out.verdict.gripper_command)
-                env.step_control()
             res["episodes"] += 1
             res["success"] += int(env.success_ever)
             res["collision"] += int(bool(env.episode_collisions))

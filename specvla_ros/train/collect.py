@@ -110,8 +110,9 @@ MAX_EXEC_STEP_M = 0.045  # [m] executed translation cap (the gate allows 0.05 pe
 NOISE_FLOOR_Z = 0.06  # [m] TCP height below which execution noise never pushes down
 
 
-def policy_drives(env, policy, image: np.ndarray) -> None:  # noqa: ANN001 - TaskEnv, Policy
-    """One control step commanded by the deployed Policy (model, envelope mask, safety gate)."""
+def policy_drives(env, policy, image: np.ndarray):  # noqa: ANN001, ANN201 - TaskEnv, Policy -> PolicyOutput
+    """One control step commanded by the deployed Policy (model, envelope mask, safety gate), given
+    the table's objects as specvla_node gives them; returns the policy's output."""
     from specvla_ros.core.types import Observation
     from specvla_ros.sim.known_objects import task_scene_objects
 
@@ -120,6 +121,26 @@ def policy_drives(env, policy, image: np.ndarray) -> None:  # noqa: ANN001 - Tas
                       env.robot_state())
     env.command(out.verdict.joint_command, out.verdict.gripper_command)
     env.step_control()
+    return out
+
+
+def _expert_drives(env, kin, action: np.ndarray, narration: str, rng: np.random.Generator,  # noqa: ANN001
+                   exec_noise_m: float, detour: bool):  # noqa: ANN202 - IKResult
+    """One control step executing the expert's action, with execution noise or as a random detour."""
+    executed = np.asarray(action, dtype=np.float64).copy()
+    if exec_noise_m > 0 and narration not in (HOLD, CLOSE):
+        noise = rng.normal(0.0, exec_noise_m, size=3)
+        if env.tcp_pose()[0][2] < NOISE_FLOOR_Z:
+            noise[2] = abs(noise[2])  # near the table noise may only lift the fingers
+        executed[:3] += noise
+        norm = float(np.linalg.norm(executed[:3]))
+        if norm > MAX_EXEC_STEP_M:
+            executed[:3] *= MAX_EXEC_STEP_M / norm
+    if detour:
+        direction = rng.normal(size=3) + np.array([0.0, 0.0, -0.7])
+        executed[:3] = MAX_EXEC_STEP_M * direction / np.linalg.norm(direction)
+        executed[3:6] = 0.0
+    return execute_ee_delta(env, kin, executed)
 
 
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
@@ -146,26 +167,9 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
         if policy is not None and rng.random() >= policy_beta:
             policy_drives(env, policy, image)
             ep.policy_steps += 1
-            if env.success_ever:
-                if held >= hold_steps:
-                    break
-                held += 1
-            continue
-        executed = np.asarray(action, dtype=np.float64).copy()
-        if exec_noise_m > 0 and narration not in (HOLD, CLOSE):
-            noise = rng.normal(0.0, exec_noise_m, size=3)
-            if env.tcp_pose()[0][2] < NOISE_FLOOR_Z:
-                noise[2] = abs(noise[2])  # near the table noise may only lift the fingers
-            executed[:3] += noise
-            norm = float(np.linalg.norm(executed[:3]))
-            if norm > MAX_EXEC_STEP_M:
-                executed[:3] *= MAX_EXEC_STEP_M / norm
-        if env.steps < n_detour:
-            direction = rng.normal(size=3) + np.array([0.0, 0.0, -0.7])
-            executed[:3] = MAX_EXEC_STEP_M * direction / np.linalg.norm(direction)
-            executed[3:6] = 0.0
-        result = execute_ee_delta(env, kin, executed)
-        ep.ik_failures += int(not result.success)
+        else:
+            ep.ik_failures += int(not _expert_drives(env, kin, action, narration, rng, exec_noise_m,
+                                                     detour=env.steps < n_detour).success)
         if env.success_ever:
             if held >= hold_steps:
                 break

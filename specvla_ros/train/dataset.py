@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.proprio_features import TCP_CENTRE, TCP_SCALE
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.types import ACTION_DIM
 
@@ -199,7 +200,8 @@ def load_demos(
 
 #: Phrases said while the named object still rests where the layout put it (before contact).
 _PRE_CONTACT = ("moving to", "lowering to", "closing the gripper", "opening the gripper")
-_X_CENTRE, _X_HALF, _Y_HALF = 0.49, 0.13, 0.22  # [m] object area (sim.tasks.WORKSPACE_X/Y) -> about [-1, 1]
+# [m] object area (sim.tasks.WORKSPACE_X/Y) -> about [-1, 1], the same scaling as the TCP's
+_X_CENTRE, _X_HALF, _Y_HALF = TCP_CENTRE[0], TCP_SCALE[0], TCP_SCALE[1]
 
 
 @dataclass
@@ -219,27 +221,11 @@ class AuxTargets:
     objects_px: np.ndarray
 
 
-def project_to_image(points: np.ndarray) -> np.ndarray:
-    """(..., 3) world points [m] -> (..., 2) in the simulator camera's image: x right, y down, [-1, 1]
-    across the image (sim.scene's fixed look-at camera, square image)."""
-    from specvla_ros.sim.scene import CAMERA_FOVY, CAMERA_LOOKAT, CAMERA_POS
-
-    pos = np.array(CAMERA_POS)
-    fwd = np.array(CAMERA_LOOKAT) - pos
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, fwd)
-    d = np.asarray(points, dtype=np.float64) - pos
-    depth = d @ fwd
-    focal = 1.0 / np.tan(np.radians(CAMERA_FOVY) / 2)
-    return np.stack([focal * (d @ right) / depth, -focal * (d @ up) / depth], axis=-1)
-
-
 def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     """Object positions from each episode's seeded layout (``sim.tasks.sample_layout``), TCP by FK."""
     from specvla_ros.core.kinematics import ArmKinematics
     from specvla_ros.sim.language import COLOR_NAMES
+    from specvla_ros.sim.scene import project_to_image
     from specvla_ros.sim.tasks import sample_layout
 
     n = len(ds)
@@ -265,7 +251,7 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     kin = ArmKinematics.from_urdf()
     for i in range(n):
         pos, _ = kin.fk(ds.proprio[i, :7].astype(np.float64))
-        tcp[i] = ((pos[0] - _X_CENTRE) / _X_HALF, pos[1] / _Y_HALF, (pos[2] - 0.15) / 0.15)
+        tcp[i] = (pos - np.array(TCP_CENTRE)) / np.array(TCP_SCALE)  # as the panda_tcp proprio features
     return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp, objects_px=objects_px)
 
 

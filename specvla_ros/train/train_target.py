@@ -81,10 +81,9 @@ class TargetTrainConfig:
     # before it was raised from 0.02 cannot tell their keypoints apart)
     reset_keypoint_identity: bool = False
     keypoint_pretrain_lr: float = 3e-3
-    # bind keypoint c to the object of colour c (sim.language.COLOR_NAMES order): its own quadratic
-    # read-out must give that object's position. The shared linear read-out spreads each object
-    # over all keypoints, and the decoder then learned a per-colour average move instead of
-    # looking; a colour-bound keypoint is one token the instruction's colour can attend to
+    # pull keypoint c onto the object of colour c (sim.language.COLOR_NAMES order) in the camera
+    # image. The shared linear read-out spreads each object over all keypoints; a colour-bound
+    # keypoint is one token the instruction's colour can attend to
     colour_keypoints: bool = False
     # extra weight on the decoder's named-object estimate (absolute and relative to the TCP): the
     # action needs exactly that vector, and without it the policy learned one average move per colour
@@ -193,8 +192,9 @@ def bc_loss(logits: torch.Tensor, batch: Batch, n_bins: int, action_weight: floa
 
 
 class AuxHeads(nn.Module):
-    """Training-only heads: per-colour (present, x, y) from the patches; named-object xy + TCP xyz
-    from the decoder state that predicts the first output token."""
+    """Training-only heads: per-colour (present, x, y) from the patches (or, with colour_keypoints,
+    each colour's keypoint in the image); named-object xy, TCP xyz and named object - TCP from the
+    decoder state that predicts the first output token."""
 
     def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0,
                  colour_keypoints: bool = False, cells: int = 32, named_weight: float = 1.0) -> None:
@@ -527,7 +527,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
                    help="fit the keypoint stem to object positions first (keypoint presets)")
     p.add_argument("--colour-keypoints", action="store_true",
-                   help="bind keypoint c to the object of colour c (own quadratic read-out)")
+                   help="pull keypoint c onto the object of colour c in the image")
     p.add_argument("--named-aux-weight", type=float, default=d.named_aux_weight,
                    help="extra weight on the decoder's named-object estimate (absolute and relative to the TCP)")
     p.add_argument("--reset-keypoint-identity", action="store_true",
