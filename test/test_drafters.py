@@ -61,8 +61,10 @@ class Recorder:
         self.inner.begin(ctx)
 
     def propose(self, k, grammar, state, sample, temperature, generator):
+        before = self.inner.reused
         drafts, q = self.inner.propose(k, grammar, state, sample, temperature, generator)
-        self.calls.append((list(self.committed), state, list(drafts), grammar))
+        # the first n_reused drafts are last decision's narration (no model involved)
+        self.calls.append((list(self.committed), state, list(drafts), grammar, self.inner.reused - before))
         return drafts, q
 
     def accept(self, n, nxt, hidden):
@@ -91,18 +93,28 @@ def _greedy_chain(next_logits_fn, first_logits, grammar, state, k):
 @pytest.mark.parametrize("kind", ["model", "eagle"])
 def test_proposals_after_rollbacks_equal_fresh_recomputation(kind, tiny_checkpoints, target):
     """Every proposal equals what the drafter computes from scratch on the committed tokens,
-    so truncation never leaves stale keys/values or features behind."""
+    so truncation never leaves stale keys/values or features behind. The frame is decoded
+    twice: the second time the narration is reused from the first (for EAGLE with last
+    decision's target features, which for the same frame are this decision's), and what the
+    model drafts after it must still equal a fresh computation over committed + reused tokens."""
     drafter = Recorder(load_drafter(tiny_checkpoints[1 if kind == "model" else 2], target))
     spec = SpeculativeDecoder(target, drafter, DecodeConfig(draft_len=3, adaptive_draft=True))
     o = _obs(4)
     mask = np.zeros((7, 256), bool)
     mask[:, [10, 11, 100]] = True  # narrow: some drafts accepted, some rejected
-    spec.decode(o, mask)
-    assert len(drafter.calls) >= 3
+    first_res = spec.decode(o, mask)
+    n_first = len(drafter.calls)
+    assert n_first >= 3
+    assert spec.decode(o, mask).token_ids == first_res.token_ids
+    assert any(c[4] for c in drafter.calls[n_first:]), "the second decision must reuse the narration"
+    assert not any(c[4] for c in drafter.calls[:n_first])
     vis = target.encode_vision(o.image)
     with torch.inference_mode():
-        for committed, state, drafts, grammar in drafter.calls:
-            ids = torch.tensor(committed)
+        for committed, state, all_drafts, grammar, n_reused in drafter.calls:
+            reused, drafts = all_drafts[:n_reused], all_drafts[n_reused:]
+            for tok in reused:
+                state = grammar.advance(state, tok)
+            ids = torch.tensor(committed + reused)
             if kind == "model":
                 dm = drafter.inner.model
                 cache, _ = dm.prefill(vis, o.instruction, o.proprio)
@@ -124,7 +136,7 @@ def test_proposals_after_rollbacks_equal_fresh_recomputation(kind, tiny_checkpoi
                     return target.lm_head(state_g["g"])[0]
 
                 fresh = _greedy_chain(nxt, target.lm_head(g)[0], grammar, state, len(drafts))
-            assert fresh == drafts, (kind, committed)
+            assert fresh == drafts, (kind, committed, reused)
 
 
 def test_draft_model_forward_train_matches_incremental(tiny_checkpoints, target):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from specvla_ros.core.action_tokenizer import ActionTokenizer
-from specvla_ros.core.drafters import ModelDrafter
+from specvla_ros.core.drafters import EagleDrafter, ModelDrafter
 from specvla_ros.core.model_loading import load_drafter, load_vla
 from specvla_ros.core.output_grammar import OutputGrammar
 from specvla_ros.core.spec_decoder import (
@@ -294,12 +294,19 @@ def test_non_finite_logits_never_yield_a_disallowed_action(tiny_checkpoints):
         SpeculativeDecoder(broken, None, DecodeConfig()).decode(obs(0, PROMPTS[0]), narrow_mask(broken, 2, 0))
 
 
-def test_narration_reuse_is_lossless_and_skips_draft_passes(target, noisy_copy):
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+def test_narration_reuse_is_lossless_and_skips_draft_passes(kind, tiny_checkpoints, target, noisy_copy):
     """Drafting last frame's narration again: same greedy output, fewer draft passes, and a
-    stale or grammar-breaking history (different prompt, shorter narration cap) changes nothing."""
+    stale or grammar-breaking history (different prompt, shorter narration cap) changes nothing.
+    EAGLE feeds the reused tokens with last decision's target features (stand-ins)."""
     base = SpeculativeDecoder(target, None, DecodeConfig())
-    reuse = ModelDrafter(noisy_copy, draft_len=3)
-    plain = ModelDrafter(noisy_copy, draft_len=3, reuse_narration=False)
+    if kind == "model":
+        reuse = ModelDrafter(noisy_copy, draft_len=3)
+        plain = ModelDrafter(noisy_copy, draft_len=3, reuse_narration=False)
+    else:
+        head = load_drafter(tiny_checkpoints[2], target).head
+        reuse = EagleDrafter(head, target, draft_len=3)
+        plain = EagleDrafter(head, target, draft_len=3, reuse_narration=False)
     spec_reuse = SpeculativeDecoder(target, reuse, DecodeConfig(draft_len=3))
     spec_plain = SpeculativeDecoder(target, plain, DecodeConfig(draft_len=3))
     frames = [obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(1, PROMPTS[1], 3), obs(1, PROMPTS[1], 4)]

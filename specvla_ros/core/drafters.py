@@ -20,6 +20,10 @@ Implementations:
   position j is ``fc([embed(x_j), h_{j-1}])`` with ``h`` the target's last hidden
   state (post-norm); it predicts ``h_j`` and uses the target's LM head.
 
+Both first propose the rest of the previous decision's narration when this decision has
+begun the same way (``NarrationReuse``; ``reuse_narration=False`` turns it off): no model
+cost for a repeated phrase, and greedy output stays exactly the target's.
+
 Training API of the EAGLE head (teacher forcing, aligned with the target):
 
     EagleHead.forward_train(input_embeds (B,S,d), target_hidden (B,S,d), valid (B,S), lm_head)
@@ -125,14 +129,71 @@ def _pick(
     return torch.multinomial(q, 1, generator=generator), q
 
 
-class ModelDrafter(AdaptiveDraftLength):
+class NarrationReuse:
+    """Drafts the narration from the previous decision (shared by both drafters).
+
+    At 10 Hz the robot says the same phrase for many frames in a row, so the rest of last
+    decision's phrase (through [EON]) is proposed at no model cost whenever the tokens
+    emitted so far match its start; the drafter's model drafts everything else (always the
+    action tokens). Verification is unchanged, so greedy output stays exactly the target's,
+    and in sampling mode the reused tokens carry a one-hot q (rejection sampling stays exact).
+
+    A subclass keeps ``self._committed`` (this decision's emitted tokens) and calls
+    ``_start_decision`` in ``begin`` and ``_reuse_prefix`` at the start of ``propose``.
+    """
+
+    def _init_reuse(self, eon_token_id: int, reuse_narration: bool) -> None:
+        self.reuse_narration = reuse_narration
+        self._eon_id = int(eon_token_id)
+        self._last_text: list[int] = []  # previous decision's narration + [EON]
+        self._committed: list[int] = []
+        self.reused = 0  # narration tokens proposed from the previous decision since begin()
+
+    def _start_decision(self, first_token: int) -> int:
+        """Keep the last finished decision's narration; -> its length (0: none kept)."""
+        kept = 0
+        if self._eon_id in self._committed:
+            kept = self._committed.index(self._eon_id) + 1
+            self._last_text = self._committed[:kept]
+        self._committed = [int(first_token)]
+        self.reused = 0
+        return kept
+
+    def _reuse_prefix(self, grammar: OutputGrammar, state: int, sample: bool
+                      ) -> tuple[list[int], int, list[torch.Tensor]]:
+        """-> (reused tokens, grammar state after them, their one-hot q rows when sampling)."""
+        reused = self._last_narration_rest(grammar, state)
+        for tok in reused:
+            state = grammar.advance(state, tok)
+        self.reused += len(reused)
+        probs: list[torch.Tensor] = []
+        if sample and reused:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
+            q = torch.zeros(len(reused), grammar.bias.shape[-1], device=grammar.bias.device)
+            q[torch.arange(len(reused)), torch.tensor(reused)] = 1.0
+            probs.extend(q)
+        return reused, state, probs
+
+    def _last_narration_rest(self, grammar: OutputGrammar, state: int) -> list[int]:
+        """The rest of last decision's narration (through [EON]) when this one has begun the same way."""
+        done = len(self._committed)
+        last = self._last_text
+        if not (self.reuse_narration and grammar.is_text(state) and done < len(last) and self._committed == last[:done]):
+            return []
+        rest: list[int] = []
+        for tok in last[done:]:
+            # the grammar may differ from last frame's (e.g. a shorter narration cap): stop where it objects
+            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+                break
+            rest.append(tok)
+            state = grammar.advance(state, tok)
+        return rest
+
+
+class ModelDrafter(NarrationReuse, AdaptiveDraftLength):
     """Independent small VLA drafting from the target's shared vision features.
 
-    With ``reuse_narration`` the narration is first drafted from the previous decision: at
-    10 Hz the robot says the same phrase for many frames in a row, so the rest of last
-    frame's phrase (through [EON]) is proposed at no model cost whenever the tokens emitted
-    so far match its start; the model drafts everything else (always the action tokens).
-    Verification is unchanged, so greedy output stays exactly the target's.
+    With ``reuse_narration`` the narration is first drafted from the previous decision
+    (``NarrationReuse``); the model drafts everything else (always the action tokens).
     """
 
     needs_target_hidden = False
@@ -141,25 +202,18 @@ class ModelDrafter(AdaptiveDraftLength):
                  reuse_narration: bool = True) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
         self.model = model
-        self.reuse_narration = reuse_narration
-        self._eon_id = int(model.text_tokenizer.eon_token_id)
-        self._last_text: list[int] = []  # previous decision's narration + [EON]
-        self.reused = 0  # narration tokens proposed from the previous decision since begin()
+        self._init_reuse(model.text_tokenizer.eon_token_id, reuse_narration)
         self.cache: StaticKVCache | None = None
         self.passes = 0
         self._prefix_len = 0
-        self._committed: list[int] = []
         self._n_fed = 0  # committed tokens whose keys/values the cache holds
         self._drafts: list[int] = []
         self._n_spec = 0  # drafts fed speculatively in the last propose
 
     def begin(self, ctx: DraftContext) -> None:
-        if self._eon_id in self._committed:  # keep the last finished decision's narration
-            self._last_text = self._committed[: self._committed.index(self._eon_id) + 1]
-        self.reused = 0
+        self._start_decision(ctx.first_token)
         self.cache, _ = self.model.prefill(ctx.vision, ctx.instruction, ctx.proprio)
         self._prefix_len = len(self.cache)
-        self._committed = [int(ctx.first_token)]
         self._n_fed = 0
         self._drafts, self._n_spec = [], 0
         self.passes = 1
@@ -174,16 +228,8 @@ class ModelDrafter(AdaptiveDraftLength):
         applies, and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("ModelDrafter.propose called before begin()")
-        reused = self._last_narration_rest(grammar, state)
-        for tok in reused:
-            state = grammar.advance(state, tok)
-        self.reused += len(reused)
+        reused, state, probs = self._reuse_prefix(grammar, state, sample)
         tokens: list[torch.Tensor] = []
-        probs: list[torch.Tensor] = []
-        if sample and reused:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
-            q = torch.zeros(len(reused), grammar.bias.shape[-1], device=grammar.bias.device)
-            q[torch.arange(len(reused)), torch.tensor(reused)] = 1.0
-            probs.extend(q)
         if grammar.is_done(state):
             self._drafts, self._n_spec = reused, 0
             return reused, (torch.stack(probs) if probs else None)
@@ -207,21 +253,6 @@ class ModelDrafter(AdaptiveDraftLength):
         self._drafts = reused + torch.cat(tokens).tolist()
         self._n_spec = len(self._drafts) - 1  # every draft but the last is in the cache
         return self._drafts, (torch.stack(probs) if probs else None)
-
-    def _last_narration_rest(self, grammar: OutputGrammar, state: int) -> list[int]:
-        """The rest of last decision's narration (through [EON]) when this one has begun the same way."""
-        done = len(self._committed)
-        last = self._last_text
-        if not (self.reuse_narration and grammar.is_text(state) and done < len(last) and self._committed == last[:done]):
-            return []
-        rest: list[int] = []
-        for tok in last[done:]:
-            # the grammar may differ from last frame's (e.g. a shorter narration cap): stop where it objects
-            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
-                break
-            rest.append(tok)
-            state = grammar.advance(state, tok)
-        return rest
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
         kept = min(n_accepted, self._n_spec)
@@ -347,24 +378,35 @@ class EagleHead(nn.Module):
         text_tokenizer.save(out)
 
 
-class EagleDrafter(AdaptiveDraftLength):
+class EagleDrafter(NarrationReuse, AdaptiveDraftLength):
     """EAGLE-style drafting from the target's hidden states, embeddings and LM head.
 
     The target must expose ``embed_tokens(ids)``, ``prefix_embeds(vision, instruction, proprio)``
     and ``lm_head`` (TinyVLA does).
+
+    With ``reuse_narration`` the narration is first drafted from the previous decision
+    (``NarrationReuse``). The head then drafts the action tokens after it in the same
+    round: the reused tokens go through the head in one pass, fed with the target's hidden
+    states of the previous decision at the same narration positions (same phrase, next
+    frame: close to this frame's, which the target has not computed yet). Those positions
+    are speculative like any draft and are fed again with this frame's target features
+    once verified, so only the quality of the drafts depends on the stand-in features.
     """
 
     needs_target_hidden = True
 
     def __init__(self, head: EagleHead, target: TinyVLA, draft_len: int = 4, max_draft_len: int = 8,
-                 adaptive: bool = True) -> None:
+                 adaptive: bool = True, reuse_narration: bool = True) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
+        self._init_reuse(target.text_tokenizer.eon_token_id, reuse_narration)
         self.head = head
         self.target = target
         self.cache: StaticKVCache | None = None
         self.passes = 0
         self._pending: list[int] = []
         self._pending_feats: list[torch.Tensor] = []
+        self._feats: list[torch.Tensor] = []  # (n, d) chunks: the head's input feature of each committed token
+        self._last_feats: torch.Tensor | None = None  # (len(_last_text), d): the same for last decision's narration
         self._drafts: list[int] = []
         self._n_spec = 0
 
@@ -372,6 +414,9 @@ class EagleDrafter(AdaptiveDraftLength):
     def begin(self, ctx: DraftContext) -> None:
         if ctx.target_prefix_hidden is None:
             raise ValueError("EagleDrafter needs the target's prefix hidden states (target_prefix_hidden)")
+        kept = self._start_decision(ctx.first_token)
+        if kept:
+            self._last_feats = torch.cat(self._feats, dim=0)[:kept]
         embeds = self.target.prefix_embeds(ctx.vision, ctx.instruction, ctx.proprio)[0]  # (P, d)
         hidden = ctx.target_prefix_hidden.to(embeds.dtype)
         prev = torch.cat([hidden.new_zeros(1, hidden.shape[1]), hidden[:-1]], dim=0)
@@ -380,6 +425,7 @@ class EagleDrafter(AdaptiveDraftLength):
         self.passes = 1
         self._pending = [int(ctx.first_token)]
         self._pending_feats = [hidden[-1:]]
+        self._feats = [hidden[-1:]]
         self._drafts, self._n_spec = [], 0
         self.num_draft_tokens = self.initial
 
@@ -388,17 +434,24 @@ class EagleDrafter(AdaptiveDraftLength):
         self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
         generator: torch.Generator | None,
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k tokens (k >= 1) and, when sampling, their distributions (n, V); see ``Drafter``."""
+        """Up to k head tokens (k >= 1), after the reused rest of last frame's narration when it
+        applies, and, when sampling, their distributions (n, V); see ``Drafter``."""
         if self.cache is None:
             raise RuntimeError("EagleDrafter.propose called before begin()")
+        reused, state, probs = self._reuse_prefix(grammar, state, sample)
+        if grammar.is_done(state):
+            self._drafts, self._n_spec = reused, 0
+            return reused, (torch.stack(probs) if probs else None)
         device = self.head.fc.weight.device
-        pending = torch.tensor(self._pending, dtype=torch.long, device=device)
-        feats = torch.cat(self._pending_feats, dim=0)
-        g = self.head.step(self.target.embed_tokens(pending), feats, self.cache)[-1:]
+        feats = self._pending_feats
+        if reused:  # stand-in features: last decision's, at the same narration positions
+            done = len(self._committed)
+            feats = feats + [self._last_feats[done : done + len(reused)]]
+        pending = torch.tensor(self._pending + reused, dtype=torch.long, device=device)
+        g = self.head.step(self.target.embed_tokens(pending), torch.cat(feats, dim=0), self.cache)[-1:]
         self.passes += 1
         self._pending, self._pending_feats = [], []
         tokens: list[torch.Tensor] = []
-        probs: list[torch.Tensor] = []
         for i in range(k):
             logits = self.target.lm_head(g)[0]
             tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
@@ -411,17 +464,17 @@ class EagleDrafter(AdaptiveDraftLength):
                 break
             g = self.head.step(self.target.embed_tokens(tok), g, self.cache)
             self.passes += 1
-        self._drafts = torch.cat(tokens).tolist()
-        self._n_spec = len(self._drafts) - 1
+        self._drafts = reused + torch.cat(tokens).tolist()
+        self._n_spec = len(self._drafts) - 1  # every draft but the last is in the cache
         return self._drafts, (torch.stack(probs) if probs else None)
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
-        # speculative positions were fed with draft features: drop them, refeed with the target's
+        # speculative positions were fed with draft (or stand-in) features: drop them, refeed with the target's
         if self.cache is not None:
             self.cache.truncate(len(self.cache) - self._n_spec)
-        self._pending.extend(self._drafts[:n_accepted])
-        if next_token is not None:
-            self._pending.append(int(next_token))
-        n_new = n_accepted + (next_token is not None)
-        self._pending_feats.append(target_hidden[:n_new])
+        new = self._drafts[:n_accepted] + ([int(next_token)] if next_token is not None else [])
+        self._pending.extend(new)
+        self._committed.extend(new)
+        self._pending_feats.append(target_hidden[: len(new)])
+        self._feats.append(target_hidden[: len(new)])
         self._drafts, self._n_spec = [], 0
