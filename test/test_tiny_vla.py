@@ -84,7 +84,21 @@ def test_cache_grows_past_reserved_capacity(target):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_forward_train_matches_incremental(target):
+@pytest.fixture(scope="module")
+def named_target(tmp_path_factory):
+    """A keypoint model with the instruction-selected keypoint token (random weights)."""
+    model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path_factory.mktemp("named"), preset="test_kp_named", seed=4))
+    with torch.no_grad():  # random selection logits: zero-initialised ones make every token the mean keypoint
+        # (std 5: the colour word, one of ~12 summed embeddings of std 0.02, then moves the softmax)
+        model.keypoint_select.weight.normal_(0.0, 5.0)
+    return model
+
+
+@pytest.mark.parametrize("which", ["target", "named_target"])
+def test_forward_train_matches_incremental(which, request):
+    """Teacher forcing (left-padded batch) gives the logits of prefill + cached steps, with and
+    without the named-keypoint token in the prefix."""
+    target = request.getfixturevalue(which)
     rng = np.random.default_rng(0)
     images = np.stack([_image(3), _image(4)])
     instructions = ["pick up the red cube", "push the green block to the target"]  # different prompt lengths
@@ -270,3 +284,60 @@ def test_bad_inputs(target):
 def test_default_paths_point_into_package():
     assert DEFAULT_TARGET_DIR.parts[-3:] == ("data", "models", "target")
     assert DEFAULT_DRAFT_DIR.parts[-3:] == ("data", "models", "draft")
+
+
+def test_named_keypoint_token_is_the_selected_keypoint(named_target):
+    """The token after the proprio token is named_proj of the keypoint the selection picks; it changes
+    with the instruction; a named model refuses vision features without raw keypoints."""
+    m = named_target
+    vis = m.encode_vision(_image(1))
+    prop = np.linspace(-1, 1, 8).astype(np.float32)
+    assert vis.keypoints.shape == (1, m.config.vision_keypoints, 3)
+    with torch.inference_mode():
+        red = m.prefix_embeds(vis, "reach the red cube", prop)
+        blue = m.prefix_embeds(vis, "reach the blue cube", prop)
+        n_vis = m.config.n_patches
+        assert red.shape[1] == n_vis + 2 + len(m.prompt_ids("reach the red cube"))
+        torch.testing.assert_close(red[:, :n_vis + 1], blue[:, :n_vis + 1])  # patches and proprio alike
+        assert float((red[0, n_vis + 1] - blue[0, n_vis + 1]).abs().max()) > 1e-3  # the named token differs
+        # force the selection onto keypoint 2: the token is exactly that keypoint's embedding
+        saved = (m.keypoint_select.weight.clone(), m.keypoint_select.bias.clone())
+        m.keypoint_select.weight.zero_()
+        m.keypoint_select.bias.zero_()
+        m.keypoint_select.bias[2] = 50.0
+        forced = m.prefix_embeds(vis, "reach the red cube", prop)[0, n_vis + 1]
+        torch.testing.assert_close(forced, m.named_proj(vis.keypoints[0, 2]), atol=1e-5, rtol=1e-5)
+        m.keypoint_select.weight.copy_(saved[0])
+        m.keypoint_select.bias.copy_(saved[1])
+    from specvla_ros.core.model_interface import VisionFeatures
+
+    with pytest.raises(ValueError, match="raw keypoints"):
+        m.prefill(VisionFeatures(vis.patches), "reach the red cube", prop)
+    with pytest.raises(ValueError, match="named_keypoint needs vision_keypoints"):
+        TinyVLAConfig(named_keypoint=True, vision_keypoints=0)
+
+
+def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
+    """train_target.selection_loss: a few optimiser steps on the selection layer alone make each
+    colour word select its colour-bound keypoint (keypoint c = sim.language.COLOR_NAMES[c])."""
+    from specvla_ros.sim.language import COLOR_NAMES
+    from specvla_ros.train.train_target import named_colour_index, selection_loss
+
+    m = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path / "m", preset="test_kp_named", seed=5))
+    instructions = [f"{task} the {c} {shape}" for c in COLOR_NAMES for task, shape in
+                    (("reach", "ball"), ("pick up", "cube"))] + ["push the green block to the target"]
+    assert [named_colour_index(s) for s in instructions[:2]] == [0, 0] and named_colour_index("reach it") == -1
+    embeds = [m.backbone.embed_tokens(m.prompt_ids(s)).detach() for s in instructions]
+    opt = torch.optim.Adam(m.keypoint_select.parameters(), lr=0.05)
+    kps = torch.zeros(len(instructions), m.config.vision_keypoints, 3)
+    first = None
+    for _ in range(200):
+        _, logits = m.select_keypoint(kps, embeds)
+        loss = selection_loss(logits, instructions)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, logits = m.select_keypoint(kps, embeds)
+    assert float(selection_loss(logits, instructions)) < 0.1 * first
+    assert logits.argmax(-1).tolist() == [named_colour_index(s) for s in instructions]

@@ -211,15 +211,24 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
 
     heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=6, colour_keypoints=True, cells=32)
     px = torch.rand(2, 4, 2) * 2 - 1
-    aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool), "objects_px": px}
+    aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool), "objects_px": px,
+           "goal_px": torch.rand(2, 2) * 2 - 1, "has_goal": torch.zeros(2, dtype=torch.bool)}
     on_target = torch.cat([torch.cat([px * 32 / 31, torch.zeros(2, 4, 1)], -1), torch.rand(2, 2, 3)], 1)
     assert float(heads.vision_loss(on_target, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     moved = on_target.clone()
-    moved[:, 4:] = 0.0  # keypoints past the colours are free
+    moved[:, 4:] = 0.0  # keypoints past the colours are free (no push target in these samples)
     assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     moved[:, 2, :2] += 0.3  # colour 2's own keypoint
     # (0.3^2 + 0.3^2) in each of 2 samples, averaged over the 8 (sample, colour) pairs present
     assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.045, rel=1e-4)
+    # with a push target, keypoint 4 (the first after the colours) is pulled onto it; keypoint 5 stays free
+    aux["has_goal"] = torch.tensor([True, False])
+    on_goal = on_target.clone()
+    on_goal[0, 4, :2] = aux["goal_px"][0] * 32 / 31
+    on_goal[:, 5] = 7.0
+    assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.0, abs=1e-10)
+    on_goal[0, 4, 0] += 0.5
+    assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.25, rel=1e-4)
     with pytest.raises(ValueError, match="colour_keypoints"):
         AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=2, colour_keypoints=True)
 
@@ -292,3 +301,35 @@ def test_reset_keypoint_identity_redraws_only_the_identities(demos, tmp_path) ->
     ref = TinyVLA.from_pretrained(src).vision_encoder.keypoints
     assert float(new.identity.detach().std()) == pytest.approx(IDENTITY_STD, rel=0.2)
     torch.testing.assert_close(new.stem[0].weight, ref.stem[0].weight.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_named_keypoint_target_trains_from_a_keypoint_checkpoint(demos, tmp_path) -> None:
+    """A named-keypoint preset starts from a plain keypoint checkpoint (only the selection and the
+    named projection start fresh), trains with the selection loss, and its checkpoint decodes with
+    a distilled draft token-identically."""
+    from specvla_ros.core.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, default_norm_stats
+
+    src = tmp_path / "src"  # the named preset's geometry without the named token
+    tok = VLATextTokenizer.build()
+    plain = TinyVLAConfig(vocab_size=tok.vocab_size, **dict(PRESETS["test_kp_named"], named_keypoint=False))
+    TinyVLA(plain, tok, default_norm_stats()).save_pretrained(src)
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "t"), preset="test_kp_named", steps=30, batch_size=8,
+                            lr=3e-3, warmup_steps=0, val_fraction=0.0, eval_every=30, ckpt_every=30,
+                            init_from=str(src), colour_keypoints=True, progress=False)
+    train_target(cfg)
+    log = [json.loads(line) for line in (tmp_path / "t" / "train_log.jsonl").read_text().splitlines()]
+    sel = [r["train_aux_select"] for r in log]
+    assert len(sel) == 30 and np.mean(sel[-5:]) < 0.7 * np.mean(sel[:5]), sel
+    dcfg = DraftTrainConfig(data=[str(demos)], target=str(tmp_path / "t" / "final"), out=str(tmp_path / "d"),
+                            kind="model", preset="match", steps=3, batch_size=4, eval_every=3, ckpt_every=3,
+                            progress=False)
+    distill_draft(dcfg)
+    target = load_vla(tmp_path / "t" / "final", device="cpu", dtype="float32")
+    assert target.config.named_keypoint
+    drafter = load_drafter(tmp_path / "d" / "final", target)
+    base, spec = SpeculativeDecoder(target, None, DecodeConfig()), SpeculativeDecoder(target, drafter, DecodeConfig())
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        obs = Observation(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "pick up the blue cube",
+                          rng.normal(size=8).astype(np.float32) * 0.3, frame_id=i)
+        assert spec.decode(obs).token_ids == base.decode(obs).token_ids

@@ -58,10 +58,12 @@ class VisionFeatures:
 
     patches: (1, n_patches, d_vision) on the model's device.
     frame_id: the frame these belong to (None: not cacheable).
+    keypoints: (1, K, 3) raw keypoints (x, y, peak) of a keypoint model, else None.
     """
 
     patches: torch.Tensor
     frame_id: int | None = None
+    keypoints: torch.Tensor | None = None
 
 
 @dataclass

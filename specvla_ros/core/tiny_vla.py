@@ -3,7 +3,7 @@
 Architecture (one class, ``TinyVLA``, also used for the independent draft model):
 
     image (128x128 RGB uint8) -> PatchVisionEncoder -> (n_patches=16, d_vision)   [shared by draft and target]
-    prefix = [ projector(patches) (16) | proprio token (1) | BOS + prompt tokens ]
+    prefix = [ projector(patches) (16) | proprio token (1) | [named keypoint (1)] | BOS + prompt tokens ]
     LLaMA decoder (transformers' LlamaModel modules, our own cached attention loop) -> lm_head -> logits
 
 The decoder's weights are exactly a ``transformers.LlamaModel`` (same module
@@ -24,12 +24,12 @@ Training API (teacher forcing, batched; what the training loops use):
     TinyVLA.encode_vision_batch(images (B,H,W,3) uint8|float) -> (B, n_patches, d_vision)
     TinyVLA.forward_train(images (B,H,W,3), instructions list[str], proprio (B,8),
                           target_ids (B,T) int64 right-padded, vision_patches=None (B,n,d_vision),
-                          return_full=False)
+                          return_full=False, vision_keypoints=None (B,K,3))
         -> (logits (B,T,V), hidden (B,T,d))      logits[b,t] predicts target_ids[b,t]
         with return_full=True -> TrainOutputs (adds the whole sequence's input embeddings,
         hidden states and validity mask, which the EAGLE head trains on).
-    A draft TinyVLA (no vision encoder) takes ``vision_patches`` from the target's
-    ``encode_vision_batch``. ``EagleHead.forward_train`` lives in ``drafters.py``.
+    A draft TinyVLA (no vision encoder) takes ``vision_patches`` (and, with
+    ``named_keypoint``, ``vision_keypoints``) from the target's ``encode_vision_full``. ``EagleHead.forward_train`` lives in ``drafters.py``.
 """
 from __future__ import annotations
 
@@ -103,6 +103,11 @@ class TinyVLAConfig:
     #: pose by forward kinematics inside the model, core.proprio_features): the policy then relates
     #: the hand to what it sees without first learning the arm's kinematics from demonstrations
     proprio_features: str = "raw"
+    #: with keypoints: one more prefix token, after the proprio token, holding the raw (x, y, peak)
+    #: of the keypoint the instruction selects (a softmax over the keypoints from the summed prompt
+    #: embeddings). Attention alone did not learn to pick the instruction's object: the decoder's
+    #: named-object estimate stayed at 4.3-5.7 cm while the keypoints held it to 2.5-2.9 cm
+    named_keypoint: bool = False
     n_action_bins: int = 256
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
@@ -127,6 +132,8 @@ class TinyVLAConfig:
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
             raise ValueError(f"TinyVLAConfig.image_size ({self.image_size}) must be a multiple of {KEYPOINT_STRIDE} "
                              "when vision_keypoints > 0")
+        if self.named_keypoint and not self.vision_keypoints:
+            raise ValueError("TinyVLAConfig.named_keypoint needs vision_keypoints > 0")
         if self.vision_layers < 0:
             raise ValueError(f"TinyVLAConfig.vision_layers must be >= 0, got {self.vision_layers}")
         if self.d_model % self.n_heads:
@@ -181,6 +188,9 @@ PRESETS: dict[str, dict] = {
                  vision_layers=1, vision_heads=2),
     "test_kp": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=128, d_vision=32,
                     vision_layers=1, vision_heads=2, vision_keypoints=4),
+    "test_kp_named": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, intermediate_size=128, d_vision=32,
+                          vision_layers=1, vision_heads=2, vision_keypoints=6, proprio_features="panda_tcp",
+                          named_keypoint=True),
     "default": dict(d_model=384, n_layers=8, n_heads=6, n_kv_heads=6, intermediate_size=1024, d_vision=128,
                     vision_layers=2, vision_heads=4),
     # the shipped target: 8 x 256 (~7.7 M params), trains in well under an hour on a 2-core CPU
@@ -192,6 +202,10 @@ PRESETS: dict[str, dict] = {
     # "small_kp" whose proprio token is the TCP pose (forward kinematics in the model)
     "small_kp_tcp": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                          vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_features="panda_tcp"),
+    # "small_kp_tcp" plus the instruction-selected keypoint token
+    "small_kp_named": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
+                           vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_features="panda_tcp",
+                           named_keypoint=True),
     # "small_kp" that reads only the gripper opening from proprio (no copycat shortcut; not shipped yet)
     "small_kp_grip": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                           vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_keep=(7,)),
@@ -379,6 +393,12 @@ class TinyVLA(nn.Module):
             keep.zero_()
             keep[list(cfg.proprio_keep)] = 1.0
         self.register_buffer("proprio_keep_mask", keep, persistent=False)
+        if cfg.named_keypoint:
+            # zero selection logits: the token starts as the mean keypoint and training sharpens it
+            self.keypoint_select = nn.Linear(cfg.d_model, cfg.vision_keypoints)
+            nn.init.zeros_(self.keypoint_select.weight)
+            nn.init.zeros_(self.keypoint_select.bias)
+            self.named_proj = nn.Sequential(nn.Linear(3, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
         self.backbone = LlamaModel(cfg.llama_config())
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, std=0.02)
@@ -421,17 +441,40 @@ class TinyVLA(nn.Module):
 
     @torch.inference_mode()
     def encode_vision(self, image: np.ndarray) -> VisionFeatures:
-        """HxWx3 RGB image -> VisionFeatures with patches (1, n_patches, d_vision)."""
+        """HxWx3 RGB image -> VisionFeatures with patches (1, n_patches, d_vision) and, for a
+        keypoint model, the raw keypoints (1, K, 3)."""
         img = np.asarray(image)
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB image, got shape {img.shape}")
-        return VisionFeatures(patches=self.encode_vision_batch(img[None]))
+        patches, keypoints = self.encode_vision_full(img[None])
+        return VisionFeatures(patches=patches, keypoints=keypoints)
 
     def encode_vision_batch(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B,H,W,3) images -> (B, n_patches, d_vision). Gradients flow (training)."""
+        return self.encode_vision_full(images)[0]
+
+    def encode_vision_full(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B,H,W,3) images -> patches (B, n_patches, d_vision), raw keypoints (B, K, 3) or None."""
         if self.vision_encoder is None:
             raise ValueError("this model has no vision encoder (a draft model reads the target's vision features)")
-        return self.vision_encoder(self._images_to_tensor(images))
+        patches = self.vision_encoder(self._images_to_tensor(images))
+        kp = self.vision_encoder.keypoints
+        return patches, (kp.last_coordinates if kp is not None else None)
+
+    def select_keypoint(self, keypoints: torch.Tensor, prompt_embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instruction-selected keypoint: keypoints (B, K, 3), each sample's prompt embeddings (n_b, d)
+        -> (named token (B, d), selection logits (B, K))."""
+        if not self.config.named_keypoint:
+            raise ValueError("this model has no named-keypoint token (config.named_keypoint is false)")
+        if keypoints is None or keypoints.shape[1:] != (self.config.vision_keypoints, 3):
+            got = None if keypoints is None else tuple(keypoints.shape)
+            raise ValueError(f"the named-keypoint token needs raw keypoints (B, {self.config.vision_keypoints}, 3), got {got}")
+        # a sum, not a mean: the colour word is one of ~12 prompt tokens, and a mean would shrink
+        # the difference between "red" and "blue" twelvefold (the shared template is a constant)
+        pooled = torch.stack([e.sum(dim=0) for e in prompt_embeds])
+        logits = self.keypoint_select(pooled)
+        coords = (logits.softmax(dim=-1).unsqueeze(-1) * keypoints.to(logits.dtype)).sum(dim=1)
+        return self.named_proj(coords), logits
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """BOS + tokenised prompt, (n,) int64 on the model's device (cached per instruction)."""
@@ -463,11 +506,12 @@ class TinyVLA(nn.Module):
         patches = vision.patches.to(device=self.device, dtype=self.dtype)
         if patches.shape[-1] != self.config.d_vision:
             raise ValueError(f"vision features have width {patches.shape[-1]}, model expects d_vision={self.config.d_vision}")
-        parts = [
-            self.projector(patches),
-            self.proprio_proj(self._proprio_tensor(proprio, 1))[:, None, :],
-            self.backbone.embed_tokens(self.prompt_ids(instruction))[None],
-        ]
+        prompt = self.backbone.embed_tokens(self.prompt_ids(instruction))
+        parts = [self.projector(patches), self.proprio_proj(self._proprio_tensor(proprio, 1))[:, None, :]]
+        if self.config.named_keypoint:
+            kps = None if vision.keypoints is None else vision.keypoints.to(device=self.device, dtype=self.dtype)
+            parts.append(self.select_keypoint(kps, [prompt])[0][:, None, :])
+        parts.append(prompt[None])
         return torch.cat(parts, dim=1)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -513,6 +557,7 @@ class TinyVLA(nn.Module):
         target_ids: torch.Tensor,
         vision_patches: torch.Tensor | None = None,
         return_full: bool = False,
+        vision_keypoints: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | TrainOutputs:
         """Teacher forcing over a batch; see the module docstring for shapes.
 
@@ -520,15 +565,24 @@ class TinyVLA(nn.Module):
         targets start at the same index; positions count from each sample's first real token.
         """
         bsz = len(instructions)
-        patches = vision_patches if vision_patches is not None else self.encode_vision_batch(images)
-        patches = patches.to(device=self.device, dtype=self.dtype)
+        if vision_patches is None:
+            vision_patches, vision_keypoints = self.encode_vision_full(images)
+        patches = vision_patches.to(device=self.device, dtype=self.dtype)
         target_ids = torch.as_tensor(target_ids, device=self.device, dtype=torch.long)
         if target_ids.shape[0] != bsz or patches.shape[0] != bsz:
             raise ValueError(f"batch sizes differ: {bsz} instructions, {patches.shape[0]} images, {target_ids.shape[0]} targets")
         vis = self.projector(patches)
         prop = self.proprio_proj(self._proprio_tensor(proprio, bsz))[:, None, :]
         prompts = [self.prompt_ids(s) for s in instructions]
-        n_prefix = [vis.shape[1] + 1 + len(p) for p in prompts]
+        prompt_embeds = [self.backbone.embed_tokens(p) for p in prompts]
+        extra = [prop]
+        self.last_selection_logits = None  # training's selection loss reads it
+        if self.config.named_keypoint:
+            kps = None if vision_keypoints is None else vision_keypoints.to(device=self.device, dtype=self.dtype)
+            named, self.last_selection_logits = self.select_keypoint(kps, prompt_embeds)
+            extra.append(named[:, None, :])
+        extra_t = torch.cat(extra, dim=1)
+        n_prefix = [vis.shape[1] + extra_t.shape[1] + len(p) for p in prompts]
         p_max = max(n_prefix)
         tgt = self.backbone.embed_tokens(target_ids)
         t_len = target_ids.shape[1]
@@ -537,7 +591,7 @@ class TinyVLA(nn.Module):
         valid = torch.zeros(bsz, seq_len, dtype=torch.bool, device=self.device)
         for b, prompt in enumerate(prompts):
             start = p_max - n_prefix[b]
-            embeds[b, start:p_max] = torch.cat([vis[b], prop[b], self.backbone.embed_tokens(prompt)], dim=0)
+            embeds[b, start:p_max] = torch.cat([vis[b], extra_t[b], prompt_embeds[b]], dim=0)
             valid[b, start:] = True
         embeds[:, p_max:] = tgt
         offsets = torch.tensor([p_max - n for n in n_prefix], device=self.device)
@@ -680,7 +734,7 @@ def make_random_draft(
                 has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
                 vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep,
-                proprio_features=target_cfg.proprio_features,
+                proprio_features=target_cfg.proprio_features, named_keypoint=target_cfg.named_keypoint,
                 prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)

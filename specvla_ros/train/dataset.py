@@ -204,6 +204,9 @@ _PRE_CONTACT = ("moving to", "lowering to", "closing the gripper", "opening the 
 _X_CENTRE, _X_HALF, _Y_HALF = TCP_CENTRE[0], TCP_SCALE[0], TCP_SCALE[1]
 
 
+AUX_FIELDS = ("objects", "named", "valid", "tcp", "objects_px", "goal_px", "has_goal")
+
+
 @dataclass
 class AuxTargets:
     """Privileged positions for auxiliary losses (training only; the model never sees them as input).
@@ -211,7 +214,8 @@ class AuxTargets:
     objects (N,4,3): per colour of ``sim.language.COLOR_NAMES``: (present, x, y), x/y scaled to ~[-1, 1];
     named (N,2): the instruction's object (x, y), same scaling; valid (N,) bool: the positions hold
     (the object has not been touched yet); tcp (N,3): TCP position from forward kinematics, scaled;
-    objects_px (N,4,2): each colour's object centre in the camera image, (x right, y down) in [-1, 1].
+    objects_px (N,4,2): each colour's object centre in the camera image, (x right, y down) in [-1, 1];
+    goal_px (N,2): the push target's centre in the image, has_goal (N,) bool: the episode has one.
     """
 
     objects: np.ndarray
@@ -219,13 +223,15 @@ class AuxTargets:
     valid: np.ndarray
     tcp: np.ndarray
     objects_px: np.ndarray
+    goal_px: np.ndarray
+    has_goal: np.ndarray
 
 
 def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     """Object positions from each episode's seeded layout (``sim.tasks.sample_layout``), TCP by FK."""
     from specvla_ros.core.kinematics import ArmKinematics
     from specvla_ros.sim.language import COLOR_NAMES
-    from specvla_ros.sim.scene import project_to_image
+    from specvla_ros.sim.scene import TABLE_TOP_Z, project_to_image
     from specvla_ros.sim.tasks import sample_layout
 
     n = len(ds)
@@ -233,6 +239,8 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     named = np.zeros((n, 2), dtype=np.float32)
     tcp = np.zeros((n, 3), dtype=np.float32)
     objects_px = np.zeros((n, len(COLOR_NAMES), 2), dtype=np.float32)
+    goal_px = np.zeros((n, 2), dtype=np.float32)
+    has_goal = np.zeros(n, dtype=bool)
     valid = np.array([s.startswith(_PRE_CONTACT) for s in narrations], dtype=bool)
     scale = lambda xy: ((xy[0] - _X_CENTRE) / _X_HALF, xy[1] / _Y_HALF)  # noqa: E731
     layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -245,6 +253,9 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
             obj[COLOR_NAMES.index(o.color)] = (1.0, *scale(o.xy))
             px[COLOR_NAMES.index(o.color)] = project_to_image(np.array([o.xy[0], o.xy[1], o.rest_z]))
         objects_px[rows] = px
+        if layout.goal_xy is not None:
+            goal_px[rows] = project_to_image(np.array([*layout.goal_xy, TABLE_TOP_Z]))
+            has_goal[rows] = True
         layouts[e] = (obj, np.array(scale(layout.target.xy), dtype=np.float32))
         objects[rows] = obj
         named[rows] = layouts[e][1]
@@ -252,7 +263,8 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     for i in range(n):
         pos, _ = kin.fk(ds.proprio[i, :7].astype(np.float64))
         tcp[i] = (pos - np.array(TCP_CENTRE)) / np.array(TCP_SCALE)  # as the panda_tcp proprio features
-    return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp, objects_px=objects_px)
+    return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp, objects_px=objects_px, goal_px=goal_px,
+                      has_goal=has_goal)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -293,7 +305,7 @@ def make_batch(ds: DemoDataset, idx: np.ndarray, rng: np.random.Generator | None
     is_action = (cols >= start) & (cols < start + ACTION_DIM)
     aux = None
     if ds.aux is not None:
-        aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in ("objects", "named", "valid", "tcp", "objects_px")}
+        aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in AUX_FIELDS}
     return Batch(images=imgs, instructions=[ds.instructions[i] for i in ds.instr_idx[idx]],
                  proprio=torch.from_numpy(ds.proprio[idx]), target_ids=tgt, labels=labels,
                  is_action=is_action, index=np.asarray(idx), aux=aux)

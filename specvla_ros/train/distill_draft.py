@@ -139,7 +139,7 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
         model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tc.vocab_size, has_vision_encoder=False,
         d_vision=tc.d_vision, image_size=tc.image_size, patch_size=tc.patch_size, patch_pool=tc.patch_pool,
         vision_layers=0, vision_keypoints=tc.vision_keypoints, proprio_keep=tc.proprio_keep,
-        proprio_features=tc.proprio_features,
+        proprio_features=tc.proprio_features, named_keypoint=tc.named_keypoint,
         prompt_template=tc.prompt_template, rope_theta=tc.rope_theta,
         max_positions=tc.max_positions, **geometry,
     )
@@ -223,12 +223,12 @@ class _Forward:
     def __call__(self, b: Batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
-                patches = self.target.encode_vision_batch(b.images)
-                full = self.target.forward_train(None, b.instructions, b.proprio, b.target_ids,
-                                                 vision_patches=patches, return_full=True)
+                patches, keypoints = self.target.encode_vision_full(b.images)
+                full = self.target.forward_train(None, b.instructions, b.proprio, b.target_ids, vision_patches=patches,
+                                                 return_full=True, vision_keypoints=keypoints)
             if self.kind == "model":
                 d_logits, d_hidden = self.draft.forward_train(None, b.instructions, b.proprio, b.target_ids,
-                                                              vision_patches=patches)
+                                                              vision_patches=patches, vision_keypoints=keypoints)
                 return d_logits, d_hidden, full.logits, full.hidden
             e_logits, e_hidden = self.draft.forward_train(full.input_embeds, full.all_hidden, full.valid,
                                                           self.target.lm_head)

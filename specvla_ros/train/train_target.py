@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.sim.language import COLOR_NAMES
 from specvla_ros.core.tiny_vla import (
     IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
 )
@@ -203,6 +204,8 @@ class AuxHeads(nn.Module):
         if colour_keypoints and n_keypoints < n_colors:
             raise ValueError(f"colour_keypoints needs >= {n_colors} keypoints, the model has {n_keypoints}")
         self.colour_keypoints = colour_keypoints
+        # keypoint n_colors follows the push target when there is one to spare
+        self.goal_keypoint = colour_keypoints and n_keypoints > n_colors
         self.cells = cells
         # with keypoints, object positions are read *linearly* from the keypoint coordinates alone:
         # that pushes the keypoints onto the objects. An MLP read-out memorised the layouts, and
@@ -227,6 +230,12 @@ class AuxHeads(nn.Module):
             target = aux["objects_px"] * self.cells / (self.cells - 1)  # soft-argmax spans cell centres
             err = ((vision_in.float()[:, :self.n_colors, :2] - target) ** 2).sum(-1)
             l_px = (err * present).sum() / present.sum().clamp(min=1.0)
+            if self.goal_keypoint:
+                # the next keypoint goes to the push target's centre (push episodes only)
+                has_goal = aux["has_goal"].float()
+                goal = aux["goal_px"] * self.cells / (self.cells - 1)
+                g_err = ((vision_in.float()[:, self.n_colors, :2] - goal) ** 2).sum(-1)
+                l_px = l_px + (g_err * has_goal).sum() / has_goal.sum().clamp(min=1.0)
             return l_px, l_px
         obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
         present = aux["objects"][..., 0]
@@ -319,16 +328,34 @@ def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset) -> T
 def train_forward(model: TinyVLA, heads: AuxHeads | None, b: Batch, cfg: TargetTrainConfig) -> tuple[torch.Tensor, dict]:
     """Loss of one batch (token loss + aux_weight * auxiliary losses) and its metrics."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        patches = model.encode_vision_batch(b.images)
-        logits, hidden = model.forward_train(None, b.instructions, b.proprio, b.target_ids, vision_patches=patches)
+        patches, keypoints = model.encode_vision_full(b.images)
+        logits, hidden = model.forward_train(None, b.instructions, b.proprio, b.target_ids, vision_patches=patches,
+                                             vision_keypoints=keypoints)
     loss, m = bc_loss(logits, b, model.config.n_action_bins, cfg.action_weight, cfg.action_label_sigma,
                       cfg.action_reg_weight)
     if heads is not None and b.aux is not None and cfg.aux_weight > 0:
-        kp = model.vision_encoder.keypoints
-        aux_loss, am = heads.loss(kp.last_coordinates if kp is not None else patches, hidden[:, 0], b.aux)
+        aux_loss, am = heads.loss(keypoints if keypoints is not None else patches, hidden[:, 0], b.aux)
+        if model.last_selection_logits is not None and heads.colour_keypoints:
+            # the instruction's colour word must select its colour-bound keypoint
+            sel = selection_loss(model.last_selection_logits, b.instructions)
+            aux_loss = aux_loss + sel
+            am["aux_select"] = float(sel.detach())
         loss = loss + cfg.aux_weight * aux_loss
         m.update(am)
     return loss, m
+
+
+def named_colour_index(instruction: str) -> int:
+    """Index in ``sim.language.COLOR_NAMES`` of the colour the instruction names (-1: none)."""
+    words = instruction.split()
+    return next((i for i, c in enumerate(COLOR_NAMES) if c in words), -1)
+
+
+def selection_loss(logits: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+    """Cross-entropy of the named-keypoint selection against the instruction colour's keypoint
+    (keypoint c is bound to colour c by ``colour_keypoints``); instructions without a colour are skipped."""
+    labels = torch.tensor([named_colour_index(s) for s in instructions], device=logits.device)
+    return F.cross_entropy(logits.float(), labels, ignore_index=-1) if bool((labels >= 0).any()) else logits.sum() * 0.0
 
 
 @torch.no_grad()
@@ -388,7 +415,9 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         if any(not k.startswith("proprio_proj.") for k in reshaped):
             raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: shapes of {reshaped[:5]} differ")
         result = model.load_state_dict(src, strict=False)
-        fresh = [k for k in result.missing_keys if ".keypoints." not in k and k not in reshaped]
+        # the named-keypoint modules are new too
+        fresh = [k for k in result.missing_keys if ".keypoints." not in k and k not in reshaped
+                 and not k.startswith(("keypoint_select.", "named_proj."))]
         if fresh or result.unexpected_keys:
             raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: missing {fresh[:5]}, "
                              f"unexpected {result.unexpected_keys[:5]}")
