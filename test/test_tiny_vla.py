@@ -12,7 +12,8 @@ from specvla_ros.core.model_interface import KVCache, ModelLoadError, VLAModel
 from specvla_ros.core.model_loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
 from specvla_ros.core.tiny_vla import (
-    TinyVLA, TinyVLAConfig, checkpoint_megabytes, count_parameters, make_random_checkpoint, make_random_draft,
+    SELECTION_GAIN, TinyVLA, TinyVLAConfig, checkpoint_megabytes, count_parameters, make_random_checkpoint,
+    make_random_draft,
 )
 
 
@@ -89,8 +90,8 @@ def named_target(tmp_path_factory):
     """A keypoint model with the instruction-selected keypoint token (random weights)."""
     model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path_factory.mktemp("named"), preset="test_kp_named", seed=4))
     with torch.no_grad():  # random selection logits: zero-initialised ones make every token the mean keypoint
-        # (std 5: the colour word, one of ~12 summed embeddings of std 0.02, then moves the softmax)
-        model.keypoint_select.weight.normal_(0.0, 5.0)
+        # (logit std 5: the colour word, one of ~12 summed embeddings of std 0.02, then moves the softmax)
+        model.keypoint_select.weight.normal_(0.0, 5.0 / SELECTION_GAIN)
     return model
 
 
@@ -328,7 +329,7 @@ def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
                     (("reach", "ball"), ("pick up", "cube"))] + ["push the green block to the target"]
     assert [named_colour_index(s) for s in instructions[:2]] == [0, 0] and named_colour_index("reach it") == -1
     embeds = [m.backbone.embed_tokens(m.prompt_ids(s)).detach() for s in instructions]
-    opt = torch.optim.Adam(m.keypoint_select.parameters(), lr=0.05)
+    opt = torch.optim.Adam(m.keypoint_select.parameters(), lr=0.005)
     kps = torch.zeros(len(instructions), m.config.vision_keypoints, 3)
     first = None
     for _ in range(200):
