@@ -326,6 +326,41 @@ def test_narration_reuse_is_lossless_and_skips_draft_passes(kind, tiny_checkpoin
     assert short.decode(o).token_ids == SpeculativeDecoder(target, None, DecodeConfig(max_narration_tokens=1)).decode(o).token_ids
 
 
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_action_history_reuse_is_lossless(kind, mode, lookahead, tiny_checkpoints, target, noisy_copy):
+    """Proposing last decision's action tokens (every dimension, between model tokens), and with
+    ``lookahead`` the target's own predictions past a rejection, keeps greedy output exactly the
+    target's and sampling valid; a mask that bans last decision's bins makes the history yield."""
+    dims = range(7)
+    if kind == "model":
+        hist = ModelDrafter(noisy_copy, draft_len=2, reuse_action_dims=dims, lookahead=lookahead)
+    else:
+        hist = EagleDrafter(load_drafter(tiny_checkpoints[2], target).head, target, draft_len=2,
+                            reuse_action_dims=dims, lookahead=lookahead)
+    with pytest.raises(ValueError, match="reuse_action_dims"):
+        ModelDrafter(noisy_copy, reuse_action_dims=[7])
+    cfg = dict(draft_len=2, mode=mode, temperature=0.7, seed=1)
+    base = SpeculativeDecoder(target, None, DecodeConfig(**cfg))
+    spec = SpeculativeDecoder(target, hist, DecodeConfig(**cfg))
+    frames = [obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(5, PROMPTS[0], 3), obs(1, PROMPTS[1], 4)]
+    reused = looked_ahead = 0
+    for i, o in enumerate(frames):
+        mask = narrow_mask(target, 3, i) if i == 2 else None
+        got = spec.decode(o, mask)
+        assert len(got.action_tokens) == 7
+        if mode == "greedy":
+            assert got.token_ids == base.decode(o, mask).token_ids
+            if i == 1:  # the same image again: everything after the prefill's token comes from history
+                assert hist.reused == len(got.token_ids) - 1 and got.stats.target_passes == 2
+        # (decode itself raises if an emitted token breaks the grammar or the mask)
+        reused += hist.reused
+        looked_ahead += hist.looked_ahead
+    assert reused >= 7, "repeated frames must reuse last decision's action tokens"
+    assert (looked_ahead > 0) == lookahead
+
+
 def test_narration_reuse_in_sampling_mode_with_shipped_pair():
     """Sampling with a reused (one-hot q) narration: the shipped pair says a steady phrase, so later
     decisions reuse it, and every decision is still a whole phrase + 7 action tokens."""

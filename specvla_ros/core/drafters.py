@@ -20,9 +20,10 @@ Implementations:
   position j is ``fc([embed(x_j), h_{j-1}])`` with ``h`` the target's last hidden
   state (post-norm); it predicts ``h_j`` and uses the target's LM head.
 
-Both first propose the rest of the previous decision's narration when this decision has
-begun the same way (``NarrationReuse``; ``reuse_narration=False`` turns it off): no model
-cost for a repeated phrase, and greedy output stays exactly the target's.
+Both first propose what the previous decision emitted where it applies (``HistoryReuse``):
+the rest of its narration when this decision has begun the same way (``reuse_narration``,
+on by default) and its action tokens of chosen dimensions (``reuse_action_dims``, none by
+default). No model cost for those tokens, and greedy output stays exactly the target's.
 
 Training API of the EAGLE head (teacher forcing, aligned with the target):
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from specvla_ros.core.tiny_vla import (
     CACHE_MARGIN, CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, rope_tables, run_llama_layers,
 )
 from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.types import ACTION_DIM
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -129,94 +131,190 @@ def _pick(
     return torch.multinomial(q, 1, generator=generator), q
 
 
-class NarrationReuse:
-    """Drafts the narration from the previous decision (shared by both drafters).
+class HistoryReuse:
+    """Drafts from the previous decision (shared by both drafters; no model cost).
 
-    At 10 Hz the robot says the same phrase for many frames in a row, so the rest of last
-    decision's phrase (through [EON]) is proposed at no model cost whenever the tokens
-    emitted so far match its start; the drafter's model drafts everything else (always the
-    action tokens). Verification is unchanged, so greedy output stays exactly the target's,
-    and in sampling mode the reused tokens carry a one-hot q (rejection sampling stays exact).
+    At 10 Hz the robot says the same phrase for many frames in a row, so with
+    ``reuse_narration`` the rest of last decision's phrase (through [EON]) is proposed
+    whenever the tokens emitted so far match its start. With ``reuse_action_dims`` the
+    action tokens of those dimensions (0..6: x, y, z, roll, pitch, yaw, gripper) are
+    proposed as last decision's tokens of the same dimension: the target's consecutive
+    actions often repeat a bin. With ``lookahead`` the positions after a rejected draft are
+    first drafted as the target's own (masked argmax) predictions there from the verify pass
+    that rejected it (Jacobi-style: made after a wrong token, they still often hold, as
+    action dimensions depend more on the image than on each other). The drafter's model
+    drafts every other position (at most k model tokens per proposal; the free tokens do
+    not count). Verification is unchanged, so greedy output stays exactly the target's, and
+    in sampling mode the free tokens carry a one-hot q (rejection sampling stays exact).
 
-    A subclass keeps ``self._committed`` (this decision's emitted tokens) and calls
-    ``_start_decision`` in ``begin`` and ``_reuse_prefix`` at the start of ``propose``.
+    A subclass keeps ``self._committed`` (this decision's emitted tokens) and ``self._drafts``
+    (its last proposal), calls ``_start_decision`` in ``begin`` and ``_note_verify`` in
+    ``accept``, and drafts through ``_draft`` with two hooks: ``_queue(token, feature)`` (a
+    token the model must read before its next prediction; ``feature``: the index in last
+    decision's sequence for a history token, the target hidden state that predicted a
+    lookahead token, None for a model token) and ``_model_logits()`` (read the queue,
+    -> (V,) logits of the next position).
     """
 
-    def _init_reuse(self, eon_token_id: int, reuse_narration: bool) -> None:
+    def _init_reuse(self, eon_token_id: int, reuse_narration: bool, reuse_action_dims: Sequence[int] = (),
+                    lookahead: bool = False) -> None:
+        dims = tuple(sorted({int(d) for d in reuse_action_dims}))
+        if any(not 0 <= d < ACTION_DIM for d in dims):
+            raise ValueError(f"reuse_action_dims must lie in [0, {ACTION_DIM}), got {list(reuse_action_dims)}")
         self.reuse_narration = reuse_narration
+        self.reuse_action_dims = dims
         self._eon_id = int(eon_token_id)
-        self._last_text: list[int] = []  # previous decision's narration + [EON]
+        self._last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
+        self._last_eon = -1  # index of [EON] in _last_seq
+        self.lookahead = lookahead
+        self._la_hidden: torch.Tensor | None = None  # (m, d) target hidden states after the last rejection
+        self._la_logits: torch.Tensor | None = None  # (m, V) their LM-head logits
         self._committed: list[int] = []
-        self.reused = 0  # narration tokens proposed from the previous decision since begin()
+        self.reused = 0  # tokens proposed from the previous decision since begin()
+        self.looked_ahead = 0  # tokens proposed from the target's lookahead since begin()
 
-    def _start_decision(self, first_token: int) -> int:
-        """Keep the last finished decision's narration; -> its length (0: none kept)."""
-        kept = 0
+    def _start_decision(self, first_token: int) -> bool:
+        """Keep the last finished decision's tokens; -> whether they were kept (new history)."""
+        kept = False
         if self._eon_id in self._committed:
-            kept = self._committed.index(self._eon_id) + 1
-            self._last_text = self._committed[:kept]
+            eon = self._committed.index(self._eon_id)
+            if len(self._committed) == eon + 1 + ACTION_DIM:
+                self._last_seq, self._last_eon, kept = list(self._committed), eon, True
         self._committed = [int(first_token)]
-        self.reused = 0
+        self.reused = self.looked_ahead = 0
+        self._la_hidden = self._la_logits = None
         return kept
 
-    def _reuse_prefix(self, grammar: OutputGrammar, state: int, sample: bool
-                      ) -> tuple[list[int], int, list[torch.Tensor]]:
-        """-> (reused tokens, grammar state after them, their one-hot q rows when sampling)."""
-        reused = self._last_narration_rest(grammar, state)
-        for tok in reused:
-            state = grammar.advance(state, tok)
-        self.reused += len(reused)
+    def _note_verify(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor,
+                     lm_head) -> None:  # noqa: ANN001 - the target's LM head (a module) or None
+        """Keep the target's hidden states past a rejection: they predict the positions drafted next."""
+        n_drafts = len(self._drafts)
+        self._la_hidden = self._la_logits = None
+        if self.lookahead and lm_head is not None and next_token is not None and n_accepted < n_drafts:
+            self._la_hidden = target_hidden[n_accepted + 1 : n_drafts + 1]
+            self._la_logits = lm_head(self._la_hidden).float()
+
+    def _history_token(self, grammar: OutputGrammar, state: int, drafts: list) -> tuple[int, int] | None:
+        """(token, index in last decision's sequence) to propose in ``state`` after ``drafts``, or None."""
+        last = self._last_seq
+        if not last:
+            return None
+        if grammar.is_text(state):
+            pos = len(self._committed) + len(drafts)
+            if not (self.reuse_narration and pos <= self._last_eon and self._committed == last[: len(self._committed)]
+                    and drafts == last[len(self._committed) : pos]):
+                return None
+        else:
+            dim = state - grammar.first_action_state
+            if dim not in self.reuse_action_dims:
+                return None
+            pos = self._last_eon + 1 + dim
+        tok = last[pos]
+        # the grammar may differ from last frame's (e.g. a shorter narration cap or a mask): stop where it objects
+        if not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+            return None
+        return tok, pos
+
+    def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001 - int or (1,) tensor
+        raise NotImplementedError
+
+    def _model_logits(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _draft(self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
+               generator: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
+        """History tokens where they apply, model tokens elsewhere (at most k), until the grammar ends
+        or the next position needs a model token past k -> (drafts, q (n, V) when sampling)."""
+        drafts: list = []  # ints (history tokens, model text tokens) or (1,) tensors (model action tokens)
         probs: list[torch.Tensor] = []
-        if sample and reused:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
-            q = torch.zeros(len(reused), grammar.bias.shape[-1], device=grammar.bias.device)
-            q[torch.arange(len(reused)), torch.tensor(reused)] = 1.0
-            probs.extend(q)
-        return reused, state, probs
+        n_model = 0
+        vocab = grammar.bias.shape[-1]
+        la = self._la_logits
+        self._la_logits = None  # the lookahead serves the proposal right after its verify pass only
+        while not grammar.is_done(state):
+            j = len(drafts)
+            if la is not None and j < la.shape[0]:  # the target's own prediction from the last verify pass
+                tok_t = (la[j] + grammar.bias[grammar.row(state)]).argmax(-1, keepdim=True)
+                tok = int(tok_t)
+                self.looked_ahead += 1
+                if sample:
+                    q = torch.zeros(vocab, device=grammar.bias.device)
+                    q[tok] = 1.0
+                    probs.append(q)
+                self._queue(tok, self._la_hidden[j : j + 1])
+                drafts.append(tok)
+                state = grammar.advance(state, tok)
+                continue
+            hist = self._history_token(grammar, state, drafts)
+            if hist is not None:
+                tok, pos = hist
+                self.reused += 1
+                if sample:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
+                    q = torch.zeros(vocab, device=grammar.bias.device)
+                    q[tok] = 1.0
+                    probs.append(q)
+                self._queue(tok, pos)
+            else:
+                if n_model == k:
+                    break
+                logits = self._model_logits()
+                tok_t, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
+                if q is not None:
+                    probs.append(q)
+                n_model += 1
+                # only narration positions need the token's value (grammar, history match)
+                tok = int(tok_t) if grammar.is_text(state) else tok_t
+                self._queue(tok_t, None)
+            drafts.append(tok)
+            state = grammar.advance(state, tok if isinstance(tok, int) else -1)
+        out = [t if isinstance(t, int) else int(t) for t in drafts]
+        return out, (torch.stack(probs) if probs else None)
 
-    def _last_narration_rest(self, grammar: OutputGrammar, state: int) -> list[int]:
-        """The rest of last decision's narration (through [EON]) when this one has begun the same way."""
-        done = len(self._committed)
-        last = self._last_text
-        if not (self.reuse_narration and grammar.is_text(state) and done < len(last) and self._committed == last[:done]):
-            return []
-        rest: list[int] = []
-        for tok in last[done:]:
-            # the grammar may differ from last frame's (e.g. a shorter narration cap): stop where it objects
-            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
-                break
-            rest.append(tok)
-            state = grammar.advance(state, tok)
-        return rest
+
+def _ids(tokens: list, device: torch.device) -> torch.Tensor:
+    """(n,) int64 ids from ints and/or (1,) tensors."""
+    if all(isinstance(t, int) for t in tokens):
+        return torch.tensor(tokens, dtype=torch.long, device=device)
+    return torch.cat([t.reshape(1) if isinstance(t, torch.Tensor) else torch.tensor([t], device=device)
+                      for t in tokens]).to(device=device, dtype=torch.long)
 
 
-class ModelDrafter(NarrationReuse, AdaptiveDraftLength):
+class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
     """Independent small VLA drafting from the target's shared vision features.
 
-    With ``reuse_narration`` the narration is first drafted from the previous decision
-    (``NarrationReuse``); the model drafts everything else (always the action tokens).
+    With ``reuse_narration`` / ``reuse_action_dims`` positions are first drafted from the
+    previous decision (``HistoryReuse``); the model drafts everything else. Tokens it has
+    not read yet (committed ones, history tokens) are read in one pass before its next
+    prediction.
     """
 
     needs_target_hidden = False
 
     def __init__(self, model: TinyVLA, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True,
-                 reuse_narration: bool = True) -> None:
+                 reuse_narration: bool = True, reuse_action_dims: Sequence[int] = (), lookahead: bool = False) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
         self.model = model
-        self._init_reuse(model.text_tokenizer.eon_token_id, reuse_narration)
+        self._init_reuse(model.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
+        self._target_lm_head = None  # the target's LM head (lookahead), from begin()
+        self._ctx: DraftContext | None = None
         self.cache: StaticKVCache | None = None
         self.passes = 0
         self._prefix_len = 0
         self._n_fed = 0  # committed tokens whose keys/values the cache holds
         self._drafts: list[int] = []
         self._n_spec = 0  # drafts fed speculatively in the last propose
+        self._feed: list = []  # tokens the model reads before its next prediction
+        self._feed_committed = 0  # how many of them (at the front) are committed tokens
 
     def begin(self, ctx: DraftContext) -> None:
         self._start_decision(ctx.first_token)
-        self.cache, _ = self.model.prefill(ctx.vision, ctx.instruction, ctx.proprio)
-        self._prefix_len = len(self.cache)
+        self._target_lm_head = getattr(ctx.target, "lm_head", None)
+        self._ctx = ctx
+        self.cache = None  # the prefix is run when the model is first needed (history may draft it all)
+        self._prefix_len = 0
         self._n_fed = 0
         self._drafts, self._n_spec = [], 0
-        self.passes = 1
+        self.passes = 0
         self.num_draft_tokens = self.initial
 
     @torch.inference_mode()
@@ -224,38 +322,35 @@ class ModelDrafter(NarrationReuse, AdaptiveDraftLength):
         self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
         generator: torch.Generator | None,
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k model tokens (k >= 1), after the reused rest of last frame's narration when it
-        applies, and, when sampling, their distributions (n, V); see ``Drafter``."""
-        if self.cache is None:
+        """Up to k model tokens (k >= 1) and any history tokens around them, and, when sampling,
+        their distributions (n, V); see ``Drafter``."""
+        if self._ctx is None:
             raise RuntimeError("ModelDrafter.propose called before begin()")
-        reused, state, probs = self._reuse_prefix(grammar, state, sample)
-        tokens: list[torch.Tensor] = []
-        if grammar.is_done(state):
-            self._drafts, self._n_spec = reused, 0
-            return reused, (torch.stack(probs) if probs else None)
-        # one pass over the committed tokens the cache lacks and the reused narration, then k model tokens
-        pending = torch.tensor(self._committed[self._n_fed :] + reused, dtype=torch.long, device=self.model.device)
-        logits = self.model.forward(pending, self.cache).logits[-1]
-        self.passes += 1
-        self._n_fed = len(self._committed)
-        for i in range(k):
-            tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
-            tokens.append(tok)
-            if q is not None:
-                probs.append(q)
-            # only narration positions need the token's value to advance the grammar
-            tok_int = int(tok) if grammar.is_text(state) else -1
-            state = grammar.advance(state, tok_int)
-            if i == k - 1 or grammar.is_done(state):
-                break
-            logits = self.model.forward(tok, self.cache).logits[-1]
+        self._feed = list(self._committed[self._n_fed :])
+        self._feed_committed = len(self._feed)
+        self._n_spec = 0
+        self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
+        return self._drafts, q
+
+    def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001
+        self._feed.append(token)
+
+    def _model_logits(self) -> torch.Tensor:
+        if self.cache is None:
+            ctx = self._ctx
+            self.cache, _ = self.model.prefill(ctx.vision, ctx.instruction, ctx.proprio)
+            self._prefix_len = len(self.cache)
             self.passes += 1
-        self._drafts = reused + torch.cat(tokens).tolist()
-        self._n_spec = len(self._drafts) - 1  # every draft but the last is in the cache
-        return self._drafts, (torch.stack(probs) if probs else None)
+        logits = self.model.forward(_ids(self._feed, self.model.device), self.cache).logits[-1]
+        self.passes += 1
+        self._n_fed += self._feed_committed
+        self._n_spec += len(self._feed) - self._feed_committed
+        self._feed, self._feed_committed = [], 0
+        return logits
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
-        kept = min(n_accepted, self._n_spec)
+        self._note_verify(n_accepted, next_token, target_hidden, self._target_lm_head)
+        kept = min(n_accepted, self._n_spec)  # the cache holds the first _n_spec drafts
         self._n_fed += kept
         if self.cache is not None:
             self.cache.truncate(self._prefix_len + self._n_fed)
@@ -378,51 +473,54 @@ class EagleHead(nn.Module):
         text_tokenizer.save(out)
 
 
-class EagleDrafter(NarrationReuse, AdaptiveDraftLength):
+class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
     """EAGLE-style drafting from the target's hidden states, embeddings and LM head.
 
     The target must expose ``embed_tokens(ids)``, ``prefix_embeds(vision, instruction, proprio)``
     and ``lm_head`` (TinyVLA does).
 
-    With ``reuse_narration`` the narration is first drafted from the previous decision
-    (``NarrationReuse``). The head then drafts the action tokens after it in the same
-    round: the reused tokens go through the head in one pass, fed with the target's hidden
-    states of the previous decision at the same narration positions (same phrase, next
-    frame: close to this frame's, which the target has not computed yet). Those positions
-    are speculative like any draft and are fed again with this frame's target features
-    once verified, so only the quality of the drafts depends on the stand-in features.
+    With ``reuse_narration`` / ``reuse_action_dims`` positions are first drafted from the
+    previous decision (``HistoryReuse``); the head drafts everything else, reading the
+    history tokens in one pass before its next prediction. A history token is fed with the
+    target's hidden state of the previous decision at the same place in the sequence (same
+    phrase or action dimension, next frame: close to this frame's, which the target has not
+    computed yet). Those positions are speculative like any draft and are fed again with
+    this frame's target features once verified, so only the drafts depend on the stand-ins.
     """
 
     needs_target_hidden = True
 
     def __init__(self, head: EagleHead, target: TinyVLA, draft_len: int = 4, max_draft_len: int = 8,
-                 adaptive: bool = True, reuse_narration: bool = True) -> None:
+                 adaptive: bool = True, reuse_narration: bool = True, reuse_action_dims: Sequence[int] = (),
+                 lookahead: bool = False) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
-        self._init_reuse(target.text_tokenizer.eon_token_id, reuse_narration)
+        self._init_reuse(target.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
         self.head = head
         self.target = target
         self.cache: StaticKVCache | None = None
         self.passes = 0
-        self._pending: list[int] = []
+        self._pending: list[int] = []  # committed tokens the head has not read (with target features)
         self._pending_feats: list[torch.Tensor] = []
         self._feats: list[torch.Tensor] = []  # (n, d) chunks: the head's input feature of each committed token
-        self._last_feats: torch.Tensor | None = None  # (len(_last_text), d): the same for last decision's narration
+        self._last_feats: torch.Tensor | None = None  # (len(_last_seq), d): the same for the last decision
         self._drafts: list[int] = []
-        self._n_spec = 0
+        self._n_spec = 0  # drafts fed speculatively in the last propose
+        self._feed: list = []  # tokens the head reads before its next prediction ...
+        self._feed_feats: list[torch.Tensor] = []  # ... and their (n, d) input features
+        self._feed_drafts = 0  # how many of the fed tokens are drafts (the rest: pending committed ones)
+        self._g: torch.Tensor | None = None  # (1, d) the head's last predicted hidden state
+        self._ctx: DraftContext | None = None
 
     @torch.inference_mode()
     def begin(self, ctx: DraftContext) -> None:
         if ctx.target_prefix_hidden is None:
             raise ValueError("EagleDrafter needs the target's prefix hidden states (target_prefix_hidden)")
-        kept = self._start_decision(ctx.first_token)
-        if kept:
-            self._last_feats = torch.cat(self._feats, dim=0)[:kept]
-        embeds = self.target.prefix_embeds(ctx.vision, ctx.instruction, ctx.proprio)[0]  # (P, d)
-        hidden = ctx.target_prefix_hidden.to(embeds.dtype)
-        prev = torch.cat([hidden.new_zeros(1, hidden.shape[1]), hidden[:-1]], dim=0)
-        self.cache = self.head.new_cache(embeds.shape[0] + CACHE_MARGIN)
-        self.head.step(embeds, prev, self.cache)
-        self.passes = 1
+        if self._start_decision(ctx.first_token):
+            self._last_feats = torch.cat(self._feats, dim=0)
+        self._ctx = ctx
+        self.cache = None  # the prefix is run when the head is first needed (history may draft it all)
+        hidden = ctx.target_prefix_hidden.to(self.head.dtype)
+        self.passes = 0
         self._pending = [int(ctx.first_token)]
         self._pending_feats = [hidden[-1:]]
         self._feats = [hidden[-1:]]
@@ -434,41 +532,47 @@ class EagleDrafter(NarrationReuse, AdaptiveDraftLength):
         self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
         generator: torch.Generator | None,
     ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k head tokens (k >= 1), after the reused rest of last frame's narration when it
-        applies, and, when sampling, their distributions (n, V); see ``Drafter``."""
-        if self.cache is None:
+        """Up to k head tokens (k >= 1) and any history tokens around them, and, when sampling,
+        their distributions (n, V); see ``Drafter``."""
+        if self._ctx is None:
             raise RuntimeError("EagleDrafter.propose called before begin()")
-        reused, state, probs = self._reuse_prefix(grammar, state, sample)
-        if grammar.is_done(state):
-            self._drafts, self._n_spec = reused, 0
-            return reused, (torch.stack(probs) if probs else None)
-        device = self.head.fc.weight.device
-        feats = self._pending_feats
-        if reused:  # stand-in features: last decision's, at the same narration positions
-            done = len(self._committed)
-            feats = feats + [self._last_feats[done : done + len(reused)]]
-        pending = torch.tensor(self._pending + reused, dtype=torch.long, device=device)
-        g = self.head.step(self.target.embed_tokens(pending), torch.cat(feats, dim=0), self.cache)[-1:]
-        self.passes += 1
-        self._pending, self._pending_feats = [], []
-        tokens: list[torch.Tensor] = []
-        for i in range(k):
-            logits = self.target.lm_head(g)[0]
-            tok, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
-            tokens.append(tok)
-            if q is not None:
-                probs.append(q)
-            tok_int = int(tok) if grammar.is_text(state) else -1
-            state = grammar.advance(state, tok_int)
-            if i == k - 1 or grammar.is_done(state):
-                break
-            g = self.head.step(self.target.embed_tokens(tok), g, self.cache)
+        self._feed, self._feed_feats, self._feed_drafts = list(self._pending), list(self._pending_feats), 0
+        self._n_spec = 0
+        self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
+        return self._drafts, q
+
+    def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001
+        self._feed.append(token)
+        # a head token's feature is the prediction it came from, a lookahead token's the target hidden
+        # state that predicted it, a history token's last decision's at the same place
+        if feature is None:
+            feature = self._g
+        elif isinstance(feature, int):
+            feature = self._last_feats[feature : feature + 1]
+        self._feed_feats.append(feature)
+        self._feed_drafts += 1
+
+    def _model_logits(self) -> torch.Tensor:
+        if self.cache is None:
+            ctx = self._ctx
+            embeds = self.target.prefix_embeds(ctx.vision, ctx.instruction, ctx.proprio)[0]  # (P, d)
+            hidden = ctx.target_prefix_hidden.to(embeds.dtype)
+            prev = torch.cat([hidden.new_zeros(1, hidden.shape[1]), hidden[:-1]], dim=0)
+            self.cache = self.head.new_cache(embeds.shape[0] + CACHE_MARGIN)
+            self.head.step(embeds, prev, self.cache)
             self.passes += 1
-        self._drafts = reused + torch.cat(tokens).tolist()
-        self._n_spec = len(self._drafts) - 1  # every draft but the last is in the cache
-        return self._drafts, (torch.stack(probs) if probs else None)
+        if self._feed:
+            ids = _ids(self._feed, self.head.fc.weight.device)
+            self._g = self.head.step(self.target.embed_tokens(ids), torch.cat(self._feed_feats, dim=0), self.cache)[-1:]
+            self.passes += 1
+            if len(self._feed) > self._feed_drafts:  # the pending committed tokens are read now
+                self._pending, self._pending_feats = [], []
+            self._n_spec += self._feed_drafts
+            self._feed, self._feed_feats, self._feed_drafts = [], [], 0
+        return self.target.lm_head(self._g)[0]
 
     def accept(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor) -> None:
+        self._note_verify(n_accepted, next_token, target_hidden, self.target.lm_head)
         # speculative positions were fed with draft (or stand-in) features: drop them, refeed with the target's
         if self.cache is not None:
             self.cache.truncate(len(self.cache) - self._n_spec)

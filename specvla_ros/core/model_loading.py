@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -120,11 +120,14 @@ def load_vla(path: str | Path, device: str | torch.device = "auto", dtype: str |
 
 
 def load_drafter(
-    path: str | Path, target: VLAModel, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True
+    path: str | Path, target: VLAModel, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True,
+    reuse_action_dims: Sequence[int] = (), lookahead: bool = False,
 ) -> "Drafter":
     """Load the draft checkpoint in ``path`` for ``target`` -> ModelDrafter or EagleDrafter.
 
-    Checks that the draft was made for this target (vocabulary, widths).
+    Checks that the draft was made for this target (vocabulary, widths). ``reuse_action_dims``:
+    action dimensions drafted as the previous decision's tokens; ``lookahead``: positions after a
+    rejected draft drafted as the target's predictions there (both ``drafters.HistoryReuse``).
     """
     from specvla_ros.core.drafters import EagleConfig, EagleDrafter, EagleHead, ModelDrafter
 
@@ -143,7 +146,8 @@ def load_drafter(
             d_vision = getattr(getattr(target, "config", None), "d_vision", None)
             if d_vision is not None and model.config.d_vision != d_vision:
                 raise ModelLoadError(f"{cfg_file}: draft d_vision {model.config.d_vision} != target d_vision {d_vision}")
-            return ModelDrafter(model, draft_len, max_draft_len, adaptive)
+            return ModelDrafter(model, draft_len, max_draft_len, adaptive, reuse_action_dims=reuse_action_dims,
+                                lookahead=lookahead)
         if kind == "eagle":
             cfg = EagleConfig.from_dict(config)
             target_d = getattr(getattr(target, "config", None), "d_model", None)
@@ -155,7 +159,8 @@ def load_drafter(
             head = EagleHead(cfg)
             load_weights(head, path / WEIGHTS_FILE)
             head = head.to(device=target.device, dtype=target.dtype).eval()
-            return EagleDrafter(head, target, draft_len, max_draft_len, adaptive)
+            return EagleDrafter(head, target, draft_len, max_draft_len, adaptive, reuse_action_dims=reuse_action_dims,
+                                lookahead=lookahead)
     except ValueError as exc:
         raise ModelLoadError(f"{cfg_file}: {exc}") from exc
     raise ModelLoadError(f"{cfg_file}: draft_kind must be 'model' or 'eagle', got {kind!r}")
