@@ -377,3 +377,17 @@ def test_narration_reuse_in_sampling_mode_with_shipped_pair():
         narrations.add(res.narration)
         reused += drafter.reused
     assert reused > 0, narrations
+
+
+def test_decode_config_turns_on_free_drafts(tiny_checkpoints, target):
+    """DecodeConfig(history_actions, lookahead) (the node's decode.* parameters) switch the loaded
+    drafter's free drafts on; False leaves the drafter's own setting; greedy stays exact."""
+    drafter = load_drafter(tiny_checkpoints[1], target)
+    assert drafter.reuse_action_dims == () and not drafter.lookahead
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig(history_actions=True, lookahead=True))
+    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead
+    SpeculativeDecoder(target, drafter, DecodeConfig())
+    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead
+    base = SpeculativeDecoder(target, None, DecodeConfig())
+    for o in (obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(2, PROMPTS[0], 3)):
+        assert spec.decode(o).token_ids == base.decode(o).token_ids

@@ -50,6 +50,8 @@ class DecodeConfig:
     draft_len: int = 4
     max_draft_len: int = 8
     adaptive_draft: bool = True
+    history_actions: bool = False  # the drafter also proposes the previous decision's action tokens
+    lookahead: bool = False  # ... and, past a rejected draft, the target's own predictions from that pass
     max_narration_tokens: int = 12
     temperature: float = 1.0
     seed: int = 0
@@ -167,6 +169,11 @@ class SpeculativeDecoder:
             drafter.max_draft_len = self.config.max_draft_len
             if hasattr(drafter, "adaptive"):
                 drafter.adaptive = self.config.adaptive_draft
+            # free drafts (drafters.HistoryReuse): True turns them on; False keeps the drafter's own setting
+            if self.config.history_actions and hasattr(drafter, "reuse_action_dims"):
+                drafter.reuse_action_dims = tuple(range(ACTION_DIM))
+            if self.config.lookahead and hasattr(drafter, "lookahead"):
+                drafter.lookahead = True
         self.generator = torch.Generator(device=target.device)
         self.generator.manual_seed(self.config.seed)
         self._text_allowed = text_allowed_mask(target)
