@@ -379,15 +379,23 @@ def test_narration_reuse_in_sampling_mode_with_shipped_pair():
     assert reused > 0, narrations
 
 
-def test_decode_config_turns_on_free_drafts(tiny_checkpoints, target):
-    """DecodeConfig(history_actions, lookahead) (the node's decode.* parameters) switch the loaded
-    drafter's free drafts on; False leaves the drafter's own setting; greedy stays exact."""
-    drafter = load_drafter(tiny_checkpoints[1], target)
-    assert drafter.reuse_action_dims == () and not drafter.lookahead
-    spec = SpeculativeDecoder(target, drafter, DecodeConfig(history_actions=True, lookahead=True))
-    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead
+@pytest.mark.parametrize("kind", ["model", "eagle"])
+def test_decode_config_turns_on_free_drafts(kind, tiny_checkpoints, target):
+    """DecodeConfig(history_actions, lookahead, whole_narration) (the node's decode.* parameters) switch the loaded
+    drafter's free drafts on (in greedy mode last decision's output is verified in the prefill
+    pass); False leaves the drafter's own setting; greedy stays exact, with masks too."""
+    drafter = load_drafter(tiny_checkpoints[1 if kind == "model" else 2], target)
+    assert drafter.reuse_action_dims == () and not drafter.lookahead and not drafter.whole_narration
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig(history_actions=True, lookahead=True, whole_narration=True))
+    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead and drafter.whole_narration
     SpeculativeDecoder(target, drafter, DecodeConfig())
-    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead
+    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead and drafter.whole_narration
     base = SpeculativeDecoder(target, None, DecodeConfig())
-    for o in (obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(2, PROMPTS[0], 3)):
-        assert spec.decode(o).token_ids == base.decode(o).token_ids
+    masked = narrow_mask(target, 3, 0)
+    for i, (o, mask) in enumerate([(obs(0, PROMPTS[0], 1), None), (obs(0, PROMPTS[0], 2), None),
+                                   (obs(2, PROMPTS[0], 3), None), (obs(2, PROMPTS[0], 4), masked),
+                                   (obs(1, PROMPTS[1], 5), None)]):
+        got = spec.decode(o, mask)
+        assert got.token_ids == base.decode(o, mask).token_ids
+        if i == 1:  # the same image again: the prefill pass verified last decision's whole output
+            assert got.stats.target_passes == 1 and got.stats.accepted == len(got.token_ids) - 1

@@ -52,12 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decisions", type=int, default=20, help="measured decisions per method")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured decisions per method first")
     p.add_argument("--relax-bins", type=int, default=9, help="r of relaxed acceptance [bins]")
-    p.add_argument("--reuse-actions", default="",
-                   help="also run exact decoding with each draft proposing the previous decision's action tokens of "
-                        "these dimensions (comma list of 0..6, or 'all'): one more row per draft")
-    p.add_argument("--lookahead", action="store_true",
-                   help="also run exact decoding with each draft proposing, after a rejection, the target's own "
-                        "predictions from that verify pass (with --reuse-actions: with and without history)")
+    p.add_argument("--free-drafts", action="store_true",
+                   help="also run exact decoding with each draft plus the decoder's free drafts: +hist "
+                        "(decode.history_actions: last decision's output, verified in the prefill pass, and its action "
+                        "tokens), +la (decode.lookahead: the target's predictions past a rejection), +hist+la, +hist+la+wn "
+                        "(decode.whole_narration: the model drafts the narration in one proposal)")
     p.add_argument("--draft-len", type=int, default=4, help="initial draft length k")
     p.add_argument("--max-draft-len", type=int, default=8)
     p.add_argument("--max-narration", type=int, default=12, help="narration token cap")
@@ -71,21 +70,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
-
-
-def _parse_dims(text: str) -> tuple[int, ...]:
-    """'' -> (), 'all' -> 0..6, '0,1,5' -> (0, 1, 5)."""
-    if not text.strip():
-        return ()
-    if text.strip() == "all":
-        return tuple(range(7))
-    try:
-        dims = tuple(sorted({int(x) for x in text.split(",")}))
-    except ValueError as exc:
-        raise ValueError(f"--reuse-actions must be 'all' or a comma list of 0..6, got {text!r}") from exc
-    if any(not 0 <= d < 7 for d in dims):
-        raise ValueError(f"--reuse-actions dimensions must lie in 0..6, got {text!r}")
-    return dims
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -213,7 +197,6 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--decisions must be >= 1 and --warmup >= 0, got {args.decisions}, {args.warmup}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    reuse_dims = _parse_dims(args.reuse_actions)
     workdir = Path(tempfile.mkdtemp(prefix="specvla_bench_"))
     target_dir, draft_dirs, source = _resolve_checkpoints(args, workdir)
     target = load_vla(target_dir, device=args.device, dtype=args.dtype)
@@ -228,12 +211,12 @@ def run(args: argparse.Namespace) -> dict:
         decoders[f"spec_exact[{name}]"] = SpeculativeDecoder(target, load_drafter(d, target), DecodeConfig(**cfg))
         decoders[f"spec_relaxed[{name},r={args.relax_bins}]"] = SpeculativeDecoder(
             target, load_drafter(d, target), DecodeConfig(mode="relaxed", relax_bins=args.relax_bins, **cfg))
-        hist = f"+hist{''.join(map(str, reuse_dims))}"
-        variants = ([(hist, reuse_dims, False)] if reuse_dims else []) + (
-            [("+la", (), True)] + ([(hist + "+la", reuse_dims, True)] if reuse_dims else []) if args.lookahead else [])
-        for suffix, dims, look in variants:
-            decoders[f"spec_exact[{name}{suffix}]"] = SpeculativeDecoder(
-                target, load_drafter(d, target, reuse_action_dims=dims, lookahead=look), DecodeConfig(**cfg))
+        if args.free_drafts:
+            for suffix, extra in (("+hist", dict(history_actions=True)), ("+la", dict(lookahead=True)),
+                                  ("+hist+la", dict(history_actions=True, lookahead=True)),
+                                  ("+hist+la+wn", dict(history_actions=True, lookahead=True, whole_narration=True))):
+                decoders[f"spec_exact[{name}{suffix}]"] = SpeculativeDecoder(
+                    target, load_drafter(d, target), DecodeConfig(**cfg, **extra))
     oracle = OracleDrafter(args.draft_len, args.max_draft_len)
     decoders["spec_exact[oracle]"] = SpeculativeDecoder(target, oracle, DecodeConfig(**cfg))
     methods = {name: _Method(name) for name in decoders}

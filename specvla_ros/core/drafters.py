@@ -146,6 +146,9 @@ class HistoryReuse:
     drafts every other position (at most k model tokens per proposal; the free tokens do
     not count). Verification is unchanged, so greedy output stays exactly the target's, and
     in sampling mode the free tokens carry a one-hot q (rejection sampling stays exact).
+    With ``whole_narration`` the model drafts a narration through [EON] in one proposal (k
+    then limits its action tokens only): its narration drafts are nearly always right, and a
+    model pass costs a fraction of a target pass.
 
     A subclass keeps ``self._committed`` (this decision's emitted tokens) and ``self._drafts``
     (its last proposal), calls ``_start_decision`` in ``begin`` and ``_note_verify`` in
@@ -167,23 +170,48 @@ class HistoryReuse:
         self._last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
         self._last_eon = -1  # index of [EON] in _last_seq
         self.lookahead = lookahead
+        self.whole_narration = False  # the model drafts the narration through [EON] regardless of k
         self._la_hidden: torch.Tensor | None = None  # (m, d) target hidden states after the last rejection
         self._la_logits: torch.Tensor | None = None  # (m, V) their LM-head logits
         self._committed: list[int] = []
         self.reused = 0  # tokens proposed from the previous decision since begin()
         self.looked_ahead = 0  # tokens proposed from the target's lookahead since begin()
 
-    def _start_decision(self, first_token: int) -> bool:
-        """Keep the last finished decision's tokens; -> whether they were kept (new history)."""
+    def _roll_history(self) -> bool:
+        """Keep the last finished decision's tokens as history; -> whether they were new."""
         kept = False
         if self._eon_id in self._committed:
             eon = self._committed.index(self._eon_id)
             if len(self._committed) == eon + 1 + ACTION_DIM:
                 self._last_seq, self._last_eon, kept = list(self._committed), eon, True
+        self._committed = []
+        return kept
+
+    def _start_decision(self, first_token: int) -> None:
+        self._roll_history()
         self._committed = [int(first_token)]
         self.reused = self.looked_ahead = 0
         self._la_hidden = self._la_logits = None
-        return kept
+
+    def history_guess(self, grammar: OutputGrammar) -> list[int]:
+        """The previous decision's whole output (as far as this grammar allows it), to verify in the
+        target's prefill pass before the first token is known; [] without narration reuse or history."""
+        self._roll_history()
+        if not self.reuse_narration:
+            return []
+        state, out = grammar.initial_state, []
+        for tok in self._last_seq:
+            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+                break
+            out.append(tok)
+            state = grammar.advance(state, tok)
+        return out
+
+    def adopt_drafts(self, drafts: list[int]) -> None:
+        """Right after ``begin``: ``drafts`` (the history guess past the first token) were verified in the
+        prefill pass; ``accept`` follows as after ``propose``."""
+        self._drafts, self._n_spec = list(drafts), 0
+        self.reused += len(drafts)
 
     def _note_verify(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor,
                      lm_head) -> None:  # noqa: ANN001 - the target's LM head (a module) or None
@@ -255,7 +283,7 @@ class HistoryReuse:
                     probs.append(q)
                 self._queue(tok, pos)
             else:
-                if n_model == k:
+                if n_model >= k and not (self.whole_narration and grammar.is_text(state)):
                     break
                 logits = self._model_logits()
                 tok_t, q = _pick(logits, grammar.bias[grammar.row(state)], sample, temperature, generator)
@@ -515,8 +543,7 @@ class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
     def begin(self, ctx: DraftContext) -> None:
         if ctx.target_prefix_hidden is None:
             raise ValueError("EagleDrafter needs the target's prefix hidden states (target_prefix_hidden)")
-        if self._start_decision(ctx.first_token):
-            self._last_feats = torch.cat(self._feats, dim=0)
+        self._start_decision(ctx.first_token)
         self._ctx = ctx
         self.cache = None  # the prefix is run when the head is first needed (history may draft it all)
         hidden = ctx.target_prefix_hidden.to(self.head.dtype)
@@ -540,6 +567,13 @@ class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
         self._n_spec = 0
         self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
         return self._drafts, q
+
+    def _roll_history(self) -> bool:
+        kept = super()._roll_history()
+        if kept:
+            self._last_feats = torch.cat(self._feats, dim=0)
+        self._feats = []
+        return kept
 
     def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001
         self._feed.append(token)

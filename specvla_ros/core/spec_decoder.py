@@ -52,6 +52,7 @@ class DecodeConfig:
     adaptive_draft: bool = True
     history_actions: bool = False  # the drafter also proposes the previous decision's action tokens
     lookahead: bool = False  # ... and, past a rejected draft, the target's own predictions from that pass
+    whole_narration: bool = False  # the draft model drafts the narration through [EON] in one proposal (k: actions)
     max_narration_tokens: int = 12
     temperature: float = 1.0
     seed: int = 0
@@ -174,6 +175,8 @@ class SpeculativeDecoder:
                 drafter.reuse_action_dims = tuple(range(ACTION_DIM))
             if self.config.lookahead and hasattr(drafter, "lookahead"):
                 drafter.lookahead = True
+            if self.config.whole_narration and hasattr(drafter, "whole_narration"):
+                drafter.whole_narration = True
         self.generator = torch.Generator(device=target.device)
         self.generator.manual_seed(self.config.seed)
         self._text_allowed = text_allowed_mask(target)
@@ -223,7 +226,11 @@ class SpeculativeDecoder:
         stats.vision_time_s = t_vis - t_start
 
         need_hidden = drafter is not None and drafter.needs_target_hidden
-        if need_hidden:
+        guess = self._history_guess(grammar)
+        pre_round = None  # (drafts, their verify output) when the prefill pass verified the history guess
+        if guess:
+            cache, out, guess_out = self._fused_prefill(vision, obs, guess, need_hidden)
+        elif need_hidden:
             cache, out = self.target.prefill(vision, obs.instruction, obs.proprio, return_all_hidden=True)  # type: ignore[call-arg]
         else:
             cache, out = self.target.prefill(vision, obs.instruction, obs.proprio)
@@ -236,29 +243,42 @@ class SpeculativeDecoder:
         tokens = [first]
         state = grammar.advance(state, first)
         stats.target_passes = 1
+        if guess:
+            if guess[0] == first and len(guess) > 1:
+                pre_round = (guess[1:], guess_out)
+            else:  # the guess went wrong at once: keep the prefix only
+                cache.truncate(len(cache) - len(guess))
         t_pre = self._clock()
         stats.prefill_time_s = t_pre - t_vis
 
         if drafter is not None:
             drafter.begin(DraftContext(self.target, vision, obs.instruction, obs.proprio, first,
                                        out.hidden if need_hidden else None))
+            if pre_round is not None:
+                drafter.adopt_drafts(pre_round[0])  # type: ignore[attr-defined]
             t_b = self._clock()
             stats.draft_time_s += t_b - t_pre
 
         device = self.target.device
         while not grammar.is_done(state):
-            k = min(drafter.num_draft_tokens, grammar.remaining(state)) if drafter is not None else 0
-            t0 = self._clock()
             q = None
             drafts: list[int] = []
-            if k > 0:
-                drafts, q = drafter.propose(k, grammar, state, sample, cfg.temperature, self.generator)
-            t1 = self._clock()
-            stats.draft_time_s += t1 - t0
-            inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
-            out = self.target.forward(inp, cache)
-            t2 = self._clock()
-            stats.verify_time_s += t2 - t1
+            if pre_round is not None:  # verified in the prefill pass already
+                drafts, out = pre_round
+                pre_round = None
+                inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
+            else:
+                k = min(drafter.num_draft_tokens, grammar.remaining(state)) if drafter is not None else 0
+                t0 = self._clock()
+                if k > 0:
+                    drafts, q = drafter.propose(k, grammar, state, sample, cfg.temperature, self.generator)
+                t1 = self._clock()
+                stats.draft_time_s += t1 - t0
+                inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
+                out = self.target.forward(inp, cache)
+                t2 = self._clock()
+                stats.verify_time_s += t2 - t1
+                stats.target_passes += 1
 
             # grammar rows of the k+1 verified positions (states follow the drafts)
             states = [state]
@@ -286,7 +306,6 @@ class SpeculativeDecoder:
             if next_token is not None:
                 tokens.append(next_token)
                 state = grammar.advance(state, next_token)
-            stats.target_passes += 1
             stats.drafted += n_draft
             stats.accepted += n
             if drafter is not None:
@@ -302,6 +321,32 @@ class SpeculativeDecoder:
         stats.overhead_time_s = max(0.0, stats.total_time_s - stats.vision_time_s - stats.prefill_time_s
                                     - stats.draft_time_s - stats.verify_time_s)
         return self._result(tokens, grammar, stats)
+
+    def _history_guess(self, grammar: OutputGrammar) -> list[int]:
+        """Last decision's output to verify in the prefill pass (greedy mode with ``history_actions``,
+        a drafter that keeps history and a target that runs embeddings: TinyVLA), else []."""
+        d, t = self.drafter, self.target
+        if not (self.config.mode == "greedy" and self.config.history_actions and hasattr(d, "history_guess")
+                and all(hasattr(t, a) for a in ("prefix_embeds", "embed_tokens", "new_cache", "forward_embeds"))):
+            return []
+        return d.history_guess(grammar)  # type: ignore[union-attr]
+
+    def _fused_prefill(self, vision: VisionFeatures, obs: Observation, guess: list[int], need_hidden: bool):
+        """ONE target pass over prefix + guess -> (cache holding both, prefill output as ``prefill``
+        returns it, StepOutput of the guess positions: what a verify pass over ``guess`` returns)."""
+        from specvla_ros.core.model_interface import StepOutput
+        from specvla_ros.core.tiny_vla import CACHE_MARGIN
+
+        t = self.target
+        prefix = t.prefix_embeds(vision, obs.instruction, obs.proprio)  # type: ignore[attr-defined]
+        n_prefix = prefix.shape[1]
+        ids = torch.tensor(guess, dtype=torch.long, device=t.device)
+        embeds = torch.cat([prefix, t.embed_tokens(ids)[None].to(prefix.dtype)], dim=1)  # type: ignore[attr-defined]
+        cache = t.new_cache(n_prefix + CACHE_MARGIN)  # type: ignore[attr-defined]
+        full = t.forward_embeds(embeds, cache)  # type: ignore[attr-defined]
+        hidden = full.hidden[:n_prefix] if need_hidden else full.hidden[n_prefix - 1 : n_prefix]
+        out = StepOutput(logits=full.logits[n_prefix - 1 : n_prefix], hidden=hidden)
+        return cache, out, StepOutput(logits=full.logits[n_prefix:], hidden=full.hidden[n_prefix:])
 
     def _result(self, tokens: list[int], grammar: OutputGrammar, stats: DecodeStats) -> DecodeResult:
         # last line of defence: only NaN logits can slip a token past the bias table

@@ -105,6 +105,8 @@ SCHEMA: tuple[ParamSpec, ...] = (
               f"Also draft the previous decision's action tokens (free, lossless in greedy/sample) {_MODEL}"),
     ParamSpec("decode.lookahead", BOOL,
               f"Draft the target's own predictions past a rejected draft (free, lossless in greedy/sample) {_MODEL}"),
+    ParamSpec("decode.whole_narration", BOOL,
+              f"The draft model drafts the whole narration in one proposal (draft_len limits action tokens) {_MODEL}"),
     ParamSpec("decode.max_narration_tokens", INT, f"Narration budget before the action tokens [tokens] {_MODEL}",
               min=0, max=512),
     ParamSpec("decode.temperature", DOUBLE, f"Sample mode temperature [1] {_MODEL}", min=1e-3, max=10.0),
