@@ -11,6 +11,7 @@ from specvla_ros.core import model_loading
 from specvla_ros.core.model_interface import KVCache, ModelLoadError, VLAModel
 from specvla_ros.core.model_loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
+from specvla_ros.core.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.tiny_vla import (
     SELECTION_GAIN, TinyVLA, TinyVLAConfig, checkpoint_megabytes, count_parameters, make_random_checkpoint,
     make_random_draft,
@@ -91,7 +92,8 @@ def named_target(tmp_path_factory):
     model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path_factory.mktemp("named"), preset="test_kp_named", seed=4))
     with torch.no_grad():  # random selection logits: zero-initialised ones make every token the mean keypoint
         # (logit std 5: the colour word, one of ~12 summed embeddings of std 0.02, then moves the softmax)
-        model.keypoint_select.weight.normal_(0.0, 5.0 / SELECTION_GAIN)
+        model.keypoint_select.weight.copy_(torch.randn(model.keypoint_select.weight.shape,
+                                                       generator=torch.Generator().manual_seed(0)) * 5.0 / SELECTION_GAIN)
     return model
 
 
@@ -316,6 +318,29 @@ def test_named_keypoint_token_is_the_selected_keypoint(named_target):
         m.prefill(VisionFeatures(vis.patches), "reach the red cube", prop)
     with pytest.raises(ValueError, match="named_keypoint needs vision_keypoints"):
         TinyVLAConfig(named_keypoint=True, vision_keypoints=0)
+    with pytest.raises(ValueError, match="named_relative"):
+        TinyVLAConfig(named_keypoint=True, vision_keypoints=4, named_relative=(4,))
+
+
+def test_named_token_holds_offsets_of_the_relative_keypoints(tmp_path):
+    """With named_relative, the token's input is the selected keypoint plus each listed keypoint's
+    image offset from it: moving the gripper keypoint changes the token, by exactly that offset."""
+    from specvla_ros.core.tiny_vla import PRESETS
+
+    tok = VLATextTokenizer.build()
+    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **dict(PRESETS["test_kp_named"], named_relative=(4, 5)))
+    torch.manual_seed(0)
+    m = TinyVLA(cfg, tok)
+    with torch.no_grad():
+        m.keypoint_select.bias[1] = 50.0  # select keypoint 1
+        kps = torch.rand(1, cfg.vision_keypoints, 3)
+        embeds = [m.backbone.embed_tokens(m.prompt_ids("reach the green ball"))]
+        token, _ = m.select_keypoint(kps, embeds)
+        inputs = torch.cat([kps[0, 1], kps[0, 4, :2] - kps[0, 1, :2], kps[0, 5, :2] - kps[0, 1, :2]])
+        torch.testing.assert_close(token[0], m.named_proj(inputs), atol=1e-5, rtol=1e-5)
+        kps2 = kps.clone()
+        kps2[0, 5, :2] += 0.3
+        assert float((m.select_keypoint(kps2, embeds)[0] - token).abs().max()) > 1e-4
 
 
 def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
@@ -335,7 +360,7 @@ def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
     for _ in range(200):
         _, logits = m.select_keypoint(kps, embeds)
         loss = selection_loss(logits, instructions)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -209,23 +209,27 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
     keypoint changes nothing), and pretraining lowers that loss."""
     from specvla_ros.train.train_target import AuxHeads
 
-    heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=6, colour_keypoints=True, cells=32)
+    heads = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=7, colour_keypoints=True, cells=32)
     px = torch.rand(2, 4, 2) * 2 - 1
+    tcp_px = torch.rand(2, 2) * 2 - 1
     aux = {"objects": torch.ones(2, 4, 3), "valid": torch.ones(2, dtype=torch.bool), "objects_px": px,
-           "goal_px": torch.rand(2, 2) * 2 - 1, "has_goal": torch.zeros(2, dtype=torch.bool)}
-    on_target = torch.cat([torch.cat([px * 32 / 31, torch.zeros(2, 4, 1)], -1), torch.rand(2, 2, 3)], 1)
+           "goal_px": torch.rand(2, 2) * 2 - 1, "has_goal": torch.zeros(2, dtype=torch.bool), "tcp_px": tcp_px}
+    on_target = torch.cat([torch.cat([px * 32 / 31, torch.zeros(2, 4, 1)], -1), torch.rand(2, 3, 3)], 1)
+    on_target[:, 5, :2] = tcp_px * 32 / 31  # keypoint 5 follows the gripper
     assert float(heads.vision_loss(on_target, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     moved = on_target.clone()
-    moved[:, 4:] = 0.0  # keypoints past the colours are free (no push target in these samples)
+    moved[:, 4] = 0.0  # no push target in these samples: keypoint 4 is free, and so is keypoint 6
+    moved[:, 6] = 0.0
     assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     moved[:, 2, :2] += 0.3  # colour 2's own keypoint
     # (0.3^2 + 0.3^2) in each of 2 samples, averaged over the 8 (sample, colour) pairs present
     assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.045, rel=1e-4)
-    # with a push target, keypoint 4 (the first after the colours) is pulled onto it; keypoint 5 stays free
+    moved[:, 5, 1] += 0.2  # the gripper keypoint: 0.2^2 in every sample
+    assert float(heads.vision_loss(moved, aux)[1]) == pytest.approx(0.045 + 0.04, rel=1e-4)
+    # with a push target, keypoint 4 (the first after the colours) is pulled onto it
     aux["has_goal"] = torch.tensor([True, False])
     on_goal = on_target.clone()
     on_goal[0, 4, :2] = aux["goal_px"][0] * 32 / 31
-    on_goal[:, 5] = 7.0
     assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     on_goal[0, 4, 0] += 0.5
     assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.25, rel=1e-4)

@@ -111,6 +111,10 @@ class TinyVLAConfig:
     #: embeddings). Attention alone did not learn to pick the instruction's object: the decoder's
     #: named-object estimate stayed at 4.3-5.7 cm while the keypoints held it to 2.5-2.9 cm
     named_keypoint: bool = False
+    #: keypoints whose image offset from the selected one joins the named token (training binds
+    #: keypoint 4 to the push target and 5 to the gripper): the action needs "object minus hand",
+    #: which the decoder otherwise has to build from an image position and a table position
+    named_relative: tuple[int, ...] = ()
     n_action_bins: int = 256
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
@@ -137,6 +141,11 @@ class TinyVLAConfig:
                              "when vision_keypoints > 0")
         if self.named_keypoint and not self.vision_keypoints:
             raise ValueError("TinyVLAConfig.named_keypoint needs vision_keypoints > 0")
+        self.named_relative = tuple(int(i) for i in self.named_relative)
+        if self.named_relative and (not self.named_keypoint
+                                    or any(not 0 <= i < self.vision_keypoints for i in self.named_relative)):
+            raise ValueError(f"TinyVLAConfig.named_relative needs named_keypoint and keypoint indices in "
+                             f"[0, {self.vision_keypoints}), got {self.named_relative}")
         if self.vision_layers < 0:
             raise ValueError(f"TinyVLAConfig.vision_layers must be >= 0, got {self.vision_layers}")
         if self.d_model % self.n_heads:
@@ -209,6 +218,10 @@ PRESETS: dict[str, dict] = {
     "small_kp_named": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                            vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_features="panda_tcp",
                            named_keypoint=True),
+    # ... whose named token also holds the push target's and the gripper's offsets from the object
+    "small_kp_named_rel": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768,
+                               d_vision=128, vision_layers=2, vision_heads=4, vision_keypoints=16,
+                               proprio_features="panda_tcp", named_keypoint=True, named_relative=(4, 5)),
     # "small_kp" that reads only the gripper opening from proprio (no copycat shortcut; not shipped yet)
     "small_kp_grip": dict(d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, intermediate_size=768, d_vision=128,
                           vision_layers=2, vision_heads=4, vision_keypoints=16, proprio_keep=(7,)),
@@ -401,7 +414,8 @@ class TinyVLA(nn.Module):
             self.keypoint_select = nn.Linear(cfg.d_model, cfg.vision_keypoints)
             nn.init.zeros_(self.keypoint_select.weight)
             nn.init.zeros_(self.keypoint_select.bias)
-            self.named_proj = nn.Sequential(nn.Linear(3, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+            n_in = 3 + 2 * len(cfg.named_relative)
+            self.named_proj = nn.Sequential(nn.Linear(n_in, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
         self.backbone = LlamaModel(cfg.llama_config())
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, std=0.02)
@@ -476,8 +490,10 @@ class TinyVLA(nn.Module):
         # the difference between "red" and "blue" twelvefold (the shared template is a constant)
         pooled = torch.stack([e.sum(dim=0) for e in prompt_embeds])
         logits = self.keypoint_select(pooled) * SELECTION_GAIN
-        coords = (logits.softmax(dim=-1).unsqueeze(-1) * keypoints.to(logits.dtype)).sum(dim=1)
-        return self.named_proj(coords), logits
+        keypoints = keypoints.to(logits.dtype)
+        coords = (logits.softmax(dim=-1).unsqueeze(-1) * keypoints).sum(dim=1)
+        offsets = [keypoints[:, i, :2] - coords[:, :2] for i in self.config.named_relative]
+        return self.named_proj(torch.cat([coords, *offsets], dim=-1)), logits
 
     def prompt_ids(self, instruction: str) -> torch.Tensor:
         """BOS + tokenised prompt, (n,) int64 on the model's device (cached per instruction)."""
@@ -738,6 +754,7 @@ def make_random_draft(
                 patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
                 vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep,
                 proprio_features=target_cfg.proprio_features, named_keypoint=target_cfg.named_keypoint,
+                named_relative=target_cfg.named_relative,
                 prompt_template=target_cfg.prompt_template, **geometry,
             )
             TinyVLA(cfg, tok).save_pretrained(out_dir, storage)

@@ -204,7 +204,7 @@ _PRE_CONTACT = ("moving to", "lowering to", "closing the gripper", "opening the 
 _X_CENTRE, _X_HALF, _Y_HALF = TCP_CENTRE[0], TCP_SCALE[0], TCP_SCALE[1]
 
 
-AUX_FIELDS = ("objects", "named", "valid", "tcp", "objects_px", "goal_px", "has_goal")
+AUX_FIELDS = ("objects", "named", "valid", "tcp", "objects_px", "goal_px", "has_goal", "tcp_px")
 
 
 @dataclass
@@ -215,7 +215,8 @@ class AuxTargets:
     named (N,2): the instruction's object (x, y), same scaling; valid (N,) bool: the positions hold
     (the object has not been touched yet); tcp (N,3): TCP position from forward kinematics, scaled;
     objects_px (N,4,2): each colour's object centre in the camera image, (x right, y down) in [-1, 1];
-    goal_px (N,2): the push target's centre in the image, has_goal (N,) bool: the episode has one.
+    goal_px (N,2): the push target's centre in the image, has_goal (N,) bool: the episode has one;
+    tcp_px (N,2): the TCP in the image.
     """
 
     objects: np.ndarray
@@ -225,6 +226,7 @@ class AuxTargets:
     objects_px: np.ndarray
     goal_px: np.ndarray
     has_goal: np.ndarray
+    tcp_px: np.ndarray
 
 
 def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
@@ -241,6 +243,7 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     objects_px = np.zeros((n, len(COLOR_NAMES), 2), dtype=np.float32)
     goal_px = np.zeros((n, 2), dtype=np.float32)
     has_goal = np.zeros(n, dtype=bool)
+    tcp_px = np.zeros((n, 2), dtype=np.float32)
     valid = np.array([s.startswith(_PRE_CONTACT) for s in narrations], dtype=bool)
     scale = lambda xy: ((xy[0] - _X_CENTRE) / _X_HALF, xy[1] / _Y_HALF)  # noqa: E731
     layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -263,8 +266,9 @@ def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     for i in range(n):
         pos, _ = kin.fk(ds.proprio[i, :7].astype(np.float64))
         tcp[i] = (pos - np.array(TCP_CENTRE)) / np.array(TCP_SCALE)  # as the panda_tcp proprio features
+        tcp_px[i] = project_to_image(pos)
     return AuxTargets(objects=objects, named=named, valid=valid, tcp=tcp, objects_px=objects_px, goal_px=goal_px,
-                      has_goal=has_goal)
+                      has_goal=has_goal, tcp_px=tcp_px)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:

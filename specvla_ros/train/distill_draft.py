@@ -139,7 +139,7 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
         model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tc.vocab_size, has_vision_encoder=False,
         d_vision=tc.d_vision, image_size=tc.image_size, patch_size=tc.patch_size, patch_pool=tc.patch_pool,
         vision_layers=0, vision_keypoints=tc.vision_keypoints, proprio_keep=tc.proprio_keep,
-        proprio_features=tc.proprio_features, named_keypoint=tc.named_keypoint,
+        proprio_features=tc.proprio_features, named_keypoint=tc.named_keypoint, named_relative=tc.named_relative,
         prompt_template=tc.prompt_template, rope_theta=tc.rope_theta,
         max_positions=tc.max_positions, **geometry,
     )

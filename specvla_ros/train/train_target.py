@@ -206,6 +206,7 @@ class AuxHeads(nn.Module):
         self.colour_keypoints = colour_keypoints
         # keypoint n_colors follows the push target when there is one to spare
         self.goal_keypoint = colour_keypoints and n_keypoints > n_colors
+        self.tcp_keypoint = colour_keypoints and n_keypoints > n_colors + 1
         self.cells = cells
         # with keypoints, object positions are read *linearly* from the keypoint coordinates alone:
         # that pushes the keypoints onto the objects. An MLP read-out memorised the layouts, and
@@ -236,6 +237,9 @@ class AuxHeads(nn.Module):
                 goal = aux["goal_px"] * self.cells / (self.cells - 1)
                 g_err = ((vision_in.float()[:, self.n_colors, :2] - goal) ** 2).sum(-1)
                 l_px = l_px + (g_err * has_goal).sum() / has_goal.sum().clamp(min=1.0)
+            if self.tcp_keypoint:  # and the one after it to the gripper (the TCP's projection)
+                tcp = aux["tcp_px"] * self.cells / (self.cells - 1)
+                l_px = l_px + ((vision_in.float()[:, self.n_colors + 1, :2] - tcp) ** 2).sum(-1).mean()
             return l_px, l_px
         obj = self.vision(vision_in.float()).view(-1, self.n_colors, 3)
         present = aux["objects"][..., 0]
@@ -412,7 +416,8 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         own = model.state_dict()
         src = {k: v for k, v in init.state_dict().items() if k not in own or v.shape == own[k].shape}
         reshaped = [k for k in init.state_dict() if k not in src]
-        if any(not k.startswith("proprio_proj.") for k in reshaped):
+        # (the named token's input layer also changes size with named_relative)
+        if any(not k.startswith(("proprio_proj.", "named_proj.")) for k in reshaped):
             raise ValueError(f"{cfg.init_from} does not match preset {cfg.preset!r}: shapes of {reshaped[:5]} differ")
         result = model.load_state_dict(src, strict=False)
         # the named-keypoint modules are new too
