@@ -98,7 +98,8 @@ def test_proposals_after_rollbacks_equal_fresh_recomputation(kind, tiny_checkpoi
     decision's target features, which for the same frame are this decision's), and what the
     model drafts after it must still equal a fresh computation over committed + reused tokens."""
     drafter = Recorder(load_drafter(tiny_checkpoints[1 if kind == "model" else 2], target))
-    spec = SpeculativeDecoder(target, drafter, DecodeConfig(draft_len=3, adaptive_draft=True))
+    spec = SpeculativeDecoder(target, drafter, DecodeConfig(draft_len=3, adaptive_draft=True, history_actions=False,
+                                                            lookahead=False, whole_narration=False))
     o = _obs(4)
     mask = np.zeros((7, 256), bool)
     mask[:, [10, 11, 100]] = True  # narrow: some drafts accepted, some rejected

@@ -17,6 +17,10 @@ PROMPTS = ["pick up the red cube", "push the blue block to the target", "move to
            "reach the yellow object"]
 
 
+#: the decoder's free drafts (on by default) off, for tests of one drafter mechanism at a time
+PLAIN = dict(history_actions=False, lookahead=False, whole_narration=False)
+
+
 @pytest.fixture(scope="module")
 def target(tiny_checkpoints):
     return load_vla(tiny_checkpoints[0], device="cpu")
@@ -123,7 +127,10 @@ def test_output_grammar_and_result(target, tiny_checkpoints, max_narr):
         assert r.narration == target.text_tokenizer.decode(r.narration_ids)
         s = r.stats
         assert s.total_time_s >= s.vision_time_s + s.prefill_time_s + s.verify_time_s > 0
-        assert s.draft_passes >= 1 and s.emitted == len(r.token_ids)
+        assert s.emitted == len(r.token_ids)
+        # the first decision has no previous output to reuse: the draft model must run; later ones
+        # may be fully drafted for free (DecodeConfig.history_actions verifies the last output in prefill)
+        assert s.draft_passes >= 1 or seed > 0
 
 
 def test_vision_features_cached_per_frame(target, tiny_checkpoints):
@@ -307,8 +314,8 @@ def test_narration_reuse_is_lossless_and_skips_draft_passes(kind, tiny_checkpoin
         head = load_drafter(tiny_checkpoints[2], target).head
         reuse = EagleDrafter(head, target, draft_len=3)
         plain = EagleDrafter(head, target, draft_len=3, reuse_narration=False)
-    spec_reuse = SpeculativeDecoder(target, reuse, DecodeConfig(draft_len=3))
-    spec_plain = SpeculativeDecoder(target, plain, DecodeConfig(draft_len=3))
+    spec_reuse = SpeculativeDecoder(target, reuse, DecodeConfig(draft_len=3, **PLAIN))
+    spec_plain = SpeculativeDecoder(target, plain, DecodeConfig(draft_len=3, **PLAIN))
     frames = [obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(1, PROMPTS[1], 3), obs(1, PROMPTS[1], 4)]
     reused_total = 0
     for o in frames:
@@ -341,7 +348,8 @@ def test_action_history_reuse_is_lossless(kind, mode, lookahead, tiny_checkpoint
                             reuse_action_dims=dims, lookahead=lookahead)
     with pytest.raises(ValueError, match="reuse_action_dims"):
         ModelDrafter(noisy_copy, reuse_action_dims=[7])
-    cfg = dict(draft_len=2, mode=mode, temperature=0.7, seed=1)
+    # the decoder's free drafts off: this drafter's own settings are under test
+    cfg = dict(draft_len=2, mode=mode, temperature=0.7, seed=1, **PLAIN)
     base = SpeculativeDecoder(target, None, DecodeConfig(**cfg))
     spec = SpeculativeDecoder(target, hist, DecodeConfig(**cfg))
     frames = [obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(5, PROMPTS[0], 3), obs(1, PROMPTS[1], 4)]

@@ -200,8 +200,9 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="specvla_bench_"))
     target_dir, draft_dirs, source = _resolve_checkpoints(args, workdir)
     target = load_vla(target_dir, device=args.device, dtype=args.dtype)
+    # the plain spec rows run without the free drafts (the DecodeConfig default); --free-drafts adds them
     cfg = dict(draft_len=args.draft_len, max_draft_len=args.max_draft_len, max_narration_tokens=args.max_narration,
-               seed=args.seed)
+               seed=args.seed, history_actions=False, lookahead=False, whole_narration=False)
     decoders: dict[str, SpeculativeDecoder] = {"baseline": SpeculativeDecoder(target, None, DecodeConfig(**cfg))}
     drafters_info = {}
     for i, d in enumerate(draft_dirs):
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
                                   ("+hist+la", dict(history_actions=True, lookahead=True)),
                                   ("+hist+la+wn", dict(history_actions=True, lookahead=True, whole_narration=True))):
                 decoders[f"spec_exact[{name}{suffix}]"] = SpeculativeDecoder(
-                    target, load_drafter(d, target), DecodeConfig(**cfg, **extra))
+                    target, load_drafter(d, target), DecodeConfig(**{**cfg, **extra}))
     oracle = OracleDrafter(args.draft_len, args.max_draft_len)
     decoders["spec_exact[oracle]"] = SpeculativeDecoder(target, oracle, DecodeConfig(**cfg))
     methods = {name: _Method(name) for name in decoders}

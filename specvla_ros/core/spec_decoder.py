@@ -50,9 +50,11 @@ class DecodeConfig:
     draft_len: int = 4
     max_draft_len: int = 8
     adaptive_draft: bool = True
-    history_actions: bool = False  # the drafter also proposes the previous decision's action tokens
-    lookahead: bool = False  # ... and, past a rejected draft, the target's own predictions from that pass
-    whole_narration: bool = False  # the draft model drafts the narration through [EON] in one proposal (k: actions)
+    # free drafts (no model pass; on by default: greedy output stays exactly the target's and
+    # sampling keeps its distribution; measured 1.37x -> 2.15x exact on simulator frames)
+    history_actions: bool = True  # the drafter also proposes the previous decision's action tokens
+    lookahead: bool = True  # ... and, past a rejected draft, the target's own predictions from that pass
+    whole_narration: bool = True  # the draft model drafts the narration through [EON] in one proposal (k: actions)
     max_narration_tokens: int = 12
     temperature: float = 1.0
     seed: int = 0
