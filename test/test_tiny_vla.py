@@ -365,5 +365,5 @@ def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
         loss.backward()
         opt.step()
     _, logits = m.select_keypoint(kps, embeds)
-    assert float(selection_loss(logits, instructions)) < 0.1 * first
+    assert float(selection_loss(logits, instructions).detach()) < 0.1 * first
     assert logits.argmax(-1).tolist() == [named_colour_index(s) for s in instructions]

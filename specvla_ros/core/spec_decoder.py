@@ -328,8 +328,9 @@ class SpeculativeDecoder:
         """Last decision's output to verify in the prefill pass (greedy mode with ``history_actions``,
         a drafter that keeps history and a target that runs embeddings: TinyVLA), else []."""
         d, t = self.drafter, self.target
+        # a target opts in (TinyVLA): OpenVLA has methods of these names with other signatures
         if not (self.config.mode == "greedy" and self.config.history_actions and hasattr(d, "history_guess")
-                and all(hasattr(t, a) for a in ("prefix_embeds", "embed_tokens", "new_cache", "forward_embeds"))):
+                and getattr(t, "supports_fused_prefill", False)):
             return []
         return d.history_guess(grammar)  # type: ignore[union-attr]
 

@@ -393,6 +393,9 @@ class TrainOutputs:
 class TinyVLA(nn.Module):
     """Small VLA behind the ``VLAModel`` interface (also the independent draft model)."""
 
+    #: the decoder may run prefix + guessed tokens as one pass (prefix_embeds, new_cache(capacity), forward_embeds)
+    supports_fused_prefill = True
+
     def __init__(self, cfg: TinyVLAConfig, text_tokenizer: VLATextTokenizer, norm_stats: ActionNormStats | None = None) -> None:
         super().__init__()
         if text_tokenizer.vocab_size != cfg.vocab_size:
