@@ -426,6 +426,7 @@ class TinyVLA(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._prompt_ids: dict[str, torch.Tensor] = {}
+        self.last_selection_logits: torch.Tensor | None = None  # of the last forward_train (named keypoint)
         self.eval()
 
     # --- VLAModel protocol -------------------------------------------------------
@@ -598,7 +599,7 @@ class TinyVLA(nn.Module):
         prompts = [self.prompt_ids(s) for s in instructions]
         prompt_embeds = [self.backbone.embed_tokens(p) for p in prompts]
         extra = [prop]
-        self.last_selection_logits = None  # training's selection loss reads it
+        self.last_selection_logits = None  # training's selection loss reads it (set below when there is one)
         if self.config.named_keypoint:
             kps = None if vision_keypoints is None else vision_keypoints.to(device=self.device, dtype=self.dtype)
             named, self.last_selection_logits = self.select_keypoint(kps, prompt_embeds)
