@@ -367,3 +367,23 @@ def test_selection_loss_teaches_the_colour_word_to_pick_its_keypoint(tmp_path):
     _, logits = m.select_keypoint(kps, embeds)
     assert float(selection_loss(logits, instructions).detach()) < 0.1 * first
     assert logits.argmax(-1).tolist() == [named_colour_index(s) for s in instructions]
+
+
+@pytest.mark.parametrize("which", ["target", "named_target"])
+def test_prefill_with_guess_equals_prefill_then_verify(which, request):
+    """One pass over prefix + guessed tokens gives the prefill's output, the verify pass's output
+    over the guess, and a cache that continues like the two-pass one."""
+    m = request.getfixturevalue(which)
+    vis = m.encode_vision(_image(2))
+    prop = np.linspace(-1, 1, 8).astype(np.float32)
+    guess = [40, 41, 3, 300, 301]
+    cache, first = m.prefill(vis, "push the blue block to the target", prop, return_all_hidden=True)
+    rest = m.forward(torch.tensor(guess), cache)
+    fcache, ffirst, frest = m.prefill_with_guess(vis, "push the blue block to the target", prop, guess,
+                                                 return_all_hidden=True)
+    torch.testing.assert_close(ffirst.logits, first.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ffirst.hidden, first.hidden, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(frest.logits, rest.logits, atol=1e-4, rtol=1e-4)
+    assert len(fcache) == len(cache)
+    torch.testing.assert_close(m.forward(torch.tensor([302]), fcache).logits,
+                               m.forward(torch.tensor([302]), cache).logits, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -120,14 +120,12 @@ def load_vla(path: str | Path, device: str | torch.device = "auto", dtype: str |
 
 
 def load_drafter(
-    path: str | Path, target: VLAModel, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True,
-    reuse_action_dims: Sequence[int] = (), lookahead: bool = False,
+    path: str | Path, target: VLAModel, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True
 ) -> "Drafter":
     """Load the draft checkpoint in ``path`` for ``target`` -> ModelDrafter or EagleDrafter.
 
-    Checks that the draft was made for this target (vocabulary, widths). ``reuse_action_dims``:
-    action dimensions drafted as the previous decision's tokens; ``lookahead``: positions after a
-    rejected draft drafted as the target's predictions there (both ``drafters.HistoryReuse``).
+    Checks that the draft was made for this target (vocabulary, widths). The free drafts
+    (``drafters.HistoryReuse``) are switched on by ``DecodeConfig``.
     """
     from specvla_ros.core.drafters import EagleConfig, EagleDrafter, EagleHead, ModelDrafter
 
@@ -146,8 +144,7 @@ def load_drafter(
             d_vision = getattr(getattr(target, "config", None), "d_vision", None)
             if d_vision is not None and model.config.d_vision != d_vision:
                 raise ModelLoadError(f"{cfg_file}: draft d_vision {model.config.d_vision} != target d_vision {d_vision}")
-            return ModelDrafter(model, draft_len, max_draft_len, adaptive, reuse_action_dims=reuse_action_dims,
-                                lookahead=lookahead)
+            return ModelDrafter(model, draft_len, max_draft_len, adaptive)
         if kind == "eagle":
             cfg = EagleConfig.from_dict(config)
             target_d = getattr(getattr(target, "config", None), "d_model", None)
@@ -159,8 +156,7 @@ def load_drafter(
             head = EagleHead(cfg)
             load_weights(head, path / WEIGHTS_FILE)
             head = head.to(device=target.device, dtype=target.dtype).eval()
-            return EagleDrafter(head, target, draft_len, max_draft_len, adaptive, reuse_action_dims=reuse_action_dims,
-                                lookahead=lookahead)
+            return EagleDrafter(head, target, draft_len, max_draft_len, adaptive)
     except ValueError as exc:
         raise ModelLoadError(f"{cfg_file}: {exc}") from exc
     raise ModelLoadError(f"{cfg_file}: draft_kind must be 'model' or 'eagle', got {kind!r}")

@@ -231,7 +231,8 @@ class SpeculativeDecoder:
         guess = self._history_guess(grammar)
         pre_round = None  # (drafts, their verify output) when the prefill pass verified the history guess
         if guess:
-            cache, out, guess_out = self._fused_prefill(vision, obs, guess, need_hidden)
+            cache, out, guess_out = self.target.prefill_with_guess(  # type: ignore[attr-defined]
+                vision, obs.instruction, obs.proprio, guess, return_all_hidden=need_hidden)
         elif need_hidden:
             cache, out = self.target.prefill(vision, obs.instruction, obs.proprio, return_all_hidden=True)  # type: ignore[call-arg]
         else:
@@ -326,30 +327,12 @@ class SpeculativeDecoder:
 
     def _history_guess(self, grammar: OutputGrammar) -> list[int]:
         """Last decision's output to verify in the prefill pass (greedy mode with ``history_actions``,
-        a drafter that keeps history and a target that runs embeddings: TinyVLA), else []."""
-        d, t = self.drafter, self.target
-        # a target opts in (TinyVLA): OpenVLA has methods of these names with other signatures
+        a drafter that keeps history and a target that can prefill with a guess: TinyVLA), else []."""
+        d = self.drafter
         if not (self.config.mode == "greedy" and self.config.history_actions and hasattr(d, "history_guess")
-                and getattr(t, "supports_fused_prefill", False)):
+                and hasattr(self.target, "prefill_with_guess")):
             return []
         return d.history_guess(grammar)  # type: ignore[union-attr]
-
-    def _fused_prefill(self, vision: VisionFeatures, obs: Observation, guess: list[int], need_hidden: bool):
-        """ONE target pass over prefix + guess -> (cache holding both, prefill output as ``prefill``
-        returns it, StepOutput of the guess positions: what a verify pass over ``guess`` returns)."""
-        from specvla_ros.core.model_interface import StepOutput
-        from specvla_ros.core.tiny_vla import CACHE_MARGIN
-
-        t = self.target
-        prefix = t.prefix_embeds(vision, obs.instruction, obs.proprio)  # type: ignore[attr-defined]
-        n_prefix = prefix.shape[1]
-        ids = torch.tensor(guess, dtype=torch.long, device=t.device)
-        embeds = torch.cat([prefix, t.embed_tokens(ids)[None].to(prefix.dtype)], dim=1)  # type: ignore[attr-defined]
-        cache = t.new_cache(n_prefix + CACHE_MARGIN)  # type: ignore[attr-defined]
-        full = t.forward_embeds(embeds, cache)  # type: ignore[attr-defined]
-        hidden = full.hidden[:n_prefix] if need_hidden else full.hidden[n_prefix - 1 : n_prefix]
-        out = StepOutput(logits=full.logits[n_prefix - 1 : n_prefix], hidden=hidden)
-        return cache, out, StepOutput(logits=full.logits[n_prefix:], hidden=full.hidden[n_prefix:])
 
     def _result(self, tokens: list[int], grammar: OutputGrammar, stats: DecodeStats) -> DecodeResult:
         # last line of defence: only NaN logits can slip a token past the bias table

@@ -393,9 +393,6 @@ class TrainOutputs:
 class TinyVLA(nn.Module):
     """Small VLA behind the ``VLAModel`` interface (also the independent draft model)."""
 
-    #: the decoder may run prefix + guessed tokens as one pass (prefix_embeds, new_cache(capacity), forward_embeds)
-    supports_fused_prefill = True
-
     def __init__(self, cfg: TinyVLAConfig, text_tokenizer: VLATextTokenizer, norm_stats: ActionNormStats | None = None) -> None:
         super().__init__()
         if text_tokenizer.vocab_size != cfg.vocab_size:
@@ -565,6 +562,23 @@ class TinyVLA(nn.Module):
         if not return_all_hidden:
             out = StepOutput(logits=out.logits, hidden=out.hidden[-1:])
         return cache, out
+
+    @torch.inference_mode()
+    def prefill_with_guess(
+        self, vision: VisionFeatures, instruction: str, proprio: np.ndarray, guess: list[int],
+        return_all_hidden: bool = False,
+    ) -> tuple[StaticKVCache, StepOutput, StepOutput]:
+        """ONE pass over the prefix and guessed output tokens -> (cache holding both, the prefix's output
+        as ``prefill`` returns it, the guess positions' output as a verify pass over ``guess`` returns it)."""
+        prefix = self.prefix_embeds(vision, instruction, proprio)
+        n = prefix.shape[1]
+        ids = torch.tensor(guess, dtype=torch.long, device=self.device)
+        embeds = torch.cat([prefix, self.backbone.embed_tokens(ids)[None].to(prefix.dtype)], dim=1)
+        cache = self.new_cache(embeds.shape[1] + CACHE_MARGIN)
+        full = self.forward_embeds(embeds, cache)
+        hidden = full.hidden[:n] if return_all_hidden else full.hidden[n - 1 : n]
+        return (cache, StepOutput(logits=full.logits[n - 1 : n], hidden=hidden),
+                StepOutput(logits=full.logits[n:], hidden=full.hidden[n:]))
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: StaticKVCache) -> StepOutput:  # type: ignore[override]
