@@ -74,3 +74,23 @@ def test_safety_gate_passes_every_expert_action(setup) -> None:
             env.command(verdict.joint_command, verdict.gripper_command)
             env.step_control()
         assert env.success_ever, task
+
+
+def test_pick_closes_until_the_fingers_shut_then_lifts(setup) -> None:
+    """The close -> lift switch depends on the gripper opening the policy sees in its proprio,
+    not on a hidden step counter: every "closing" frame still shows open fingers, and the first
+    frame with shut fingers at the grasp is already "lifting" (a counter made those look alike)."""
+    from specvla_ros.sim.expert import CLOSED_OPENING
+
+    env, expert, kin = setup
+    for seed in (21, 22, 23):
+        env.reset(seed=seed, task="pick")
+        ep = run_episode(env, expert, kin, hold_steps=1, record_images=False)
+        assert env.success_ever, seed
+        grip = np.stack(ep.proprio)[:, 7]
+        closing = [i for i, n in enumerate(ep.narrations) if n == "closing the gripper"]
+        assert closing, seed
+        assert all(grip[i] > CLOSED_OPENING for i in closing), (seed, grip[closing])
+        after = closing[-1] + 1
+        assert grip[after] <= CLOSED_OPENING
+        assert ep.narrations[after].startswith("lifting") and ep.actions[after][2] > 0.0

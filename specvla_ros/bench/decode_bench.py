@@ -218,6 +218,10 @@ def run(args: argparse.Namespace) -> dict:
                                   ("+hist+la+wn", dict(history_actions=True, lookahead=True, whole_narration=True))):
                 decoders[f"spec_exact[{name}{suffix}]"] = SpeculativeDecoder(
                     target, load_drafter(d, target), DecodeConfig(**{**cfg, **extra}))
+            decoders[f"spec_relaxed[{name}+hist+la+wn,r={args.relax_bins}]"] = SpeculativeDecoder(
+                target, load_drafter(d, target),
+                DecodeConfig(mode="relaxed", relax_bins=args.relax_bins,
+                             **{**cfg, **dict(history_actions=True, lookahead=True, whole_narration=True)}))
     oracle = OracleDrafter(args.draft_len, args.max_draft_len)
     decoders["spec_exact[oracle]"] = SpeculativeDecoder(target, oracle, DecodeConfig(**cfg))
     methods = {name: _Method(name) for name in decoders}

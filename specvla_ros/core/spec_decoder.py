@@ -326,10 +326,11 @@ class SpeculativeDecoder:
         return self._result(tokens, grammar, stats)
 
     def _history_guess(self, grammar: OutputGrammar) -> list[int]:
-        """Last decision's output to verify in the prefill pass (greedy mode with ``history_actions``,
-        a drafter that keeps history and a target that can prefill with a guess: TinyVLA), else []."""
+        """Last decision's output to verify in the prefill pass (greedy or relaxed mode with
+        ``history_actions``, a drafter that keeps history and a target that can prefill with a
+        guess: TinyVLA), else []. Sampling needs the draft's q for each guessed token, so not there."""
         d = self.drafter
-        if not (self.config.mode == "greedy" and self.config.history_actions and hasattr(d, "history_guess")
+        if not (self.config.mode in ("greedy", "relaxed") and self.config.history_actions and hasattr(d, "history_guess")
                 and hasattr(self.target, "prefill_with_guess")):
             return []
         return d.history_guess(grammar)  # type: ignore[union-attr]

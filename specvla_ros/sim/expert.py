@@ -27,7 +27,11 @@ MIN_TCP_Z = 0.012  # [m] fingertips stay clear of the table
 PUSH_Z = 0.018  # [m] TCP height while pushing
 PUSH_STANDOFF = 0.035  # [m] gap between the object's face and the TCP before pushing
 FINGER_HALF_WIDTH = 0.012  # [m] closed fingers' half thickness around the TCP
-CLOSE_STEPS = 3  # control steps to close the gripper
+#: The gripper counts as closed (on the object or on nothing) below this opening [m]: objects are
+#: at most 0.044 m across the fingers, open is 0.08, and one 0.2 s step closes it fully. Closing
+#: ends on what the camera and joint states show, not on a step count the policy cannot see:
+#: a counter made "closing" and "lifting" frames look the same, and the learnt policy kept closing.
+CLOSED_OPENING = 0.06
 LIFT_TCP_Z = 0.16  # [m]
 ARRIVED = 0.008  # [m] waypoint tolerance
 
@@ -56,7 +60,6 @@ class ScriptedExpert:
 
     def reset(self) -> None:
         self._phase = "start"
-        self._closing = 0
 
     # ------------------------------------------------------------------ helpers
     def _say(self, template: str) -> str:
@@ -111,15 +114,14 @@ class ScriptedExpert:
                 return self._action(_toward(tcp, above, MAX_STEP_M), 1.0), self._say(language.MOVE)
         if self._phase == "lower":
             if np.linalg.norm(tcp - grasp) < ARRIVED:
-                self._phase, self._closing = "close", 0
+                self._phase = "close"
             elif np.linalg.norm((tcp - obj)[:2]) > 0.03:  # object moved away: start over
                 self._phase = "move"
                 return self._action(_toward(tcp, above, MAX_STEP_M), 1.0), self._say(language.MOVE)
             else:
                 return self._action(_toward(tcp, grasp, SLOW_STEP_M), 1.0), self._say(language.LOWER)
         if self._phase == "close":
-            if self._closing < CLOSE_STEPS:
-                self._closing += 1
+            if env.robot_state().gripper > CLOSED_OPENING:
                 return self._action(_toward(tcp, grasp, SLOW_STEP_M), 0.0), self._say(language.CLOSE)
             self._phase = "lift"
         # lift: if the object stays behind the fingers, the grasp failed
