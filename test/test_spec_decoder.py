@@ -407,3 +407,21 @@ def test_decode_config_turns_on_free_drafts(kind, tiny_checkpoints, target):
         assert got.token_ids == base.decode(o, mask).token_ids
         if i == 1:  # the same image again: the prefill pass verified last decision's whole output
             assert got.stats.target_passes == 1 and got.stats.accepted == len(got.token_ids) - 1
+
+
+@pytest.mark.parametrize("relax_bins", [0, 5])
+def test_relaxed_verifies_the_previous_output_in_the_prefill_pass(relax_bins, tiny_checkpoints, target):
+    """Relaxed mode reuses last decision's output too (one target pass for a repeated frame); its
+    narration stays exactly the target's and each action token within relax_bins of the
+    target's choice after the same accepted prefix (r = 0 is token-identical to greedy)."""
+    spec = SpeculativeDecoder(target, load_drafter(tiny_checkpoints[1], target),
+                              DecodeConfig(mode="relaxed", relax_bins=relax_bins))
+    base = SpeculativeDecoder(target, None, DecodeConfig())
+    for i, o in enumerate([obs(0, PROMPTS[0], 1), obs(0, PROMPTS[0], 2), obs(3, PROMPTS[2], 3)]):
+        got, ref = spec.decode(o), base.decode(o)
+        assert got.narration_ids == ref.narration_ids
+        assert np.abs(got.action_tokens - ref.action_tokens)[:1].max() <= relax_bins
+        if relax_bins == 0:
+            assert got.token_ids == ref.token_ids
+        if i == 1:
+            assert got.stats.target_passes == 1 and got.stats.accepted == len(got.token_ids) - 1
