@@ -46,3 +46,15 @@ def test_bench_on_simulator_frames_with_the_shipped_pair(capsys):
     assert report["frames"] == "sim" and report["checkpoints"]["source"] == "shipped"
     exact = report["methods"]["spec_exact[model]"]
     assert exact["n"] == 4 and exact["tokens_per_verify_pass"] > 1.0
+
+
+def test_free_drafts_add_exact_rows_and_a_relaxed_row(tiny_checkpoints, capsys):
+    target, draft, _ = tiny_checkpoints
+    assert main(["--target", str(target), "--draft", str(draft), "--decisions", "2", "--warmup", "0",
+                 "--relax-bins", "5", "--no-hf", "--device", "cpu", "--free-drafts", "--json"]) == 0
+    methods = json.loads(capsys.readouterr().out)["methods"]
+    added = {"spec_exact[model+hist]", "spec_exact[model+la]", "spec_exact[model+hist+la]",
+             "spec_exact[model+hist+la+wn]", "spec_relaxed[model+hist+la+wn,r=5]"}
+    assert added <= set(methods)
+    for name in added:
+        assert methods[name]["n"] == 2 and methods[name]["tokens_per_verify_pass"] >= 1.0, name

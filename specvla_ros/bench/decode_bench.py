@@ -213,15 +213,15 @@ def run(args: argparse.Namespace) -> dict:
         decoders[f"spec_relaxed[{name},r={args.relax_bins}]"] = SpeculativeDecoder(
             target, load_drafter(d, target), DecodeConfig(mode="relaxed", relax_bins=args.relax_bins, **cfg))
         if args.free_drafts:
+            all_free = dict(history_actions=True, lookahead=True, whole_narration=True)
             for suffix, extra in (("+hist", dict(history_actions=True)), ("+la", dict(lookahead=True)),
-                                  ("+hist+la", dict(history_actions=True, lookahead=True)),
-                                  ("+hist+la+wn", dict(history_actions=True, lookahead=True, whole_narration=True))):
+                                  ("+hist+la", dict(history_actions=True, lookahead=True)), ("+hist+la+wn", all_free)):
                 decoders[f"spec_exact[{name}{suffix}]"] = SpeculativeDecoder(
                     target, load_drafter(d, target), DecodeConfig(**{**cfg, **extra}))
+            # relaxed with all three free drafts (the node's decode.mode: relaxed)
             decoders[f"spec_relaxed[{name}+hist+la+wn,r={args.relax_bins}]"] = SpeculativeDecoder(
                 target, load_drafter(d, target),
-                DecodeConfig(mode="relaxed", relax_bins=args.relax_bins,
-                             **{**cfg, **dict(history_actions=True, lookahead=True, whole_narration=True)}))
+                DecodeConfig(**{**cfg, **all_free}, mode="relaxed", relax_bins=args.relax_bins))
     oracle = OracleDrafter(args.draft_len, args.max_draft_len)
     decoders["spec_exact[oracle]"] = SpeculativeDecoder(target, oracle, DecodeConfig(**cfg))
     methods = {name: _Method(name) for name in decoders}

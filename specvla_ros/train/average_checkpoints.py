@@ -2,7 +2,7 @@
 
 Runs of one chain share an architecture and start from each other's weights, so their
 average is a model in the same basin; on our task suite the average of two consecutive
-DAgger runs scored above either (see the target's model card). Every tensor is averaged
+DAgger runs scored 80 % where each run alone scored 75 % (see the target's model card). Every tensor is averaged
 in float32 and stored in the first checkpoint's dtype; the tokenizer, config and the
 action normalisation statistics come from the last checkpoint (each run recomputes the
 q01/q99 bounds from its data; consecutive runs differ by well under one bin).

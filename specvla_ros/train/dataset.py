@@ -91,6 +91,11 @@ class DemoDataset:
         Path(out_dir, STATS_FILE).write_text(json.dumps(self.raw_statistics, indent=2))
 
 
+#: What reading an episode file can raise when the file is broken (e.g. a collector killed mid-write):
+#: readers skip such files with a message instead of failing the whole dataset.
+UNREADABLE_EPISODE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def episode_files(data_dirs: list[str | Path] | str | Path) -> list[Path]:
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     files: list[Path] = []
@@ -141,7 +146,7 @@ def load_demos(
     for f in files:
         try:
             z = dict(np.load(f))
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # e.g. a collector killed mid-write
+        except UNREADABLE_EPISODE as exc:
             skipped.append(f"{f.name} ({exc})")
             continue
         # a failed expert episode teaches nothing; a failed policy-driven (DAgger) one holds the

@@ -13,7 +13,6 @@ stay as they were.
 from __future__ import annotations
 
 import argparse
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from specvla_ros.sim import language
 from specvla_ros.sim.expert import CLOSED_OPENING, MAX_STEP_M
 from specvla_ros.sim.tasks import sample_layout
+from specvla_ros.train.dataset import UNREADABLE_EPISODE, episode_files
 
 GRIPPER_INDEX = 7  # proprio: 7 joint positions, then the gripper opening [m]
 
@@ -52,11 +52,11 @@ def relabel_episode(episode: dict[str, np.ndarray]) -> int:
 def relabel_dir(directory: Path) -> tuple[int, int]:
     """Relabel every episode file in a dataset directory -> (episodes changed, frames changed)."""
     episodes = frames = 0
-    for path in sorted(directory.glob("episode_*.npz")):
+    for path in episode_files(directory):
         try:
             with np.load(path, allow_pickle=False) as f:
                 episode = {k: f[k].copy() for k in f.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # the loader skips these too
+        except UNREADABLE_EPISODE as exc:  # the training loader skips these too
             print(f"relabel: skipping unreadable {path}: {exc}")
             continue
         n = relabel_episode(episode)
@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("dirs", nargs="+", type=Path, help="dataset directories written by collect")
     args = p.parse_args(argv)
     for d in args.dirs:
-        if not d.is_dir():
-            raise SystemExit(f"relabel: {d} is not a directory")
-        episodes, frames = relabel_dir(d)
+        try:
+            episodes, frames = relabel_dir(d)
+        except ValueError as exc:  # not a directory, or no episode files in it
+            raise SystemExit(f"relabel: {exc}") from exc
         print(f"{d}: {frames} frames in {episodes} pick episodes relabelled close -> lift")
 
 
