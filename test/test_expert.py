@@ -8,7 +8,7 @@ from specvla_ros.core.kinematics import ArmKinematics
 from specvla_ros.sim.expert import MAX_STEP_M, ScriptedExpert, zyx_from_matrix
 from specvla_ros.sim.language import TASKS, task_language_corpus
 from specvla_ros.sim.task_env import TaskEnv
-from specvla_ros.train.collect import run_episode
+from specvla_ros.train.collect import _expert_drives, execute_ee_delta, run_episode
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,51 @@ def test_pick_closes_until_the_fingers_shut_then_lifts(setup) -> None:
         after = closing[-1] + 1
         assert grip[after] <= CLOSED_OPENING
         assert ep.narrations[after].startswith("lifting") and ep.actions[after][2] > 0.0
+
+
+def test_push_labels_depend_only_on_what_the_policy_sees(setup) -> None:
+    """The push expert keeps no phase: at every state of a noisy, detoured episode a freshly built
+    expert gives exactly the action and phrase of the one that drove there (a phase memory made
+    "lowering" and "retreating" frames beside the object look alike with opposite labels)."""
+    env, expert, kin = setup
+
+    for seed in (41, 42):
+        env.reset(seed=seed, task="push")
+        expert.reset()
+        rng = np.random.default_rng(seed)
+        phrases = set()
+        while env.steps < env.max_steps and not env.success_ever:
+            action, phrase = expert.act()
+            fresh_action, fresh_phrase = ScriptedExpert(env).act()
+            np.testing.assert_array_equal(action, fresh_action)
+            assert phrase == fresh_phrase
+            phrases.add(phrase.split(" ")[0])
+            _expert_drives(env, kin, action, phrase, rng, exec_noise_m=0.006, detour=env.steps < 3)
+        assert env.success_ever, seed
+        assert {"moving", "lowering", "pushing"} <= phrases
+
+
+def test_push_recovers_from_a_hand_lowered_beside_the_object(setup) -> None:
+    """Hand brought down at pushing height beside the object (where the learnt policy used to
+    end up): the expert lifts straight up first, then goes round and still pushes it home."""
+    env, expert, kin = setup
+    from specvla_ros.sim.expert import PUSH_LOW_Z
+
+    env.reset(seed=43, task="push")
+    obj = env.target_position()
+    goal = np.asarray(env.layout.goal_xy)
+    direction = (goal - obj[:2]) / np.linalg.norm(goal - obj[:2])
+    side = obj[:2] + 0.06 * np.array([-direction[1], direction[0]])  # 6 cm off the line
+    for _ in range(20):  # drive the hand there (the expert's IK path, no expert labels)
+        tcp, _ = env.tcp_pose()
+        delta = np.array([side[0], side[1], 0.03]) - tcp
+        step = delta * min(1.0, 0.04 / max(np.linalg.norm(delta), 1e-9))
+        execute_ee_delta(env, kin, np.concatenate([step, np.zeros(3), [0.0]]))
+    tcp, _ = env.tcp_pose()
+    assert tcp[2] < PUSH_LOW_Z
+    action, phrase = expert.act()
+    assert phrase.startswith("moving") and action[2] > 0.0 and np.linalg.norm(action[:2]) < 1e-9
+    while env.steps < env.max_steps and not env.success_ever:
+        action, phrase = expert.act()
+        execute_ee_delta(env, kin, action)
+    assert env.success_ever and not env.episode_collisions

@@ -26,6 +26,8 @@ GRASP_BELOW_CENTRE = 0.01  # [m] TCP below the object centre when grasping (pads
 MIN_TCP_Z = 0.012  # [m] fingertips stay clear of the table
 PUSH_Z = 0.018  # [m] TCP height while pushing
 PUSH_STANDOFF = 0.035  # [m] gap between the object's face and the TCP before pushing
+PUSH_LOW_Z = 0.045  # [m] below this the hand is at the objects' height: it pushes, slides or rises
+PUSH_CORRIDOR = 0.02  # [m] lateral offset from the object -> goal line that still pushes
 FINGER_HALF_WIDTH = 0.012  # [m] closed fingers' half thickness around the TCP
 #: The gripper counts as closed (on the object or on nothing) below this opening [m]: objects are
 #: at most 0.044 m across the fingers, open is 0.08, and one 0.2 s step closes it fully. Closing
@@ -132,46 +134,52 @@ class ScriptedExpert:
         return self._action(_toward(tcp, goal, MAX_STEP_M), 0.0), self._say(language.LIFT)
 
     def _push(self) -> tuple[np.ndarray, str]:
+        """Push from the far side along the object -> goal line.
+
+        Every branch is chosen from the current TCP, gripper and object poses alone (no phase
+        memory), so the same camera view and joint state always get the same label: when the
+        expert kept a phase, frames of "lowering" and "retreating" beside the object looked alike
+        with opposite labels, and the learnt policy dithered there instead of backing off.
+        """
         env = self.env
         tcp, _ = env.tcp_pose()
         obj = env.target_position()
         goal = np.asarray(env.layout.goal_xy, dtype=float)
         to_goal = goal - obj[:2]
-        dist = float(np.linalg.norm(to_goal))
-        direction = to_goal / max(dist, 1e-9)
+        direction = to_goal / max(float(np.linalg.norm(to_goal)), 1e-9)
         contact = self._extent_along(direction) + FINGER_HALF_WIDTH
         start_xy = obj[:2] - direction * (contact + PUSH_STANDOFF)
-        if self._phase == "start":
-            if env.robot_state().gripper > 0.01:
-                return self._action(np.zeros(3), 0.0), self._say(language.CLOSE)
-            self._phase = "move"
-        # lateral offset of the TCP from the line object -> goal
+        if env.robot_state().gripper > 0.01 and tcp[2] > APPROACH_HEIGHT - 0.03:
+            return self._action(np.zeros(3), 0.0), self._say(language.CLOSE)  # push with closed fingers
         rel = tcp[:2] - obj[:2]
-        lateral = abs(rel[0] * direction[1] - rel[1] * direction[0])
-        behind = -float(rel @ direction)  # > 0 when the TCP is on the pushing side
-        if self._phase == "push" and (lateral > 0.02 or behind < contact - 0.02):
-            self._phase = "retreat"
-        if self._phase == "retreat":
-            if tcp[2] < APPROACH_HEIGHT - 0.02:
-                return (self._action(_toward(tcp, [tcp[0], tcp[1], APPROACH_HEIGHT], MAX_STEP_M), 0.0),
-                        self._say(language.MOVE))
-            self._phase = "move"
-        if self._phase == "move":
-            waypoint = np.array([start_xy[0], start_xy[1], APPROACH_HEIGHT])
-            if np.linalg.norm((tcp - waypoint)[:2]) < 0.01:
-                self._phase = "lower"
-            else:
-                # rise first when low, so the hand never sweeps through objects
-                if tcp[2] < APPROACH_HEIGHT - 0.03:
-                    waypoint = np.array([tcp[0], tcp[1], APPROACH_HEIGHT])
-                return self._action(_toward(tcp, waypoint, MAX_STEP_M), 0.0), self._say(language.MOVE)
-        if self._phase == "lower":
-            waypoint = np.array([start_xy[0], start_xy[1], PUSH_Z])
-            if np.linalg.norm(tcp - waypoint) < ARRIVED:
-                self._phase = "push"
-            else:
+        lateral = abs(rel[0] * direction[1] - rel[1] * direction[0])  # off the object -> goal line
+        behind = -float(rel @ direction)  # > 0 on the pushing side of the object centre
+        to_start = float(np.linalg.norm(tcp[:2] - start_xy))
+        if tcp[2] < PUSH_LOW_Z:
+            if lateral <= PUSH_CORRIDOR and behind >= contact - 0.02:
+                if tcp[2] > PUSH_Z + 0.012 and behind > contact + 0.005:
+                    # not touching yet: finish lowering onto the line first
+                    on_line = obj[:2] - direction * behind
+                    waypoint = np.array([on_line[0], on_line[1], PUSH_Z])
+                    return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.LOWER)
+                # drive the contact point so the object's centre ends on the goal; the height is
+                # corrected on its own so that the push never drifts up off the object's face
+                tcp_goal = goal - direction * contact
+                step = np.append(_toward(tcp[:2], tcp_goal, SLOW_STEP_M),
+                                 np.clip(PUSH_Z - tcp[2], -0.015, 0.015))
+                return self._action(step, 0.0), self._say(language.PUSH)
+            if lateral <= 2 * PUSH_CORRIDOR and behind >= contact + 0.01:
+                # low but off the line and clear of the object: slide back onto the line
+                waypoint = np.array([start_xy[0], start_xy[1], PUSH_Z])
                 return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.LOWER)
-        # push: move the contact point so the object centre ends on the goal
-        tcp_goal = goal - direction * contact
-        waypoint = np.array([tcp_goal[0], tcp_goal[1], PUSH_Z])
-        return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.PUSH)
+            # beside or past the object: straight up before moving round it
+            up = np.array([tcp[0], tcp[1], APPROACH_HEIGHT])
+            return self._action(_toward(tcp, up, MAX_STEP_M), 0.0), self._say(language.MOVE)
+        over_start = to_start < 0.012 or (to_start < 0.025 and tcp[2] < APPROACH_HEIGHT - 0.015)
+        if over_start:
+            waypoint = np.array([start_xy[0], start_xy[1], PUSH_Z])
+            return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.LOWER)
+        # rise first when low, so the hand never sweeps through objects
+        waypoint = (np.array([tcp[0], tcp[1], APPROACH_HEIGHT]) if tcp[2] < APPROACH_HEIGHT - 0.03
+                    else np.array([start_xy[0], start_xy[1], APPROACH_HEIGHT]))
+        return self._action(_toward(tcp, waypoint, MAX_STEP_M), 0.0), self._say(language.MOVE)
