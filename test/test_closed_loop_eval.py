@@ -14,6 +14,20 @@ def test_config_validation():
         ev.EvalConfig(modes=("fastest",))
     with pytest.raises(ValueError, match="episodes"):
         ev.EvalConfig(episodes=0)
+    with pytest.raises(ValueError, match="dtype"):
+        ev.EvalConfig(dtype="int8")
+
+
+def test_dtype_reaches_the_policy_and_the_node(tiny_checkpoints):
+    """--dtype bfloat16 loads the models in bfloat16, in-process and as the node's parameter."""
+    import torch
+
+    from specvla_ros.core.policy import Policy
+
+    target, draft, _ = tiny_checkpoints
+    cfg = ev.EvalConfig(target_dir=str(target), draft_dir=str(draft), device="cpu", dtype="bfloat16")
+    assert Policy(ev._policy_config(cfg, "spec_exact")).target.dtype == torch.bfloat16
+    assert ev._node_overrides(cfg, "spec_exact")["dtype"] == "bfloat16"
 
 
 def test_short_eval_runs_every_mode_and_exact_equals_baseline(tiny_checkpoints, tmp_path):

@@ -38,6 +38,9 @@ ALL_TASKS = ("reach", "push", "pick")
 EVAL_SEED_BASE = 1_000_000
 
 
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+
+
 @dataclass
 class EvalConfig:
     """What to evaluate. Validated on construction."""
@@ -54,9 +57,12 @@ class EvalConfig:
     control_period_s: float = 0.2
     max_steps: int | None = None  # None: each task's own limit
     device: str = "auto"
+    dtype: str = "float32"  # model weights: float32 | float16 | bfloat16 | auto (the node's dtype parameter)
     backend: str = "direct"  # "direct" (Policy.step on the simulator) | "ros" (specvla_sim + specvla_node graph)
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.backend not in ("direct", "ros"):
             raise ValueError(f"backend must be 'direct' or 'ros', got {self.backend!r}")
         if self.backend == "ros" and "baseline_nogate" in self.modes:
@@ -127,6 +133,7 @@ def _policy_config(cfg: EvalConfig, mode: str):
         drafter=cfg.drafter if speculative else "none",
         decode=decode,
         device=cfg.device,
+        dtype=cfg.dtype,
         control_period_s=cfg.control_period_s,
         safe_envelope=mode != "baseline_nogate",
     )
@@ -212,7 +219,7 @@ def _node_overrides(cfg: EvalConfig, mode: str) -> dict:
     speculative = mode.startswith("spec_")
     node: dict = {"decode": {"mode": "relaxed" if mode == "spec_relaxed" else "greedy",
                              "relax_bins": cfg.relax_bins, "draft_len": cfg.draft_len},
-                  "device": cfg.device, "drafter": cfg.drafter if speculative else "none"}
+                  "device": cfg.device, "dtype": cfg.dtype, "drafter": cfg.drafter if speculative else "none"}
     if cfg.target_dir:
         node["target_dir"] = str(Path(cfg.target_dir).resolve())
     if not speculative:
@@ -348,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="model weight dtype (bfloat16 pays off on CPUs with AVX512-BF16; measure with specvla_bench)")
     p.add_argument("--backend", default="direct", choices=("direct", "ros"),
                    help="direct: Policy.step on the simulator; ros: specvla_sim + specvla_node processes in the loop")
     p.add_argument("--out", default="out/eval", help="directory for results.json, table.md, plot.png")
@@ -369,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                          modes=tuple(m for m in args.modes.split(",") if m), episodes=args.episodes,
                          relax_bins=args.relax_bins, draft_len=args.draft_len, target_dir=args.target,
                          draft_dir=args.draft, drafter=args.drafter, max_steps=args.max_steps,
-                         seed_base=args.seed_base, device=args.device, backend=args.backend)
+                         seed_base=args.seed_base, device=args.device, dtype=args.dtype, backend=args.backend)
     except ValueError as exc:
         print(f"specvla_eval: {exc}", file=sys.stderr)
         return 2
