@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from specvla_ros.core.kinematics import ArmKinematics
-from specvla_ros.sim.expert import MAX_STEP_M, ScriptedExpert, zyx_from_matrix
+from specvla_ros.sim.expert import MAX_STEP_M, PUSH_LOW_Z, ScriptedExpert, zyx_from_matrix
 from specvla_ros.sim.language import TASKS, task_language_corpus
 from specvla_ros.sim.task_env import TaskEnv
 from specvla_ros.train.collect import _expert_drives, execute_ee_delta, run_episode
@@ -122,7 +122,6 @@ def test_push_recovers_from_a_hand_lowered_beside_the_object(setup) -> None:
     """Hand brought down at pushing height beside the object (where the learnt policy used to
     end up): the expert lifts straight up first, then goes round and still pushes it home."""
     env, expert, kin = setup
-    from specvla_ros.sim.expert import PUSH_LOW_Z
 
     env.reset(seed=43, task="push")
     obj = env.target_position()

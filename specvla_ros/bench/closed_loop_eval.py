@@ -30,15 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specvla_ros.core.types import Observation, PolicyOutput, RobotState, SafetyStatus
+from specvla_ros.core.types import WEIGHT_DTYPES, Observation, PolicyOutput, RobotState, SafetyStatus
 
 ALL_MODES = ("baseline_nogate", "baseline", "spec_exact", "spec_relaxed")
 ALL_TASKS = ("reach", "push", "pick")
 #: Evaluation layouts never overlap the training seeds (collect uses small seeds).
 EVAL_SEED_BASE = 1_000_000
-
-
-DTYPES = ("float32", "float16", "bfloat16", "auto")
 
 
 @dataclass
@@ -61,8 +58,8 @@ class EvalConfig:
     backend: str = "direct"  # "direct" (Policy.step on the simulator) | "ros" (specvla_sim + specvla_node graph)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {self.dtype!r}")
         if self.backend not in ("direct", "ros"):
             raise ValueError(f"backend must be 'direct' or 'ros', got {self.backend!r}")
         if self.backend == "ros" and "baseline_nogate" in self.modes:
@@ -355,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="model weight dtype (bfloat16 pays off on CPUs with AVX512-BF16; measure with specvla_bench)")
+    p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
+                   help="model weight dtype; float32 keeps speculative exact token-identical to the baseline "
+                        "(bfloat16 is faster on AVX512-BF16 CPUs, but its multi-token verify passes round "
+                        "differently and exact no longer matches its baseline)")
     p.add_argument("--backend", default="direct", choices=("direct", "ros"),
                    help="direct: Policy.step on the simulator; ros: specvla_sim + specvla_node processes in the loop")
     p.add_argument("--out", default="out/eval", help="directory for results.json, table.md, plot.png")

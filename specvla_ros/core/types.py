@@ -15,6 +15,10 @@ import numpy as np
 ACTION_DIM_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 ACTION_DIM = len(ACTION_DIM_NAMES)
 
+#: Weight dtypes a model can be loaded in (node parameter ``dtype``, ``specvla_eval --dtype``);
+#: "auto": bfloat16 on CUDA when supported, else float32.
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "auto")
+
 #: Franka Panda arm joints, in the order every array in the project uses.
 PANDA_JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_FINGER_JOINT_NAMES: tuple[str, ...] = ("panda_finger_joint1", "panda_finger_joint2")

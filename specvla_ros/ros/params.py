@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from specvla_ros.core.types import WEIGHT_DTYPES
+
 NODE_NAME = "specvla_node"
 CONFIG_NAME = "specvla.yaml"
 
@@ -84,7 +86,7 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("draft_dir", STRING, f"Draft checkpoint directory; 'default' = shipped, '' = no speculation {_MODEL}"),
     ParamSpec("drafter", STRING, f"Drafter kind {_MODEL}", choices=("model", "eagle", "none")),
     ParamSpec("device", STRING, f"Torch device {_MODEL}", pattern=r"auto|cpu|mps|cuda(:\d+)?"),
-    ParamSpec("dtype", STRING, f"Model weight dtype {_MODEL}", choices=("float32", "float16", "bfloat16", "auto")),
+    ParamSpec("dtype", STRING, f"Model weight dtype {_MODEL}", choices=WEIGHT_DTYPES),
     ParamSpec("unnorm_key", STRING, f"Action statistics key; '' = the checkpoint's only/default one {_MODEL}"),
     ParamSpec("safety_config", STRING, f"safety.yaml for the gate (workspace, speed, obstacles; names the joint_limits YAML); '' = shipped Panda config {_MODEL}"),
     ParamSpec("safe_envelope", BOOL, f"Accept/resample only action bins inside the safety envelope {_MODEL}"),
