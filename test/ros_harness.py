@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
@@ -43,10 +43,15 @@ def ros_context(domain_id: int, discovery: str = "OFF") -> Iterator[Context]:
 
 
 class Spinner:
-    """A MultiThreadedExecutor spinning ``nodes`` in a thread; ``stop`` shuts down and joins it."""
+    """An executor spinning ``nodes`` in a thread; ``stop`` shuts down and joins it.
+
+    threads=1: a SingleThreadedExecutor, as specvla_node runs (rclpy's thread pool
+    executor spends most of a core handing callbacks between its threads).
+    """
 
     def __init__(self, ctx: Context, *nodes: Node, threads: int = 4) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=ctx)
+        self.executor = (SingleThreadedExecutor(context=ctx) if threads == 1
+                         else MultiThreadedExecutor(num_threads=threads, context=ctx))
         for node in nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

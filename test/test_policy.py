@@ -122,6 +122,8 @@ def _bad_inputs(policy: Policy):
     yield "inf proprio", _obs(policy, proprio=np.r_[HOME_Q, np.inf].astype(np.float32)), _state(), SafetyStatus.HALT_NONFINITE
     yield "nan joints", ok, RobotState(q=nan_q), SafetyStatus.HALT_NONFINITE
     yield "short joints", ok, RobotState(q=HOME_Q[:5]), SafetyStatus.HALT_BAD_INPUT
+    # a broken encoder or wrong units: finite, nowhere near the arm's range
+    yield "absurd joints", ok, RobotState(q=np.r_[HOME_Q[:2], 1e9, HOME_Q[3:]]), SafetyStatus.HALT_BAD_INPUT
     yield "image shape", _obs(policy, image=np.zeros((h, w + 1, 3), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
     yield "image gray", _obs(policy, image=np.zeros((h, w), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
     yield "image float", _obs(policy, image=np.zeros((h, w, 3), np.float32)), _state(), SafetyStatus.HALT_BAD_INPUT
@@ -135,7 +137,11 @@ def test_bad_inputs_hold_instead_of_raising(policy: Policy) -> None:
     for name, obs, state, status in _bad_inputs(policy):
         out = policy.step(obs, state)
         assert out.verdict.status == status, (name, out.verdict.reason)
-        np.testing.assert_array_equal(out.verdict.joint_command, np.asarray(state.q, dtype=float))
+        q = np.asarray(state.q, dtype=float)
+        if q.shape == HOME_Q.shape and np.all(np.abs(q) < 10):
+            np.testing.assert_array_equal(out.verdict.joint_command, q)  # hold the measured joints
+        else:  # unusable measurement: nothing to command, not even a hold at it
+            assert out.verdict.joint_command.size == 0, name
         assert np.all(np.isnan(out.action)), name
         assert out.stats.safety_path == "halted"
     out = policy.step(_obs(policy, instruction="pick up the zorblax"), _state())
@@ -146,6 +152,24 @@ def test_hold_commands_the_measured_joints(policy: Policy) -> None:
     v = policy.hold(_state(), SafetyStatus.HALT_STALE_INPUT, "image 0.5 s old")
     assert v.status == SafetyStatus.HALT_STALE_INPUT
     np.testing.assert_array_equal(v.joint_command, HOME_Q)
+
+
+def test_hold_never_commands_positions_outside_the_joint_limits(policy: Policy) -> None:
+    gate = policy.gate
+    tol = gate.config.joint_state_tolerance
+    # read slightly past a limit (within the tolerance): hold at the limit itself
+    q = HOME_Q.copy()
+    q[0] = gate.upper[0] + 0.5 * tol
+    v = policy.hold(RobotState(q=q), SafetyStatus.HALT_STALE_INPUT, "stale")
+    assert v.joint_command[0] == gate.upper[0]
+    np.testing.assert_array_equal(v.joint_command[1:], HOME_Q[1:])
+    # further outside than the tolerance: the reading is bad input and nothing is commanded
+    q[0] = gate.upper[0] + 2 * tol
+    assert "panda_joint1" in gate.measured_problem(q)
+    assert policy.hold(RobotState(q=q), SafetyStatus.HALT_BAD_INPUT, "bad").joint_command.size == 0
+    out = policy.step(_obs(policy), RobotState(q=q))
+    assert out.verdict.status == SafetyStatus.HALT_BAD_INPUT and "outside the limits" in out.verdict.reason
+    assert out.verdict.joint_command.size == 0
 
 
 # --- a normal step ------------------------------------------------------------------

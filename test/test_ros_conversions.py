@@ -6,7 +6,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from cv_bridge import CvBridge
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
@@ -53,22 +52,108 @@ def test_resize_to_model_input() -> None:
     np.testing.assert_array_equal(conv.image_to_rgb(_img(flat, "rgb8"), (8, 8))[4, 4], [10, 200, 30])
 
 
+def _img16(arr16: np.ndarray, enc: str, big_endian: bool) -> Image:
+    h, w = arr16.shape[:2]
+    data = arr16.astype(">u2" if big_endian else "<u2").tobytes()
+    return Image(height=h, width=w, encoding=enc, is_bigendian=int(big_endian), step=len(data) // h, data=data)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("enc,order", [("rgb16", [0, 1, 2]), ("bgr16", [2, 1, 0]), ("rgba16", [0, 1, 2, 3])])
+def test_16_bit_colour_honours_byte_order_and_keeps_the_high_byte(enc: str, order: list[int], big_endian: bool) -> None:
+    # low bytes differ from the high ones, so a swapped byte order shows
+    rgba = np.concatenate([RGB, np.full((48, 64, 1), 255, np.uint8)], axis=2)
+    arr16 = (rgba[:, :, order].astype(np.uint16) << 8) | 0x5A
+    out = conv.image_to_rgb(_img16(arr16, enc, big_endian), (48, 64))
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_mono16_and_bgra8_and_opencv_aliases() -> None:
+    grey = RGB[:, :, 0]
+    out = conv.image_to_rgb(_img16((grey.astype(np.uint16) << 8) | 0xFF, "mono16", True), (48, 64))
+    np.testing.assert_array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
+    bgra = np.concatenate([RGB[:, :, ::-1], np.zeros((48, 64, 1), np.uint8)], axis=2)
+    np.testing.assert_array_equal(conv.image_to_rgb(_img(bgra, "bgra8"), (48, 64)), RGB)
+    np.testing.assert_array_equal(conv.image_to_rgb(_img(RGB[:, :, ::-1].copy(), "8UC3"), (48, 64)), RGB)
+
+
+@pytest.mark.parametrize("pattern,offsets", [
+    ("rggb", {"R": (0, 0), "G": (0, 1), "G2": (1, 0), "B": (1, 1)}),
+    ("bggr", {"B": (0, 0), "G": (0, 1), "G2": (1, 0), "R": (1, 1)}),
+    ("gbrg", {"G": (0, 0), "B": (0, 1), "R": (1, 0), "G2": (1, 1)}),
+    ("grbg", {"G": (0, 0), "R": (0, 1), "B": (1, 0), "G2": (1, 1)}),
+])
+def test_bayer_mosaics_of_a_flat_colour_demosaic_to_that_colour(pattern: str, offsets: dict) -> None:
+    colour = {"R": 200, "G": 90, "G2": 90, "B": 20}
+    mosaic = np.zeros((16, 16), np.uint8)
+    for name, (dy, dx) in offsets.items():
+        mosaic[dy::2, dx::2] = colour[name]
+    out = conv.image_to_rgb(_img(mosaic, f"bayer_{pattern}8"), (16, 16))
+    np.testing.assert_array_equal(out[4:12, 4:12].reshape(-1, 3), np.tile([200, 90, 20], (64, 1)))
+    out16 = conv.image_to_rgb(_img16(mosaic.astype(np.uint16) << 8, f"bayer_{pattern}16", False), (16, 16))
+    np.testing.assert_array_equal(out16[4:12, 4:12], out[4:12, 4:12])
+
+
+@pytest.mark.parametrize("enc", ["yuv422", "yuv422_yuy2"])
+def test_packed_yuv422_of_a_flat_colour(enc: str) -> None:
+    y, u, v = 120, 90, 170
+    # BT.601 studio range, what camera drivers put in 4:2:2
+    c, d, e = 1.164 * (y - 16), u - 128, v - 128
+    expected = np.round([c + 1.596 * e, c - 0.813 * e - 0.391 * d, c + 2.018 * d])
+    group = [u, y, v, y] if enc == "yuv422" else [y, u, y, v]  # UYVY / YUYV
+    rows = np.tile(np.array(group, np.uint8), (6, 4))  # 6 rows of 8 pixels
+    msg = Image(height=6, width=8, encoding=enc, step=16, data=rows.tobytes())
+    out = conv.image_to_rgb(msg, (6, 8))
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("msg,needle", [
-    (Image(height=4, width=4, encoding="16UC1", step=8, data=bytes(32)), "not supported"),
-    (Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)), "not supported"),
+    (Image(height=4, width=4, encoding="16UC1", step=8, data=bytes(32)), "depth"),
+    (Image(height=4, width=4, encoding="32FC1", step=16, data=bytes(64)), "depth"),
+    (Image(height=4, width=4, encoding="nv24", step=8, data=bytes(32)), "not supported"),
+    (Image(height=4, width=4, encoding="", step=12, data=bytes(48)), "not supported"),
+    (Image(height=4, width=3, encoding="yuv422", step=6, data=bytes(24)), "even width"),
     (Image(height=0, width=4, encoding="rgb8", step=12, data=b""), "empty"),
     (Image(height=4, width=4, encoding="rgb8", step=12, data=bytes(20)), "bytes"),
     (Image(height=4, width=4, encoding="rgb8", step=5, data=bytes(48)), "step"),
+    (Image(height=4, width=4, encoding="rgb16", step=12, data=bytes(48)), "step"),
+    (Image(height=100_000, width=100_000, encoding="mono8", step=100_000, data=bytes(16)), "larger than"),
 ])
 def test_bad_images_raise_input_error(msg: Image, needle: str) -> None:
     with pytest.raises(conv.InputError, match=needle):
         conv.image_to_rgb(msg, (8, 8))
 
 
-def test_compressed_png_and_garbage() -> None:
+def test_any_image_message_converts_or_raises_input_error() -> None:
+    """Random field combinations (what a buggy or hostile driver can send): never another exception."""
+    rng = np.random.default_rng(7)
+    encodings = list(conv.ENCODINGS) + ["16UC1", "32FC1", "jpeg", "RGB8", "Mono8", "bayer_xyzw8"]
+    converted = 0
+    for _ in range(600):
+        h, w = (int(v) for v in rng.integers(0, 9, 2))
+        step = int(rng.integers(0, 40))
+        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+        msg = Image(height=h, width=w, encoding=str(rng.choice(encodings)), is_bigendian=int(rng.integers(0, 2)),
+                    step=step, data=data)
+        try:
+            out = conv.image_to_rgb(msg, (4, 6))
+        except conv.InputError:
+            continue
+        assert out.shape == (4, 6, 3) and out.dtype == np.uint8
+        converted += 1
+    assert converted > 20  # the sweep reached the conversion paths, not only the refusals
+
+
+def test_compressed_png_jpeg_16_bit_and_garbage() -> None:
     bgr = cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR)
-    msg = CvBridge().cv2_to_compressed_imgmsg(bgr, "png")
-    np.testing.assert_array_equal(conv.compressed_to_rgb(msg, (48, 64)), RGB)
+    png = CompressedImage(format="png", data=cv2.imencode(".png", bgr)[1].tobytes())
+    np.testing.assert_array_equal(conv.compressed_to_rgb(png, (48, 64)), RGB)
+    flat = np.full((32, 32, 3), (30, 140, 220), np.uint8)
+    jpeg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", flat[:, :, ::-1])[1].tobytes())
+    assert np.abs(conv.compressed_to_rgb(jpeg, (32, 32)).astype(int) - flat).max() <= 3
+    grey16 = (RGB[:, :, 0].astype(np.uint16) << 8) | 7
+    png16 = CompressedImage(format="png", data=cv2.imencode(".png", grey16)[1].tobytes())
+    np.testing.assert_array_equal(conv.compressed_to_rgb(png16, (48, 64))[:, :, 1], RGB[:, :, 0])
     with pytest.raises(conv.InputError):
         conv.compressed_to_rgb(CompressedImage(format="jpeg", data=b"not an image at all"), (8, 8))
     with pytest.raises(conv.InputError, match="empty"):

@@ -53,6 +53,7 @@ class Feeder:
     node: Node
     image: Image | CompressedImage | None = field(default_factory=lambda: conv.rgb_to_image(FRAME))
     joints: JointState | None = field(default_factory=joint_state)
+    stamp_offset: float = 0.0  # [s] added to each frame's stamp (a camera clock that is off)
     frames_sent: int = 0
 
     def __post_init__(self) -> None:
@@ -67,7 +68,8 @@ class Feeder:
     def _tick(self) -> None:
         if self.image is not None:
             self.frames_sent += 1
-            self.image.header.stamp = self.node.get_clock().now().to_msg()
+            now = self.node.get_clock().now().nanoseconds + int(self.stamp_offset * 1e9)
+            self.image.header.stamp.sec, self.image.header.stamp.nanosec = divmod(now, 10**9)
             self.image_pub.publish(self.image)
         if self.joints is not None:
             self.joint_pub.publish(self.joints)
@@ -119,7 +121,7 @@ def make_graph(tiny_checkpoints):
             diagnostics=Collector(probe, DiagnosticArray, "/diagnostics", qos.STATUS),
         )
         stack.append(graph)
-        stack.append(Spinner(ctx, policy, probe, threads=5))  # torn down first: stop spinning, then destroy
+        stack.append(Spinner(ctx, policy, probe, threads=1))  # torn down first: stop spinning, then destroy
         return graph
 
     yield build
@@ -134,12 +136,16 @@ def make_graph(tiny_checkpoints):
 
 
 def positions(cmd: JointTrajectory | Float64MultiArray) -> np.ndarray:
-    data = cmd.points[0].positions if isinstance(cmd, JointTrajectory) else cmd.data
-    return np.asarray(data, dtype=np.float64)
+    """Commanded positions; empty for an empty trajectory (the controller holds where it is)."""
+    if isinstance(cmd, JointTrajectory):
+        return np.asarray(cmd.points[0].positions if cmd.points else [], dtype=np.float64)
+    return np.asarray(cmd.data, dtype=np.float64)
 
 
 def is_hold(cmd: JointTrajectory | Float64MultiArray, q: np.ndarray = Q0) -> bool:
-    return bool(np.allclose(positions(cmd), q, atol=1e-9, rtol=0))
+    """Holds the measured positions ``q``, or (an empty trajectory) wherever the arm is."""
+    p = positions(cmd)
+    return p.size == 0 or bool(np.allclose(p, q, atol=1e-9, rtol=0))
 
 
 def start(g: Graph, instruction: str = "pick up the red cube") -> None:
@@ -179,7 +185,8 @@ def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, c
     assert g.stats.wait_for(lambda s: s.target_passes >= 1 and s.emitted >= 8, timeout=WAIT)
     assert g.narration.wait_for(timeout=WAIT) is not None
     # the command sent is the verdict's joint command, for the configured joints
-    _, cmd = g.commands.wait_for(lambda c: np.allclose(positions(c), v.joint_command), timeout=WAIT) \
+    _, cmd = g.commands.wait_for(lambda c: positions(c).size and np.allclose(positions(c), v.joint_command),
+                                 timeout=WAIT) \
         or pytest.fail("no command matching the verdict")
     if iface == "joint_trajectory":
         assert list(cmd.joint_names) == list(PANDA_JOINT_NAMES)
@@ -188,7 +195,7 @@ def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, c
     _, grip = g.gripper.wait_for(timeout=WAIT) or pytest.fail("no gripper command")
     assert len(grip.data) == 1 and math.isfinite(grip.data[0])
     # every command ever published is finite and has 7 joints
-    assert all(np.all(np.isfinite(positions(c))) and positions(c).shape == (7,) for _, c in g.commands.msgs)
+    assert all(np.all(np.isfinite(positions(c))) and positions(c).shape in ((7,), (0,)) for _, c in g.commands.msgs)
     # diagnostics report the model and the control loop
     _, diag = g.diagnostics.wait_for(
         lambda d: any(s.name.endswith("model") and s.level == DiagnosticStatus.OK for s in d.status),
@@ -267,11 +274,15 @@ ERROR, WARN = DiagnosticStatus.ERROR, DiagnosticStatus.WARN
 # (label, diagnostic key, how to break the input, expected hold, words in the reason, diagnostic level)
 BAD_INPUTS = [
     ("16-bit depth image", "image", lambda f: setattr(f, "image", Image(
-        height=8, width=8, encoding="16UC1", step=16, data=bytes(128))), BAD, "not supported", ERROR),
-    ("yuv image", "image", lambda f: setattr(f, "image", Image(
-        height=8, width=8, encoding="yuv422", step=16, data=bytes(128))), BAD, "not supported", ERROR),
+        height=8, width=8, encoding="16UC1", step=16, data=bytes(128))), BAD, "depth", ERROR),
+    ("unknown encoding", "image", lambda f: setattr(f, "image", Image(
+        height=8, width=8, encoding="hsv8", step=24, data=bytes(192))), BAD, "not supported", ERROR),
+    ("yuv image of odd width", "image", lambda f: setattr(f, "image", Image(
+        height=8, width=7, encoding="yuv422", step=14, data=bytes(112))), BAD, "even width", ERROR),
     ("truncated image", "image", lambda f: setattr(f, "image", Image(
         height=8, width=8, encoding="rgb8", step=24, data=bytes(10))), BAD, "bytes", ERROR),
+    ("frame stamped in the future", "image", lambda f: setattr(f, "stamp_offset", 30.0), BAD, "future", ERROR),
+    ("frame stamped long ago", "image", lambda f: setattr(f, "stamp_offset", -30.0), STALE, "stamped", WARN),
     ("empty instruction", "instruction", lambda f: f.instruct("   "), BAD, "empty", ERROR),
     ("over-long instruction", "instruction", lambda f: f.instruct("go " * 400), BAD, "max_instruction_length",
      ERROR),
@@ -279,6 +290,9 @@ BAD_INPUTS = [
      "does not know", ERROR),
     ("NaN joint", "joint_states", lambda f: setattr(f, "joints", joint_state(q=np.r_[Q0[:4], np.nan, Q0[5:]])),
      BAD, "non-finite", ERROR),
+    # a broken encoder or wrong units: finite, nowhere near the arm's range
+    ("joint far outside its limits", "joint_states", lambda f: setattr(f, "joints", joint_state(
+        q=np.r_[Q0[:2], 1e9, Q0[3:]])), BAD, "outside the limits", ERROR),
     # a joint that stops being reported goes stale (drivers may split joints over several messages)
     ("missing joint", "joint_states", lambda f: setattr(f, "joints", JointState(
         name=[n for n in PANDA_JOINT_NAMES if n != "panda_joint3"] + ["panda_finger_joint1", "panda_finger_joint2"],
@@ -300,15 +314,87 @@ def test_each_bad_input_holds_with_a_diagnostic_and_the_node_recovers(make_graph
             s.name.endswith("inputs") and s.level == level and key in s.message for s in d.status),
             timeout=WAIT, after=t0)
         assert hit is not None, f"{label}: no diagnostic for {key}"
-        # held: every command from then on holds the last measured positions (never an action)
+        # held: every command from then on holds the measured positions (never an action)
         hit = g.verdicts.wait_for(lambda v: True, timeout=WAIT, after=t_bad + 2 * PERIOD)
         assert hit is not None, f"{label}: node stopped publishing"
         assert all(v.status == status for v in g.verdicts.since(t_bad)), label
         cmds = g.commands.since(t_bad + 1e-3)
         assert cmds and all(is_hold(c) for c in cmds), label
+        if key == "joint_states":  # unusable measurements are never commanded: the controller holds itself
+            assert all(positions(c).size == 0 for c in cmds), label
         # repair the input -> decisions again
-        g.feeder.image, g.feeder.joints = conv.rgb_to_image(FRAME), joint_state()
+        g.feeder.image, g.feeder.joints, g.feeder.stamp_offset = conv.rgb_to_image(FRAME), joint_state(), 0.0
         g.feeder.instruct("pick up the red cube")
+        assert g.verdicts.wait_for(decided, timeout=WAIT, after=time.monotonic()) is not None, label
+
+
+def test_forward_controller_hold_without_a_position_repeats_the_last_checked_command(make_graph) -> None:
+    g = make_graph(21, command_interface="forward_position")
+    start(g)
+    t_dec, v = g.verdicts.wait_for(decided, timeout=WAIT) or pytest.fail("no decision")
+    g.feeder.joints = joint_state(q=np.r_[Q0[:2], 1e9, Q0[3:]])
+    t_bad, _ = first_status(g, BAD, after=time.monotonic())
+    before = [c for t, c in g.commands.msgs if t < t_bad]
+    assert before, "no command before the bad joint states"
+    g.verdicts.wait_for(lambda v: True, timeout=WAIT, after=t_bad + 2 * PERIOD) or pytest.fail("node stopped")
+    after = g.commands.since(t_bad + 1e-3)
+    assert after and all(np.array_equal(positions(c), positions(before[-1])) for c in after)
+    assert all(np.all(np.abs(positions(c)) < 10) for _, c in g.commands.msgs)  # 1e9 was never sent
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_failure_at_any_stage_of_the_tick_holds_and_the_node_recovers(make_graph, monkeypatch) -> None:
+    """The control tick is a safety boundary: an exception in input conversion, in the inference
+    call, in the gate's verdict or in publishing becomes a hold with an ERROR diagnostic."""
+    from specvla_ros.core.types import PolicyOutput, Verdict
+    from specvla_ros.ros import policy_node
+
+    g = make_graph(22)
+    start(g)
+    g.verdicts.wait_for(decided, timeout=WAIT) or pytest.fail("no decision")
+    backend = g.policy.backend
+    real_step, real_verdict_msg = backend.step, conv.verdict_to_msg
+
+    def raise_boom(*_a, **_k):
+        raise Boom("injected")
+
+    def out_of_limits(obs, state, timeout_s):
+        out = real_step(obs, state, timeout_s)
+        bad = Verdict(SafetyStatus.OK, "ok", joint_command=np.full(7, 10.0), gripper_command=0.04)
+        return PolicyOutput(out.narration, out.action, bad, out.stats)
+
+    failing_once = {"left": 1}
+
+    def verdict_msg_fails_once(verdict, header):
+        if failing_once["left"]:
+            failing_once["left"] -= 1
+            raise Boom("publisher")
+        return real_verdict_msg(verdict, header)
+
+    stages = [
+        ("image conversion", lambda: monkeypatch.setattr(conv, "image_to_rgb", raise_boom),
+         SafetyStatus.HALT_NOT_READY, "internal error while deciding"),
+        ("joint states", lambda: monkeypatch.setattr(conv, "joint_vector", raise_boom),
+         SafetyStatus.HALT_NOT_READY, "internal error while deciding"),
+        ("inference call", lambda: monkeypatch.setattr(backend, "step", raise_boom),
+         SafetyStatus.HALT_NOT_READY, "internal error while deciding"),
+        ("a verdict outside the joint limits", lambda: monkeypatch.setattr(backend, "step", out_of_limits),
+         SafetyStatus.HALT_JOINT_LIMIT, "refused at the publisher"),
+        ("publishing", lambda: monkeypatch.setattr(policy_node.conv, "verdict_to_msg", verdict_msg_fails_once),
+         SafetyStatus.HALT_NOT_READY, "internal error while publishing"),
+    ]
+    for label, inject, status, needle in stages:
+        t0 = time.monotonic()
+        inject()
+        t_hold, v = first_status(g, status, after=t0)
+        assert needle in v.reason, (label, v.reason)
+        assert g.diagnostics.wait_for(lambda d: any(
+            s.name.endswith("control") and s.level == ERROR for s in d.status), timeout=WAIT, after=t0), label
+        assert all(positions(c).size == 0 or np.all(np.abs(positions(c)) < 5) for c in g.commands.since(t0)), label
+        monkeypatch.undo()
         assert g.verdicts.wait_for(decided, timeout=WAIT, after=time.monotonic()) is not None, label
 
 
@@ -339,7 +425,7 @@ def test_lifecycle_transitions_over_the_standard_services(make_graph) -> None:
 
     assert not g.verdicts.msgs  # unconfigured: nothing is commanded
     assert change(Transition.TRANSITION_CONFIGURE)
-    assert g.policy._policy is not None
+    assert g.policy.backend is not None
     assert change(Transition.TRANSITION_ACTIVATE)
     g.verdicts.wait_for(decided, timeout=WAIT) or pytest.fail("no decision after activate")
     t0 = time.monotonic()
@@ -349,7 +435,7 @@ def test_lifecycle_transitions_over_the_standard_services(make_graph) -> None:
     assert v.status == SafetyVerdict.HALT_NOT_READY and list(v.joint_command) == pytest.approx(Q0.tolist())
     t_inactive = time.monotonic()
     assert change(Transition.TRANSITION_CLEANUP)
-    assert g.policy._policy is None  # models freed
+    assert g.policy.backend is None  # models freed
     # inactive/unconfigured: no more verdicts or commands
     assert not [v for v in g.verdicts.since(t_inactive) if "deactivated" not in v.reason]
     assert change(Transition.TRANSITION_CONFIGURE) and change(Transition.TRANSITION_ACTIVATE)
@@ -369,10 +455,14 @@ def test_bad_model_path_fails_configure_and_reports_it(make_graph, tmp_path) -> 
 # --------------------------------------------------------------------------- scene objects
 
 
-def test_scene_objects_from_a_publisher_reach_the_gate_and_expire(make_graph) -> None:
-    """Real publisher -> node -> Policy's gate: a box under the fingers refuses the step
-    down that passes without it; a stale or foreign-frame set is dropped with a warning
-    and the robot keeps running on the static scene (no hold)."""
+def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(make_graph) -> None:
+    """Real publisher -> node -> the policy's gate: a box under the fingers refuses the step down
+    that passes without it; when the topic goes quiet the box stays (WARN after
+    scene_objects_max_age) and the robot holds after scene_objects_hold_age; a set in another
+    frame is refused as a whole (the previous set stays); a NaN object alone is dropped.
+
+    The in-process backend, so the test can make the model always ask for the same step down
+    (that the objects reach the inference process is test_policy_server's job)."""
     from geometry_msgs.msg import Point, Vector3
     from specvla_msgs.msg import SceneObject as SceneObjectMsg
     from specvla_msgs.msg import SceneObjects
@@ -392,51 +482,48 @@ def test_scene_objects_from_a_publisher_reach_the_gate_and_expire(make_graph) ->
     gate.set_scene_objects([block])
     assert gate.check(down, state, PERIOD).status == SafetyStatus.HALT_COLLISION
 
-    g = make_graph(36, scene_objects_max_age=0.6)
+    g = make_graph(36, scene_objects_max_age=0.4, scene_objects_hold_age=1.2, **{"inference.backend": "in_process"})
     start(g)
     assert g.verdicts.wait_for(decided, timeout=WAIT) is not None
     # the model is not under test here: it always asks for the same step down
-    g.policy._policy.decoder.decode = lambda obs, mask=None: DecodeResult(
+    g.policy.backend.policy.decoder.decode = lambda obs, mask=None: DecodeResult(
         "", [], np.zeros(7, dtype=np.int64), down.copy(), DecodeStats(emitted=8, target_passes=1), [])
-    t0 = time.monotonic()
-    assert g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=t0) is not None
-
-    msg = conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))
+    assert g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=time.monotonic())
     pub = g.probe.create_publisher(SceneObjects, "/specvla/scene_objects", 10)
-    sending = {"msg": msg}
+    sending = {"msg": conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))}
     timer = g.probe.create_timer(0.05, lambda: pub.publish(sending["msg"]))
-    t_pub = time.monotonic()
-    _, v = first_status(g, SafetyStatus.HALT_COLLISION, after=t_pub)
+    _, v = first_status(g, SafetyStatus.HALT_COLLISION, after=time.monotonic())
     assert "'block'" in v.reason
-    assert is_hold(g.commands.wait_for(lambda c: True, timeout=WAIT, after=time.monotonic())[1])
 
-    # the publisher stops: after scene_objects_max_age the objects are dropped, no stale-input hold
+    # the publisher stops: the block stays in the gate, then the robot holds for the old scene
     g.probe.destroy_timer(timer)
     t_stop = time.monotonic()
-    t_ok, _ = g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=t_stop) \
-        or pytest.fail("objects never dropped")
-    assert t_ok - t_stop >= 0.6 - PERIOD
-    assert not any(v.status == SafetyVerdict.HALT_STALE_INPUT for v in g.verdicts.since(t_stop))
-    assert g.policy._policy.scene_objects == ()
     assert g.diagnostics.wait_for(lambda d: any(
-        kv.key == "scene_objects" and "dropped" in kv.value for s in d.status for kv in s.values),
+        kv.key == "scene_objects" and "not refreshed" in kv.value for s in d.status for kv in s.values),
         timeout=WAIT, after=t_stop) is not None
+    t_stale, v = first_status(g, SafetyStatus.HALT_STALE_INPUT, after=t_stop)
+    assert "scene_objects_hold_age" in v.reason
+    quiet = [m for t, m in g.verdicts.msgs if t_stop <= t < t_stale]
+    assert quiet and all(v.status == SafetyVerdict.HALT_COLLISION for v in quiet)  # never decided without it
 
-    # a set in another frame is refused as a whole; a NaN object alone is dropped
-    bad = SceneObjectMsg(name="ghost", center=Point(x=math.nan), size=Vector3(x=0.1, y=0.1, z=0.1))
-    sending["msg"] = conv.scene_objects_to_msg([block], Header(frame_id="camera"))
+    # a set in another frame: refused as a whole, the block stays
+    sending["msg"] = conv.scene_objects_to_msg([], Header(frame_id="camera"))
     timer = g.probe.create_timer(0.05, lambda: pub.publish(sending["msg"]))
     assert g.diagnostics.wait_for(lambda d: any(
         kv.key == "scene_objects" and "frame 'camera'" in kv.value for s in d.status for kv in s.values),
         timeout=WAIT) is not None
-    assert g.policy._policy.scene_objects == ()
-    mixed = conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))
-    mixed.objects.append(bad)
+    t_frame = time.monotonic()
+    first_status(g, SafetyStatus.HALT_COLLISION, after=t_frame)
+    assert [o.name for o in g.policy.backend.policy.scene_objects] == ["block"]
+
+    # the right frame with a NaN object: that object alone is dropped (with a warning); the scene is clear
+    mixed = conv.scene_objects_to_msg([], Header(frame_id="panda_link0"))
+    mixed.objects.append(SceneObjectMsg(name="ghost", center=Point(x=math.nan), size=Vector3(x=0.1, y=0.1, z=0.1)))
     sending["msg"] = mixed
-    t_mixed = time.monotonic()
-    _, v = first_status(g, SafetyStatus.HALT_COLLISION, after=t_mixed)
-    assert [o.name for o in g.policy._policy.scene_objects] == ["block"]
+    t_clear = time.monotonic()
+    assert g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=t_clear) is not None
+    assert g.policy.backend.policy.scene_objects == ()
     assert g.diagnostics.wait_for(lambda d: any(
-        kv.key == "scene_objects" and "objects[1] dropped" in kv.value for s in d.status for kv in s.values),
-        timeout=WAIT) is not None
+        kv.key == "scene_objects" and "objects[0] dropped" in kv.value for s in d.status for kv in s.values),
+        timeout=WAIT, after=t_clear) is not None
     g.probe.destroy_timer(timer)

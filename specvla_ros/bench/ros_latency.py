@@ -1,40 +1,51 @@
-"""End-to-end latency of specvla_node, camera message -> command message, and
-the ROS plumbing overhead over a bare ``Policy.step`` call, in one run.
+"""specvla_node as a robot drives it: the node, a sensor driver and this probe
+in three processes, camera and joint states at real rates, idle and with both
+cores busy. Prints one JSON report.
 
-    python -m specvla_ros.bench.ros_latency                 # shipped models, else random "default" ones
-    python -m specvla_ros.bench.ros_latency --preset test --decisions 30
+    python -m specvla_ros.bench.ros_latency                         # 640x480 @ 30 Hz, joints @ 250 Hz, 60 s per phase
+    python -m specvla_ros.bench.ros_latency --duration 300 --json out.json
 
-By default one process, discovery OFF (--cross-process: the node as its own
-process, discovery LOCALHOST, shared-memory transport): a camera publisher (640x480
-rgb8 at --camera-hz) and joint states feed the node; the command's arrival is
-matched to the frame it was computed from through the verdict's header stamp
-(= that frame's stamp). Reported (milliseconds, p50/p95), printed as JSON:
-  bare_step        Policy.step on the same inputs, no ROS (same process; half before, half after the node)
-  node_step        the node's own decision time (SpecDecodeStats.total_time)
-  end_to_end       camera publish -> command received
-  overhead         end_to_end - node_step of the same decision: transport, the frame's age when the
-                   control tick takes it (0..1/camera_hz), conversion and resize, publishing
+Processes: ``specvla_node`` (its own process, with its inference process
+behind it), ``sensor_feeder`` (camera + joint states), and this one (probe:
+instruction, e-stop, and subscriptions to the command, verdict and timing
+topics). All three use the shipped Fast DDS shared-memory profile unless
+FASTDDS_DEFAULT_PROFILES_FILE is set (--no-shm: Fast DDS defaults).
+
+Per phase (idle; busy = two processes spinning on both cores):
+  bare_step       Policy.step in a fresh process without ROS, on the same frame, under the same load,
+                  half before the node starts and half after it stops
+  node_decision   the node's request -> decision (~/timing decision_time), and its ratio to bare_step
+  overhead        command received - frame stamp - frame_age - decision_time: everything the node and the
+                  transport add between the tick taking the frame and the command arriving
+  intervals       between consecutive verdicts (every control period must get one)
+  statuses        verdict counts by status (HALT_DEADLINE and HALT_STALE_INPUT must stay 0)
+  estop           e-stop message -> first HALT_ESTOP verdict / hold command, and any non-e-stop
+                  verdict between the hold and the release (must be 0)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def _pct(values: list[float]) -> dict[str, float]:
+def _pct(values: list[float], scale: float = 1e3) -> dict[str, float]:
     if not values:
         return {"n": 0}
-    arr = np.asarray(values) * 1e3
+    arr = np.asarray(values, dtype=np.float64) * scale
     return {"n": int(arr.size), "p50_ms": round(float(np.percentile(arr, 50)), 2),
-            "p95_ms": round(float(np.percentile(arr, 95)), 2), "mean_ms": round(float(arr.mean()), 2)}
+            "p95_ms": round(float(np.percentile(arr, 95)), 2), "max_ms": round(float(arr.max()), 2)}
 
 
 def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
@@ -51,30 +62,37 @@ def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
     return str(target), str(draft)
 
 
-def bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float]:
-    """Policy.step timings without ROS, run on a worker thread like the node's executor thread.
+# --------------------------------------------------------------------------- bare Policy.step
 
-    (On a loaded 2-core machine torch's OpenMP pool on the main thread measured 10-80x slower
-    than the same step on a secondary thread, so the thread is part of a fair comparison.)
+
+def bare_steps(values: dict[str, Any], width: int, height: int, n: int) -> list[float]:
+    """Policy.step timings in a fresh process without ROS (the feeder's frame, resized as the node does).
+
+    A new frame id each call, so vision runs every time, as in the node.
     """
-    out: list[list[float]] = []
-    worker = threading.Thread(target=lambda: out.append(_bare_steps(values, frame, n)))
-    worker.start()
-    worker.join()
-    return out[0] if out else []
+    cmd = [sys.executable, "-m", "specvla_ros.bench.ros_latency", "--bare-steps", str(n),
+           "--bare-config", json.dumps(values), "--width", str(width), "--height", str(height)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float]:
-    """New frame id each call, so vision runs every time, as in the node."""
+def _bare_main(n: int, values: dict[str, Any], width: int, height: int) -> list[float]:
+    from specvla_ros.bench.sensor_feeder import HOME_Q
     from specvla_ros.core.policy import Policy
     from specvla_ros.core.types import Observation, RobotState
-    from specvla_ros.ros.conversions import _resize  # same resize the node applies
+    from specvla_ros.ros.conversions import _resize  # the resize the node applies
     from specvla_ros.ros.policy_node import policy_config
 
+    threads = int(values.get("inference.threads", 0))
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     policy = Policy(policy_config(values))
-    policy.warmup(n=2)
+    policy.warmup(n=int(values.get("warmup_steps", 2)))
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     rgb = _resize(frame, tuple(policy.image_size))
-    q = np.array([0.0, -0.4, 0.0, -2.2, 0.0, 1.9, 0.8])
+    q = np.asarray(HOME_Q)
     state = RobotState(q=q, gripper=0.04)
     times = []
     for i in range(n):
@@ -83,8 +101,10 @@ def _bare_steps(values: dict[str, Any], frame: np.ndarray, n: int) -> list[float
         t0 = time.perf_counter()
         policy.step(obs, state)
         times.append(time.perf_counter() - t0)
-    del policy
     return times
+
+
+# --------------------------------------------------------------------------- processes
 
 
 def _nested(values: dict[str, Any]) -> dict[str, Any]:
@@ -99,10 +119,12 @@ def _nested(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _start_node_process(values: dict[str, Any], args: argparse.Namespace, tmp: Path):  # -> subprocess.Popen
-    import subprocess
-    import sys
+def _script(name: str, module: str) -> list[str]:
+    exe = Path(sys.executable).parent / name
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
+
+def start_node(values: dict[str, Any], tmp: Path) -> subprocess.Popen:
     import yaml
 
     from specvla_ros.ros import params
@@ -111,168 +133,290 @@ def _start_node_process(values: dict[str, Any], args: argparse.Namespace, tmp: P
     node_values = {k: v for k, v in values.items() if k in params.SPECS}
     node_values["autostart"] = True
     path.write_text(yaml.safe_dump({"specvla_node": {"ros__parameters": _nested(node_values)}}))
-    exe = Path(sys.executable).parent / "specvla_node"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "specvla_ros.ros.policy_node"]
-    return subprocess.Popen(cmd + ["--ros-args", "--params-file", str(path)], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp / "node.log", "w")  # noqa: SIM115 — lives as long as the process
+    return subprocess.Popen(_script("specvla_node", "specvla_ros.ros.policy_node") +
+                            ["--ros-args", "--params-file", str(path)], stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_feeder(args: argparse.Namespace) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "specvla_ros.bench.sensor_feeder", "--camera-hz",
+                             str(args.camera_hz), "--joint-hz", str(args.joint_hz), "--width", str(args.width),
+                             "--height", str(args.height)], stdout=subprocess.PIPE, text=True)
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _bare_under(phase: str, args: argparse.Namespace, values: dict[str, Any], n: int) -> list[float]:
+    hogs = start_hogs(args.busy_cores) if phase == "busy" else []
+    try:
+        return bare_steps(values, args.width, args.height, n)
+    finally:
+        _kill(hogs)
+
+
+def start_hogs(n: int) -> list[subprocess.Popen]:
+    """Processes that keep ``n`` cores busy (plain spinning, default priority)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@dataclass
+class Recorder:
+    """What the probe saw (received timestamps are DDS arrival times on the system clock, ns)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    commands: list[tuple[int, int, int]] = field(default_factory=list)  # (source ns, received ns, n points)
+    verdicts: list[tuple[int, int, int, int]] = field(default_factory=list)  # (source, received, status, stamp)
+    timing: dict[int, Any] = field(default_factory=dict)  # frame stamp ns -> ControlTiming
+
+    def window(self, t0_ns: int, t1_ns: int) -> tuple[list, list, dict]:
+        with self.lock:
+            cmds = [c for c in self.commands if t0_ns <= c[0] <= t1_ns]
+            verdicts = [v for v in self.verdicts if t0_ns <= v[0] <= t1_ns]
+            return cmds, verdicts, dict(self.timing)
+
+
+def _phase_report(rec: Recorder, t0_ns: int, t1_ns: int, period: float, status_names: dict[int, str]) -> dict:
+    cmds, verdicts, timing = rec.window(t0_ns, t1_ns)
+    statuses: dict[str, int] = {}
+    for v in verdicts:
+        name = status_names.get(v[2], str(v[2]))
+        statuses[name] = statuses.get(name, 0) + 1
+    sources = np.array([v[0] for v in verdicts], dtype=np.int64)
+    intervals = (np.diff(sources) * 1e-9).tolist() if sources.size > 1 else []
+    cmd_src = np.array([c[0] for c in cmds], dtype=np.int64)
+    decisions, overhead, policy = [], [], []
+    for src, _recv, status, stamp in verdicts:
+        t = timing.get(stamp)
+        if status >= 20 or t is None or cmd_src.size == 0:  # input holds are not decisions
+            continue
+        i = int(np.searchsorted(cmd_src, src, side="right")) - 1  # the command published just before
+        if i < 0:
+            continue
+        cmd_recv = cmds[i][1]
+        decisions.append(t.decision_time)
+        policy.append(t.policy_time)
+        if np.isfinite(t.frame_age):
+            overhead.append((cmd_recv - stamp) * 1e-9 - t.frame_age - t.decision_time)
+    late = [i for i in intervals if i > period + 0.020]
+    return {
+        "seconds": round((t1_ns - t0_ns) * 1e-9, 1),
+        "verdicts": len(verdicts), "verdicts_expected": int(round((t1_ns - t0_ns) * 1e-9 / period)),
+        "statuses": statuses,
+        "halt_deadline": statuses.get("HALT_DEADLINE", 0), "halt_stale_input": statuses.get("HALT_STALE_INPUT", 0),
+        "node_decision": _pct(decisions), "policy_in_server": _pct(policy), "overhead": _pct(overhead),
+        "intervals": {**_pct(intervals), "over_period_plus_20ms": len(late)},
+    }
+
+
+def _estop_trials(rec: Recorder, estop_pub: Any, n: int, period: float) -> dict:
+    from std_msgs.msg import Bool
+
+    verdict_lat, command_lat, leaks = [], [], 0
+    for _ in range(n):
+        time.sleep(period * (1.0 + np.random.default_rng().random()))  # any phase of the control tick
+        t_press = time.time_ns()
+        estop_pub.publish(Bool(data=True))
+        deadline = time.monotonic() + 5.0
+        first = None
+        while time.monotonic() < deadline and first is None:
+            with rec.lock:
+                first = next((v for v in rec.verdicts if v[0] >= t_press and v[2] == 21), None)
+            time.sleep(0.001)
+        time.sleep(3 * period)  # held for a while: nothing else may come out
+        t_release = time.time_ns()
+        estop_pub.publish(Bool(data=False))
+        if first is None:
+            leaks += 1
+            continue
+        with rec.lock:
+            after = [v for v in rec.verdicts if first[0] <= v[0] < t_release]
+            # the hold command goes out just before its verdict
+            held = [c for c in rec.commands if t_press <= c[0] <= first[0]]
+            cmd = held[-1] if held else None
+        leaks += sum(1 for v in after if v[2] != 21)
+        verdict_lat.append((first[1] - t_press) * 1e-9)
+        if cmd is not None:
+            command_lat.append((cmd[1] - t_press) * 1e-9)
+        time.sleep(period)
+    return {"trials": n, "to_verdict": _pct(verdict_lat), "to_command": _pct(command_lat),
+            "non_estop_verdicts_while_latched": leaks}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST" if args.cross_process else "OFF"
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_bench_log_"))
-    if args.cross_process and args.shm:
+    if args.shm:
         from specvla_ros.ros.bag_tools import use_shm_profile
 
-        use_shm_profile()  # big images over shared memory, not UDP fragments
+        use_shm_profile()  # inherited by the node and the feeder
     import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import JointState
-    from specvla_msgs.msg import SafetyVerdict, SpecDecodeStats
-    from std_msgs.msg import String
+    from specvla_msgs.msg import ControlTiming, SafetyVerdict
+    from std_msgs.msg import Bool
     from trajectory_msgs.msg import JointTrajectory
 
-    from specvla_ros.core.types import PANDA_JOINT_NAMES
-    from specvla_ros.ros import conversions as conv
+    from specvla_ros.core.types import SafetyStatus
     from specvla_ros.ros import params, qos
-    from specvla_ros.ros.policy_node import PolicyNode
 
-    tmp = Path(tempfile.mkdtemp(prefix="specvla_bench_ckpt_"))
+    tmp = Path(tempfile.mkdtemp(prefix="specvla_bench_"))
     target, draft = _checkpoints(args, tmp)
     values = dict(params.defaults())
     values.update(target_dir=target, draft_dir=draft, drafter="model" if draft else "none", device=args.device,
-                  control_period=args.control_period, decision_deadline=10.0, max_input_age=2.0, autostart=False)
-    frame = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    # Bare steps half before and half after the node run, so drifting machine load hits both alike.
-    bare = bare_steps(values, frame, args.decisions // 2)
-    load_before = os.getloadavg()[0]
+                  control_period=args.control_period, autostart=True)
+    values["inference.backend"] = args.backend
+    for name in ("threads", "nice"):
+        if getattr(args, name) is not None:
+            values[f"inference.{name}"] = getattr(args, name)
+    names = {s.value: s.name for s in SafetyStatus}
+    report: dict[str, Any] = {
+        "bench": "ros_latency", "camera": f"{args.width}x{args.height} rgb8 @ {args.camera_hz:g} Hz",
+        "joint_states_hz": args.joint_hz, "control_period_s": args.control_period, "cores": os.cpu_count(),
+        "node": "separate process", "inference": args.backend, "inference_threads": values["inference.threads"],
+        "inference_nice": values["inference.nice"], "dds": "Fast DDS shared-memory profile" if args.shm else "Fast DDS defaults",
+        "target_dir": target, "draft_dir": draft, "phases": {},
+    }
+    rclpy.init()
+    probe = Node("latency_probe")
+    rec = Recorder()
 
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=args.domain_id)
-    node = proc = None
-    if args.cross_process:
-        proc = _start_node_process(values, args, tmp)
-    else:
-        overrides = [Parameter(k, value=v) for k, v in values.items() if k in params.SPECS]
-        node = PolicyNode(context=ctx, parameter_overrides=overrides)
-    probe = Node("latency_probe", context=ctx)
-    lock = threading.Lock()
-    published: dict[int, float] = {}  # frame stamp ns -> publish time
-    last_cmd = [0.0]
-    e2e: list[float] = []
-    node_step: dict[int, float] = {}
-    pairs: list[tuple[float, float]] = []
-    done = threading.Event()
+    def on_command(msg: JointTrajectory, info: Any) -> None:
+        with rec.lock:
+            rec.commands.append((int(info["source_timestamp"]), int(info["received_timestamp"]), len(msg.points)))
 
-    image_pub = probe.create_publisher(type(conv.rgb_to_image(frame[:2, :2])), "/camera/image_raw", qos.CAMERA)
-    joint_pub = probe.create_publisher(JointState, "/joint_states", 10)
-    instr_pub = probe.create_publisher(String, "/specvla/instruction", qos.LATCHED)
-    image_msg = conv.rgb_to_image(frame)
-    joints = JointState(name=list(PANDA_JOINT_NAMES) + ["panda_finger_joint1", "panda_finger_joint2"],
-                        position=[0.0, -0.4, 0.0, -2.2, 0.0, 1.9, 0.8, 0.02, 0.02])
+    def on_verdict(v: SafetyVerdict, info: Any) -> None:
+        stamp = v.header.stamp.sec * 10**9 + v.header.stamp.nanosec
+        with rec.lock:
+            rec.verdicts.append((int(info["source_timestamp"]), int(info["received_timestamp"]), int(v.status), stamp))
 
-    def camera() -> None:
-        stamp = probe.get_clock().now().to_msg()
-        image_msg.header.stamp = stamp
-        with lock:
-            published[conv.stamp_ns(stamp)] = time.monotonic()
-        image_pub.publish(image_msg)
-        joint_pub.publish(joints)
-
-    def on_command(_msg: JointTrajectory) -> None:
-        last_cmd[0] = time.monotonic()
-
-    def on_verdict(v: SafetyVerdict) -> None:
-        if v.status >= SafetyVerdict.HALT_STALE_INPUT:  # input holds are not decisions
-            return
-        key = conv.stamp_ns(v.header.stamp)
-        with lock:
-            t_pub = published.get(key)
-            if t_pub is not None and last_cmd[0] >= t_pub:
-                e2e.append(last_cmd[0] - t_pub)
-                pairs.append((key, last_cmd[0] - t_pub))
-            if len(e2e) >= args.decisions:
-                done.set()
-
-    def on_stats(s: SpecDecodeStats) -> None:
-        with lock:
-            node_step[conv.stamp_ns(s.header.stamp)] = s.total_time
+    def on_timing(t: ControlTiming) -> None:
+        with rec.lock:
+            rec.timing[t.header.stamp.sec * 10**9 + t.header.stamp.nanosec] = t
 
     probe.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", on_command,
                               qos.COMMAND)
     probe.create_subscription(SafetyVerdict, "/specvla_node/safety", on_verdict, qos.STATUS)
-    probe.create_subscription(SpecDecodeStats, "/specvla_node/spec_stats", on_stats, qos.STATUS)
-    executor = MultiThreadedExecutor(num_threads=5, context=ctx)
-    if node is not None:
-        executor.add_node(node)
+    probe.create_subscription(ControlTiming, "/specvla_node/timing", on_timing, qos.STATUS)
+    estop_pub = probe.create_publisher(Bool, "/specvla/estop", qos.LATCHED)
+    estop_pub.publish(Bool(data=False))
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor()
     executor.add_node(probe)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    cam_timer = None
+    phases = [p for p in args.phases.split(",") if p]
+    half = args.bare_steps // 2
+    hogs: list[subprocess.Popen] = []
+    # Bare steps before the node starts and after it stops (half each), under each phase's load:
+    # the same run and the same load, without the node's own processes competing.
+    bare: dict[str, list[float]] = {}
+    for phase in phases:
+        bare[phase] = _bare_under(phase, args, values, half)
+    feeder = start_feeder(args)
+    node = start_node(values, tmp)
     try:
-        instr_pub.publish(String(data="pick up the red cube"))
-        if node is not None and not node.run_autostart():
-            raise RuntimeError("specvla_node failed to configure/activate")
-        cam_timer = probe.create_timer(1.0 / args.camera_hz, camera)
-        finished = done.wait(timeout=args.timeout)
+        started = time.monotonic()
+        while not any(v[2] < 20 for v in rec.verdicts):  # first decision: models loaded, inputs flowing
+            if node.poll() is not None or time.monotonic() - started > args.timeout:
+                raise RuntimeError(f"specvla_node produced no decision (see {tmp / 'node.log'})")
+            time.sleep(0.1)
+        time.sleep(2.0)  # settle
+        for phase in phases:
+            if phase == "busy":
+                hogs = start_hogs(args.busy_cores)
+                time.sleep(1.0)
+            load0 = os.getloadavg()[0]
+            t0 = time.time_ns()
+            time.sleep(args.duration)
+            t1 = time.time_ns()
+            time.sleep(0.5)  # the last messages arrive
+            result = _phase_report(rec, t0, t1, args.control_period, names)
+            result["estop"] = _estop_trials(rec, estop_pub, args.estop_trials, args.control_period)
+            result["load_avg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+            report["phases"][phase] = result
+            _kill(hogs)
+            hogs = []
     finally:
-        if cam_timer is not None:
-            cam_timer.cancel()  # no new frames while the node stops
-        if proc is not None:
-            import signal
-
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+        _kill(hogs)
+        stop(node)
+        stop(feeder, timeout=10.0)
+        if feeder.stdout is not None:
+            rates = feeder.stdout.read().strip().splitlines()
+            if rates:
+                report["feeder_achieved"] = json.loads(rates[-1])
         executor.shutdown()
-        spinner.join(timeout=10.0)
-        if node is not None:
-            node.destroy_node()
+        spinner.join(timeout=5.0)
         probe.destroy_node()
-        ctx.try_shutdown()
-    bare += bare_steps(values, frame, args.decisions - args.decisions // 2)
-    with lock:
-        steps = [node_step[k] for k, _ in pairs if k in node_step]
-        overhead = [lat - node_step[k] for k, lat in pairs if k in node_step]
-    return {
-        "bench": "ros_latency",
-        "image": f"{args.width}x{args.height} rgb8 @ {args.camera_hz} Hz",
-        "node": ("separate process" + (" (Fast DDS shared-memory profile)" if args.shm else "")
-                 if args.cross_process else "same process"),
-        "control_period_s": args.control_period,
-        "target_dir": target, "draft_dir": draft, "device": args.device,
-        "completed": bool(finished),
-        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "bare_step": _pct(bare),
-        "node_step": _pct(steps),
-        "end_to_end": _pct(e2e),
-        "overhead": _pct(overhead),
-        "overhead_note": "includes the age of the newest frame when the control tick starts (0..1/camera_hz)",
-    }
+        rclpy.try_shutdown()
+    for phase in phases:
+        bare[phase] += _bare_under(phase, args, values, args.bare_steps - half)
+        result = report["phases"].get(phase)
+        if result is None:
+            continue
+        result["bare_step"] = _pct(bare[phase])
+        if result["node_decision"].get("n") and result["bare_step"].get("n"):
+            result["decision_vs_bare"] = {
+                "p50": round(result["node_decision"]["p50_ms"] / result["bare_step"]["p50_ms"], 3),
+                "p95": round(result["node_decision"]["p95_ms"] / result["bare_step"]["p95_ms"], 3)}
+    report["node_log"] = str(tmp / "node.log")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ros_latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target-dir", default="", help="target checkpoint (default: shipped, else random)")
     parser.add_argument("--draft-dir", default="", help="draft checkpoint ('' with --target-dir: no draft)")
     parser.add_argument("--preset", choices=("test", "default"), default=None,
                         help="build random checkpoints of this size instead of the shipped ones")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--decisions", type=int, default=40, help="decisions to measure")
+    parser.add_argument("--backend", choices=("process", "in_process"), default="process",
+                        help="the node's inference.backend")
+    parser.add_argument("--threads", type=int, default=None, help="the node's inference.threads (default: the YAML's)")
+    parser.add_argument("--nice", type=int, default=None, help="the node's inference.nice (default: the YAML's)")
+    parser.add_argument("--duration", type=float, default=60.0, help="[s] per phase")
+    parser.add_argument("--phases", default="idle,busy", help="comma-separated: idle, busy")
+    parser.add_argument("--busy-cores", type=int, default=2, help="spinning processes in the busy phase")
+    parser.add_argument("--bare-steps", type=int, default=40, help="bare Policy.step calls per phase")
+    parser.add_argument("--estop-trials", type=int, default=10, help="e-stop presses per phase")
     parser.add_argument("--control-period", type=float, default=0.2, help="[s]")
     parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--joint-hz", type=float, default=250.0)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--cross-process", action="store_true",
-                        help="run specvla_node as its own process (the console script), as deployed")
     parser.add_argument("--no-shm", dest="shm", action="store_false",
-                        help="cross-process: keep Fast DDS defaults instead of the shipped shared-memory profile")
+                        help="keep Fast DDS defaults instead of the shipped shared-memory profile")
     parser.add_argument("--domain-id", type=int, default=39)
-    parser.add_argument("--timeout", type=float, default=300.0, help="[s] give up after this long")
-    args = parser.parse_args(argv)
-    print(json.dumps(run(args), indent=2))
+    parser.add_argument("--timeout", type=float, default=120.0, help="[s] wait this long for the first decision")
+    parser.add_argument("--json", default="", help="also write the report to this file")
+    parser.add_argument("--bare-steps-only", dest="bare_only", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-config", default="", help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args(argv)
+    if "--bare-steps" in (argv if argv is not None else sys.argv[1:]) and args.bare_config:
+        print(json.dumps(_bare_main(args.bare_steps, json.loads(args.bare_config), args.width, args.height)))
+        return 0
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
     return 0
 
 

@@ -235,6 +235,9 @@ class Policy:
             return SafetyStatus.HALT_BAD_INPUT, f"expected {self.gate.n} joint positions, got {q.shape[0]}"
         if not np.all(np.isfinite(q)):
             return SafetyStatus.HALT_NONFINITE, f"measured joint positions not finite: {q}"
+        measured = self.gate.measured_problem(q)
+        if measured is not None:
+            return SafetyStatus.HALT_BAD_INPUT, measured
         img = obs.image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
             kind = img.dtype if isinstance(img, np.ndarray) else type(img).__name__

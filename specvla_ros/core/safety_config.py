@@ -130,6 +130,9 @@ class SafetyConfig:
     joint_limits: JointLimits
     action_space: str = "ee_delta"
     joint_limit_margin: float = 0.05  # [rad] halt when inside it and moving toward the limit
+    # [rad] measured positions further outside the limits are bad input (broken encoder, wrong
+    # units): nothing is commanded from them, not even a hold at them
+    joint_state_tolerance: float = 0.05
     velocity_scale: float = 1.0  # fraction of each joint's max_velocity allowed
     tcp_max_speed: float = 0.25  # [m/s] ISO 10218 reduced speed
     tcp_max_angular_speed: float = 1.5  # [rad/s]
@@ -166,7 +169,7 @@ class SafetyConfig:
             raise ValueError(f"action_space {self.action_space!r} must be one of {ACTION_SPACES}")
         if self.speed_envelope not in SPEED_ENVELOPES:
             raise ValueError(f"speed_envelope {self.speed_envelope!r} must be one of {SPEED_ENVELOPES}")
-        for name in ("joint_limit_margin", "min_obstacle_distance", "min_self_distance", "min_object_distance",
+        for name in ("joint_limit_margin", "joint_state_tolerance", "min_obstacle_distance", "min_self_distance", "min_object_distance",
                      "gripper_min_opening"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -241,7 +244,8 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not isinstance(data, dict) or not isinstance(data.get("safety"), dict):
         raise ValueError(f"{path}: expected a top-level 'safety:' mapping")
     s = data["safety"]
-    known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin", "velocity_scale",
+    known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin",
+             "joint_state_tolerance", "velocity_scale",
              "tcp_max_speed", "tcp_max_angular_speed", "speed_envelope", "workspace", "action_bounds", "gripper",
              "collision", "singularity", "ik"}
     unknown = set(s) - known
@@ -252,7 +256,7 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not jl_file.is_absolute():
         jl_file = path.parent / jl_file
     kw: dict[str, Any] = {"joint_limits": load_joint_limits(jl_file, names), "source": str(path)}
-    for key in ("action_space", "joint_limit_margin", "velocity_scale", "tcp_max_speed", "tcp_max_angular_speed",
+    for key in ("action_space", "joint_limit_margin", "joint_state_tolerance", "velocity_scale", "tcp_max_speed", "tcp_max_angular_speed",
                 "speed_envelope"):
         if key in s:
             kw[key] = s[key]

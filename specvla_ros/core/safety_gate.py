@@ -30,6 +30,7 @@ import numpy as np
 import pinocchio as pin
 
 from specvla_ros.core.collision_scene import CollisionScene, SceneObject
+from specvla_ros.core.command_guard import CommandGuard
 from specvla_ros.core.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
 from specvla_ros.core.safety_config import SafetyConfig
 from specvla_ros.core.safety_envelope import ee_delta_envelope, joint_envelope
@@ -67,6 +68,8 @@ class SafetyGate:
         self.upper = np.minimum(self.kin.upper, jl.max_position)
         self.vmax = np.minimum(self.kin.velocity_limits, jl.max_velocity) * config.velocity_scale
         self.amax = jl.max_acceleration
+        self._guard = CommandGuard(tuple(jl.names), self.lower, self.upper, config.joint_state_tolerance,
+                                   config.gripper_min_opening, config.gripper_max_opening)
         self.scene = CollisionScene(self.kin, config) if config.collision_enabled else None
         self.collision_checking = self.scene is not None
         self._lo_raw = np.asarray(config.action_low, dtype=np.float64)
@@ -124,16 +127,26 @@ class SafetyGate:
             self.clear_scene_objects()
 
     def hold(self, state: RobotState, status: SafetyStatus, reason: str, **figures: float) -> Verdict:
-        """The hold command: measured joint positions, gripper kept (clamped to range).
+        """The hold command: measured joint positions clipped into the limits, gripper kept (clamped).
 
-        With unusable measured positions the command is empty: nothing can be sent.
+        With unusable measured positions (not numeric, wrong count, not finite, or further
+        outside the limits than ``joint_state_tolerance``) the command is empty: nothing can be
+        sent, and a hold must never command what a broken encoder reported.
         """
         try:
             q = np.array(state.q, dtype=np.float64, copy=True).reshape(-1)
         except (TypeError, ValueError):
             q = np.empty(0)
+        if self.measured_problem(q) is not None:
+            q = np.empty(0)
+        else:
+            q = np.clip(q, self.lower, self.upper)
         return Verdict(status=SafetyStatus(status), reason=reason, joint_command=q,
                        gripper_command=self._clamp_gripper(state.gripper), **figures)
+
+    def measured_problem(self, q: np.ndarray) -> str | None:
+        """Why measured joint positions are unusable, or None (see ``CommandGuard.measured_problem``)."""
+        return self._guard.measured_problem(q)
 
     def envelope(self, state: RobotState, dt: float, shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Robot-unit interval (low, high) per action dimension passing the separable checks.

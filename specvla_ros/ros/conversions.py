@@ -8,13 +8,13 @@ real message objects without a ROS graph.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from cv_bridge import CvBridge, CvBridgeError
 from diagnostic_msgs.msg import KeyValue
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
@@ -23,11 +23,39 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from specvla_ros.core.collision_scene import SceneObject
 from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
 
-#: Encodings the node accepts on the camera topic (8-bit colour or grey).
-SUPPORTED_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "rgba8", "mono8")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "mono8": 1}
+@dataclass(frozen=True)
+class _Encoding:
+    """How one sensor_msgs/Image encoding is laid out and turned into RGB."""
 
-_bridge = CvBridge()
+    channels: int  # values per pixel in the message
+    depth: int  # bytes per value (1 or 2)
+    to_rgb: int | None  # cv2.cvtColor code from the (8-bit) pixels to RGB; None: already RGB
+    pixels_per_group: int = 1  # packed YUV 4:2:2 stores two pixels in four bytes
+
+
+_BAYER = {"rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
+          "gbrg": cv2.COLOR_BayerGR2RGB, "grbg": cv2.COLOR_BayerGB2RGB}  # OpenCV names the pattern one pixel on
+
+#: Every encoding the node converts (lower case; ROS names plus the OpenCV type aliases drivers use).
+ENCODINGS: dict[str, _Encoding] = {
+    "rgb8": _Encoding(3, 1, None), "bgr8": _Encoding(3, 1, cv2.COLOR_BGR2RGB),
+    "rgba8": _Encoding(4, 1, cv2.COLOR_RGBA2RGB), "bgra8": _Encoding(4, 1, cv2.COLOR_BGRA2RGB),
+    "mono8": _Encoding(1, 1, cv2.COLOR_GRAY2RGB),
+    "8uc1": _Encoding(1, 1, cv2.COLOR_GRAY2RGB), "8uc3": _Encoding(3, 1, cv2.COLOR_BGR2RGB),
+    "8uc4": _Encoding(4, 1, cv2.COLOR_BGRA2RGB),
+    "rgb16": _Encoding(3, 2, None), "bgr16": _Encoding(3, 2, cv2.COLOR_BGR2RGB),
+    "rgba16": _Encoding(4, 2, cv2.COLOR_RGBA2RGB), "bgra16": _Encoding(4, 2, cv2.COLOR_BGRA2RGB),
+    "mono16": _Encoding(1, 2, cv2.COLOR_GRAY2RGB),
+    **{f"bayer_{p}8": _Encoding(1, 1, code) for p, code in _BAYER.items()},
+    **{f"bayer_{p}16": _Encoding(1, 2, code) for p, code in _BAYER.items()},
+    "yuv422": _Encoding(2, 1, cv2.COLOR_YUV2RGB_UYVY, 2), "uyvy": _Encoding(2, 1, cv2.COLOR_YUV2RGB_UYVY, 2),
+    "yuv422_yuy2": _Encoding(2, 1, cv2.COLOR_YUV2RGB_YUY2, 2), "yuyv": _Encoding(2, 1, cv2.COLOR_YUV2RGB_YUY2, 2),
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(ENCODINGS)
+#: Depth, float and signed images: not a camera picture the model can read.
+_NOT_COLOUR = re.compile(r"(8s|16u|16s|32s|32f|64f)c[1-4]")
+#: Larger frames are refused before any copy (a 16k x 16k frame would be 768 MB).
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 class InputError(ValueError):
@@ -47,53 +75,76 @@ def _resize(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (w, h), interpolation=interp)
 
 
+def _encoding(name: str) -> _Encoding:
+    enc = ENCODINGS.get(name.strip().lower())
+    if enc is not None:
+        return enc
+    if _NOT_COLOUR.fullmatch(name.strip().lower()):
+        raise InputError(f"camera encoding '{name}' not supported: a depth, float or signed image, not a camera "
+                         f"picture (the model reads 8- or 16-bit colour, grey, Bayer or YUV 4:2:2)")
+    raise InputError(f"camera encoding '{name}' not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
+
+
 def image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, mono8) -> HxWx3 uint8 RGB at ``size_hw``.
+    """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw``.
+
+    Reads every field a driver sets: the encoding (``ENCODINGS``), row padding in
+    ``step``, ``is_bigendian`` for 16-bit data (scaled to 8 bits). No cv_bridge:
+    its conversions changed behaviour with numpy versions.
 
     Raises:
-        InputError: unsupported encoding, empty image, or data/step inconsistent with the size.
+        InputError: unsupported encoding, empty or huge image, or data/step inconsistent with the size.
     """
-    enc = msg.encoding.lower()
-    if enc not in _CHANNELS:
-        raise InputError(f"camera encoding '{msg.encoding}' not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
-    if msg.width == 0 or msg.height == 0:
-        raise InputError(f"camera image is empty ({msg.width}x{msg.height})")
-    row = msg.width * _CHANNELS[enc]
-    if msg.step < row:
-        raise InputError(f"camera image step {msg.step} < width*channels {row}")
-    if len(msg.data) < msg.step * msg.height:
-        raise InputError(f"camera image has {len(msg.data)} bytes, expected step*height = {msg.step * msg.height}")
-    if msg.step != row or len(msg.data) != row * msg.height:
-        # cv_bridge ignores row padding: repack the rows tightly first.
-        rows = np.frombuffer(bytes(msg.data[: msg.step * msg.height]), np.uint8).reshape(msg.height, msg.step)
-        packed = Image(header=msg.header, height=msg.height, width=msg.width, encoding=enc,
-                       is_bigendian=msg.is_bigendian, step=row, data=rows[:, :row].tobytes())
-        msg = packed
+    enc = _encoding(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if width == 0 or height == 0:
+        raise InputError(f"camera image is empty ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"camera image {width}x{height} is larger than {MAX_IMAGE_PIXELS} pixels")
+    if enc.pixels_per_group > 1 and width % enc.pixels_per_group:
+        raise InputError(f"camera image ({msg.encoding}) needs an even width, got {width}")
+    row = width * enc.channels * enc.depth
+    if step < row:
+        raise InputError(f"camera image step {step} < width*bytes per pixel {row} ({msg.encoding} {width}x{height})")
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size < step * height:
+        raise InputError(f"camera image has {data.size} bytes, expected step*height = {step * height}")
+    rows = data[: step * height].reshape(height, step)[:, :row]
+    if enc.depth == 2:
+        values = np.ascontiguousarray(rows).view(">u2" if msg.is_bigendian else "<u2")
+        rows = (values >> 8).astype(np.uint8)  # keep the 8 most significant bits
+    channels = enc.channels if enc.pixels_per_group == 1 else 2
+    pixels = np.ascontiguousarray(rows).reshape(height, width, channels)
     try:
-        if enc == "mono8":
-            grey = _bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough")
-            rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+        if enc.to_rgb is None:
+            rgb = pixels
+        elif channels == 1:
+            rgb = cv2.cvtColor(pixels[:, :, 0], enc.to_rgb)
         else:
-            rgb = _bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
-    except (CvBridgeError, TypeError, ValueError) as exc:
-        raise InputError(f"camera image ({msg.encoding} {msg.width}x{msg.height}) could not be converted: {exc}") from exc
-    return _resize(np.asarray(rgb, dtype=np.uint8), size_hw)
+            rgb = cv2.cvtColor(pixels, enc.to_rgb)
+    except cv2.error as exc:
+        raise InputError(f"camera image ({msg.encoding} {width}x{height}) could not be converted: {exc}") from exc
+    return _resize(rgb, size_hw)
 
 
 def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png) -> HxWx3 uint8 RGB at ``size_hw``.
+    """sensor_msgs/CompressedImage (jpeg/png, 8 or 16 bit) -> HxWx3 uint8 RGB at ``size_hw``.
 
     Raises:
-        InputError: the data does not decode to a 1-, 3- or 4-channel 8-bit image.
+        InputError: the data does not decode to a 1-, 3- or 4-channel image.
     """
     if len(msg.data) == 0:
         raise InputError("compressed camera image is empty")
     try:
-        img = _bridge.compressed_imgmsg_to_cv2(msg, desired_encoding="passthrough")
-    except (CvBridgeError, cv2.error, TypeError, ValueError) as exc:
+        img = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
         raise InputError(f"compressed camera image ({msg.format}) could not be decoded: {exc}") from exc
-    if img is None or img.dtype != np.uint8:
-        raise InputError(f"compressed camera image ({msg.format}) could not be decoded to an 8-bit image")
+    if img is None or img.size == 0:
+        raise InputError(f"compressed camera image ({msg.format}) could not be decoded")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.dtype != np.uint8:
+        raise InputError(f"compressed camera image ({msg.format}) decodes to {img.dtype}, expected 8 or 16 bit")
     # OpenCV decodes to BGR(A) or grey.
     codes = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
     channels = 1 if img.ndim == 2 else img.shape[2]

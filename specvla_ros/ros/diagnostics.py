@@ -38,6 +38,9 @@ class NodeDiagnostics:
         self._status = SafetyStatus.HALT_NOT_READY
         self._last_halt = ""
         self._active = False
+        self._fault: str | None = None  # internal failure the control tick turned into a hold
+        self._last_fault = ""
+        self._faults = 0
 
     # ---------------------------------------------------------------- recording
     def set_model(self, level: int, message: str, info: Mapping[str, object] | None = None) -> None:
@@ -56,6 +59,16 @@ class NodeDiagnostics:
         with self._lock:
             changed = self._inputs.get(key) != new
             self._inputs[key] = new
+        return changed
+
+    def set_fault(self, problem: str | None) -> bool:
+        """Record an internal failure of the control tick (None: it ran cleanly). True when that changed."""
+        with self._lock:
+            changed = problem != self._fault
+            self._fault = problem
+            if problem is not None and changed:
+                self._faults += 1
+                self._last_fault = problem
         return changed
 
     def record_tick(self, now: float, verdict: Verdict, stats: DecodeStats | None) -> None:
@@ -94,8 +107,12 @@ class NodeDiagnostics:
                 "mean_accepted_length": self._emitted / self._passes if self._passes else 0.0,
                 "halts": self._halts,
                 "last_halt": self._last_halt or "none",
+                "faults": self._faults,
+                "last_fault": self._last_fault or "none",
             }
-            if not self._active:
+            if self._fault is not None:
+                c_level, c_msg = ERROR, self._fault
+            elif not self._active:
                 c_level, c_msg = WARN, "inactive"
             elif self._status == SafetyStatus.HALT_ESTOP:
                 c_level, c_msg = ERROR, "emergency stop latched"

@@ -113,10 +113,28 @@ SCHEMA: tuple[ParamSpec, ...] = (
               min=0, max=512),
     ParamSpec("decode.temperature", DOUBLE, f"Sample mode temperature [1] {_MODEL}", min=1e-3, max=10.0),
     ParamSpec("decode.seed", INT, f"Sample mode RNG seed {_MODEL}", min=0, max=2**31 - 1),
+    # inference process
+    ParamSpec("inference.backend", STRING,
+              "process: the models run in their own process (specvla_policy_server), safe from the GIL of "
+              "the node's executor threads; in_process: on the node's control thread (debugging only: high-rate "
+              f"inputs starve it) {_MODEL}", choices=("process", "in_process")),
+    ParamSpec("inference.server_address", STRING,
+              "Unix socket of a running specvla_policy_server to join (one server, several robots); "
+              f"'' = start a private server {_MODEL}"),
+    ParamSpec("inference.authkey_file", STRING,
+              f"File with the shared server's key in hex (with inference.server_address) {_MODEL}"),
+    ParamSpec("inference.threads", INT, f"Torch intra-op threads in a private server; 0 = torch's default {_MODEL}",
+              min=0, max=256),
+    ParamSpec("inference.nice", INT,
+              f"Niceness added to a private server; negative = higher priority (needs CAP_SYS_NICE) {_MODEL}",
+              min=-20, max=19),
     # control loop
     ParamSpec("control_period", DOUBLE, "1 / control rate [s] (restart)", min=0.01, max=10.0),
     ParamSpec("max_input_age", DOUBLE, "Camera / joint states older than this hold the robot (HALT_STALE_INPUT) [s]",
               read_only=False, min=0.01, max=60.0),
+    ParamSpec("check_camera_stamp", BOOL,
+              "Also judge the camera frame's age by its header stamp against the node's clock (false for a "
+              "camera whose clock is not synchronised with this machine's)", read_only=False),
     ParamSpec("decision_deadline", DOUBLE,
               "A decision that took longer than this is not sent; the robot holds (HALT_DEADLINE) [s]",
               read_only=False, min=0.001, max=60.0),
@@ -127,8 +145,11 @@ SCHEMA: tuple[ParamSpec, ...] = (
               "frame the scene objects must be in (the robot base frame); others are dropped (restart)",
               pattern=r"[A-Za-z0-9_/]+"),
     ParamSpec("scene_objects_max_age", DOUBLE,
-              "Scene objects older than this are dropped from the collision scene (warning, no hold) [s]",
-              read_only=False, min=0.01, max=60.0),
+              "Scene objects not refreshed for this long raise a WARN diagnostic; the gate keeps the last "
+              "known objects [s]", read_only=False, min=0.01, max=3600.0),
+    ParamSpec("scene_objects_hold_age", DOUBLE,
+              "Scene objects not refreshed for this long hold the robot (HALT_STALE_INPUT) rather than "
+              "decide against an old scene; 0 = never hold [s]", read_only=False, min=0.0, max=3600.0),
     ParamSpec("command_interface", STRING,
               "joint_trajectory: trajectory_msgs/JointTrajectory; forward_position: std_msgs/Float64MultiArray (restart)",
               choices=("joint_trajectory", "forward_position")),

@@ -1,19 +1,28 @@
 """specvla_node: camera + instruction + joint states -> speculative VLA
 decision -> safety gate -> controller command, as a ROS 2 lifecycle node.
 
-Threads and callback groups (MultiThreadedExecutor):
-  inputs   (reentrant)          subscription callbacks; they only store the newest message
-  control  (mutually exclusive) fixed-rate timer: check inputs, decode, publish command
-  watchdog (mutually exclusive) e-stop reaction while a decision is running, diagnostics
+The models run in their own process (``inference.backend: process``, the
+default): ``specvla_policy_server`` decides while this process only moves
+messages. In one process, torch would wait for the GIL again after each of a
+decision's ~1000 ops while executor threads handle camera and joint-state
+callbacks; at real sensor rates that turns milliseconds into seconds.
 
-Every control tick publishes exactly one ~/safety verdict. Anything wrong with
-the inputs (e-stop, stale, malformed, missing) or a late decision publishes a
-hold (the measured joint positions) instead of an action.
+Threads (any executor; ``specvla_node`` spins a single-threaded one):
+  executor        subscription callbacks store the newest message (the e-stop callback
+                  also publishes the hold at once); the control timer only wakes the
+                  control thread; watchdog (e-stop backstop) and diagnostics timers
+  control thread  one tick per wake: check inputs, ask the inference process, publish
 
-Known scene objects (``scene_objects_topic``, specvla_msgs/SceneObjects) go to
-the safety gate's collision scene at each control tick; a stale or unusable
-set is dropped with a warning and the robot keeps running against the static
-scene (a robot without perception still works), it does not hold.
+Every control tick publishes exactly one ~/safety verdict, and the tick is a
+safety boundary: any exception in it becomes a hold with an ERROR diagnostic.
+Every command passes a final joint-limits check under the lock that publishes
+(holds included), and that lock also holds the e-stop latch, so nothing but an
+e-stop hold goes out between an e-stop and its release.
+
+Known scene objects (``scene_objects_topic``, specvla_msgs/SceneObjects) stay in
+the gate's collision scene until a newer set replaces them; a quiet topic is a
+WARN diagnostic after ``scene_objects_max_age`` and holds the robot after
+``scene_objects_hold_age``.
 """
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -41,6 +50,9 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
+from specvla_ros.core.command_guard import CommandGuard
+from specvla_ros.core.serving.backend import PolicyBackend
+from specvla_ros.core.serving.client import InferenceError, InferenceTimeout, InferenceUnavailable
 from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyStatus, Verdict
 from specvla_ros.ros import conversions as conv
 from specvla_ros.ros import params, qos
@@ -57,6 +69,7 @@ TOPIC_GRIPPER = "/gripper_controller/commands"
 TOPIC_NARRATION = "/specvla/narration"
 TOPIC_SAFETY = "~/safety"
 TOPIC_STATS = "~/spec_stats"
+TOPIC_TIMING = "~/timing"
 TOPIC_DIAGNOSTICS = "/diagnostics"
 
 
@@ -75,6 +88,18 @@ class _Inputs:
 
 
 @dataclass
+class _Timing:
+    """Node-side figures of one decision (published on ~/timing) [s]."""
+
+    frame_age: float = math.nan
+    frame_wait: float = math.nan
+    input_time: float = math.nan
+    decision_time: float = math.nan
+    policy_time: float = math.nan
+    tick_start: float = math.nan  # time.monotonic() when the tick began
+
+
+@dataclass
 class _Decision:
     """What one control tick decided to publish."""
 
@@ -82,6 +107,7 @@ class _Decision:
     stats: DecodeStats | None = None
     narration: str | None = None
     stamp: TimeMsg | None = None  # camera frame the decision was made from (None: a hold, stamped now)
+    timing: _Timing | None = None
 
 
 class PolicyNode(LifecycleNode):
@@ -99,16 +125,24 @@ class PolicyNode(LifecycleNode):
                                       f"(known: see config/{params.CONFIG_NAME})")
         self.unknown_parameters = unknown
         self._lock = threading.Lock()  # guards self._in
-        self._pub_lock = threading.Lock()  # one command publication at a time; guards _active
+        # One publication at a time; guards _active, _estop_latched, _last_sent and _last_status.
+        self._pub_lock = threading.Lock()
         self._in = _Inputs()
         self._active = False
-        self._policy: Any = None
+        self._estop_latched = False
+        self._backend: PolicyBackend | None = None
+        self._backend_lock = threading.Lock()  # the backend is replaced while ticks may run
+        self._restarting = False
+        self._guard: CommandGuard | None = None
         self._image_size: tuple[int, int] = (128, 128)
         self._image_cache: tuple[object, np.ndarray] | None = None
-        self._last_state: RobotState | None = None  # last valid measured state (hold target)
+        self._last_sent: tuple[np.ndarray, float] | None = None  # last command that passed the final check
         self._last_status: SafetyStatus | None = None
         self._last_narration: str | None = None
         self._applied_objects: Any = None  # the SceneObjects message the gate holds now (None: none)
+        self._objects_problem: str | None = None  # what was wrong with the applied message
+        self._tick_wake = threading.Event()  # set by the control timer
+        self._control_thread: threading.Thread | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._timers: list[Any] = []
@@ -126,6 +160,11 @@ class PolicyNode(LifecycleNode):
     def autostart(self) -> bool:
         return bool(self._p["autostart"])
 
+    @property
+    def backend(self) -> PolicyBackend | None:
+        """Where the policy runs (None while unconfigured)."""
+        return self._backend
+
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         for change in changes:
             value = list(change.value) if isinstance(change.value, (list, tuple)) else change.value
@@ -141,34 +180,61 @@ class PolicyNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from specvla_ros.core.model_interface import ModelLoadError
+        from specvla_ros.core.safety_config import load_safety_config
+        from specvla_ros.core.serving.client import SessionOpenError
 
         try:
             config = policy_config(self._p)
-            from specvla_ros.core.policy import Policy
-
-            t0 = time.perf_counter()
-            policy = Policy(config)
-            load_s = time.perf_counter() - t0
-            warmup_s = policy.warmup(n=self._p["warmup_steps"]) if self._p["warmup_steps"] > 0 else 0.0
-        except (ModelLoadError, ValueError, OSError, ImportError) as exc:
+            self._guard = CommandGuard.from_config(load_safety_config(self._p["safety_config"] or None),
+                                                   self._p["joint_names"])
+            backend = self._start_backend(config)
+        except (ModelLoadError, SessionOpenError, ValueError, OSError, ImportError) as exc:
             msg = f"model load failed: {exc}"
             self.get_logger().error(msg)
             self._diag.set_model(ERROR, msg)
             self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
-        self._policy = policy
-        self._image_size = tuple(int(v) for v in policy.image_size)  # type: ignore[assignment]
-        info = dict(policy.info)
+        self._backend = backend
+        self._image_size = tuple(int(v) for v in backend.image_size)  # type: ignore[assignment]
+        self._report_backend(backend)
+        self._create_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _start_backend(self, config: Any) -> PolicyBackend:
+        """Load the models where ``inference.backend`` says (blocks for the load and warm-up)."""
+        warmup = int(self._p["warmup_steps"])
+        if self._p["inference.backend"] == "in_process":
+            from specvla_ros.core.serving.backend import InProcessPolicy
+
+            return InProcessPolicy(config, warmup)
+        from specvla_ros.core.serving.client import PolicyClient, ServerOptions
+
+        if self._p["inference.server_address"]:
+            key_file = self._p["inference.authkey_file"]
+            if not key_file:
+                raise ValueError("inference.server_address needs inference.authkey_file (the server's key)")
+            with open(key_file, encoding="utf-8") as fh:
+                authkey = bytes.fromhex(fh.read().strip())
+            return PolicyClient.connect(self._p["inference.server_address"], authkey, config,
+                                        name=self.get_fully_qualified_name(), warmup_steps=warmup)
+        options = ServerOptions(threads=int(self._p["inference.threads"]), nice=int(self._p["inference.nice"]))
+        return PolicyClient.spawn(config, name=self.get_fully_qualified_name(), warmup_steps=warmup, options=options)
+
+    def _report_backend(self, backend: PolicyBackend) -> None:
+        info = dict(backend.info)
+        load_s = float(getattr(backend, "load_s", math.nan))
+        warmup_s = float(getattr(backend, "warmup_s", math.nan))
+        pid = getattr(backend, "server_pid", None)
         info.update(load_s=load_s, warmup_s=warmup_s, decode_mode=self._p["decode.mode"],
-                    drafter=self._p["drafter"])
+                    drafter=self._p["drafter"], inference=self._p["inference.backend"],
+                    inference_pid=pid if pid is not None else "this process")
         self.get_logger().info(
             f"models loaded in {load_s:.2f} s on {info.get('device')} ({info.get('dtype')}), "
             f"target {info.get('target_params')} params, draft {info.get('draft_params')} params, "
             f"{float(info.get('memory_mb', float('nan'))):.1f} MB; warm-up {warmup_s * 1e3:.1f} ms; "
-            f"input {self._image_size[0]}x{self._image_size[1]}")
+            f"input {self._image_size[0]}x{self._image_size[1]}; inference "
+            f"{'in process ' + str(pid) if pid is not None else 'in this process'}")
         self._diag.set_model(OK, "loaded", info)
-        self._create_io()
-        return TransitionCallbackReturn.SUCCESS
 
     def _create_io(self) -> None:
         opts = qos.OVERRIDES
@@ -178,7 +244,7 @@ class PolicyNode(LifecycleNode):
         else:
             self._pubs["command"] = self.create_publisher(Float64MultiArray, TOPIC_FORWARD, qos.COMMAND,
                                                           qos_overriding_options=opts)
-        from specvla_msgs.msg import SafetyVerdict, SpecDecodeStats
+        from specvla_msgs.msg import ControlTiming, SafetyVerdict, SpecDecodeStats
 
         self._pubs["gripper"] = self.create_publisher(Float64MultiArray, TOPIC_GRIPPER, qos.COMMAND,
                                                       qos_overriding_options=opts)
@@ -188,6 +254,8 @@ class PolicyNode(LifecycleNode):
                                                      qos_overriding_options=opts)
         self._pubs["stats"] = self.create_publisher(SpecDecodeStats, TOPIC_STATS, qos.STATUS,
                                                     qos_overriding_options=opts)
+        self._pubs["timing"] = self.create_publisher(ControlTiming, TOPIC_TIMING, qos.STATUS,
+                                                     qos_overriding_options=opts)
         g = self._input_group
         if self._p["use_compressed_image"]:
             self._subs.append(self.create_subscription(CompressedImage, TOPIC_IMAGE + "/compressed", self._on_image,
@@ -215,9 +283,11 @@ class PolicyNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs.clear()
-        for pub in self._pubs.values():
+        with self._pub_lock:
+            pubs = list(self._pubs.values())
+            self._pubs.clear()
+        for pub in pubs:
             self.destroy_publisher(pub)
-        self._pubs.clear()
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         period = float(self._p["control_period"])
@@ -225,9 +295,13 @@ class PolicyNode(LifecycleNode):
             self._active = True
             self._last_status = None
             self._last_narration = None
-        self._timers.append(self.create_timer(period, self._control_tick, callback_group=self._control_group))
-        # Polls the latched e-stop faster than the control rate, so a hold goes out
-        # within one period even while a decision is being decoded.
+        # The timer only paces (on the node's clock, so sim time and lockstep replays work);
+        # the tick runs on its own thread, so a decision never blocks the executor.
+        self._tick_wake.clear()
+        self._control_thread = threading.Thread(target=self._control_loop, name="specvla_control", daemon=True)
+        self._control_thread.start()
+        self._timers.append(self.create_timer(period, self._tick_wake.set, callback_group=self._control_group))
+        # Backstop for the e-stop callback's own hold, faster than the control rate.
         self._timers.append(self.create_timer(min(period / 4.0, 0.05), self._watchdog_tick,
                                               callback_group=self._watchdog_group))
         self._diag.set_active(True)
@@ -239,7 +313,8 @@ class PolicyNode(LifecycleNode):
         for timer in self._timers:
             self.destroy_timer(timer)
         self._timers.clear()
-        self.publish_final_hold("node deactivated")
+        self.publish_final_hold("node deactivated")  # after it no tick publishes
+        self._stop_control_thread()
         self._diag.set_active(False)
         self.get_logger().info("inactive: hold published")
         return super().on_deactivate(state)
@@ -259,19 +334,40 @@ class PolicyNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self) -> None:
+    def _stop_control_thread(self) -> None:
+        """Stop the control loop; a decision in flight finishes (bounded by decision_deadline) first."""
         with self._pub_lock:
             self._active = False
+        thread, self._control_thread = self._control_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            self._tick_wake.set()
+            thread.join(timeout=float(self._p["decision_deadline"]) + 5.0)
+
+    def _release(self) -> None:
+        self._stop_control_thread()
         self._destroy_io()
-        self._policy = None
+        with self._backend_lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
         self._image_cache = None
         self._applied_objects = None
+        self._last_sent = None
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
         self._diag.set_active(False)
         self._diag.set_model(WARN, "not configured", {})
+
+    def destroy_node(self) -> None:
+        """Also stops the control loop and ends the inference session (and a private server)."""
+        self._stop_control_thread()
+        with self._backend_lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+        super().destroy_node()
 
     def run_autostart(self) -> bool:
         """configure + activate (the `autostart` parameter). Returns True when active."""
@@ -288,8 +384,9 @@ class PolicyNode(LifecycleNode):
             # Reliable publishers: give subscribers (the controller first) up to 1 s to
             # acknowledge the hold before the process tears the participant down.
             for key in ("command", "gripper", "safety"):
-                if key in self._pubs and not self._pubs[key].wait_for_all_acked(Duration(seconds=1.0)):
-                    self.get_logger().warning(f"final hold on {self._pubs[key].topic_name} not acknowledged")
+                pub = self._pubs.get(key)
+                if pub is not None and not pub.wait_for_all_acked(Duration(seconds=1.0)):
+                    self.get_logger().warning(f"final hold on {pub.topic_name} not acknowledged")
 
     # ------------------------------------------------------------------ input callbacks (store only)
     def _on_image(self, msg: Image | CompressedImage) -> None:
@@ -308,8 +405,23 @@ class PolicyNode(LifecycleNode):
             conv.merge_joint_state(self._in.joints, msg, now)
 
     def _on_estop(self, msg: Bool) -> None:
+        pressed = bool(msg.data)
         with self._lock:
-            self._in.estop = bool(msg.data)
+            self._in.estop = pressed
+        if not pressed:
+            with self._pub_lock:
+                if self._estop_latched:
+                    self.get_logger().info("emergency stop released")
+                self._estop_latched = False
+            return
+        # React here rather than at the next tick: latch and publish the hold under the
+        # lock every publication takes, so no decision can slip out after it.
+        with self._pub_lock:
+            first = not self._estop_latched
+            self._estop_latched = True
+        if first:
+            self.get_logger().error("emergency stop pressed -> holding")
+        self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched"))
 
     def _on_scene_objects(self, msg: Any) -> None:
         now = time.monotonic()
@@ -338,35 +450,53 @@ class PolicyNode(LifecycleNode):
             elif level == ERROR:
                 self.get_logger().error(f"{key}: {problem} -> holding")
             else:
-                self.get_logger().warning(f"{key}: {problem} -> holding")
+                self.get_logger().warning(f"{key}: {problem}")
             self._publish_diagnostics()
 
     def _measured_state(self, snap: _Inputs, now: float) -> tuple[RobotState | None, str | None, bool]:
-        """(state, problem, stale) from the merged joint states."""
+        """(state, problem, stale) from the merged joint states; state None when unusable."""
         max_age = float(self._p["max_input_age"])
         try:
             q, dq, age = conv.joint_vector(snap.joints, self._p["joint_names"], now, max_age)
             grip, _, gage = conv.joint_vector(snap.joints, self._p["gripper_joint_names"], now, max_age)
         except conv.InputError as exc:
             return None, str(exc), False
+        if self._guard is not None:
+            problem = self._guard.measured_problem(q)
+            if problem is not None:
+                return None, f"joint_states: {problem}", False
         state = RobotState(q=q, gripper=float(np.sum(grip)), dq=dq, stamp=self.get_clock().now().nanoseconds * 1e-9)
-        self._last_state = state
         oldest = max(age, gage)
         if oldest > max_age:
             names = list(self._p["joint_names"]) + list(self._p["gripper_joint_names"])
             worst = max(names, key=lambda n: now - snap.joints[n].received)
-            return state, (f"joint_states: {worst} last received {oldest:.2f} s ago "
-                           f"(max_input_age {max_age:.2f} s)"), True
+            return None, (f"joint_states: {worst} last received {oldest:.2f} s ago "
+                          f"(max_input_age {max_age:.2f} s)"), True
         return state, None, False
 
-    def _image(self, snap: _Inputs, now: float) -> tuple[np.ndarray | None, str | None, bool]:
+    def _frame_age(self, snap: _Inputs) -> float:
+        """The frame's age by its header stamp on the node's clock [s]; NaN when unstamped or not checked."""
+        if snap.image is None or not self._p["check_camera_stamp"]:
+            return math.nan
+        stamp = conv.stamp_ns(snap.image.header.stamp)
+        if stamp <= 0:
+            return math.nan
+        return (self.get_clock().now().nanoseconds - stamp) * 1e-9
+
+    def _image(self, snap: _Inputs, now: float, frame_age: float) -> tuple[np.ndarray | None, str | None, bool]:
         """(rgb at model size, problem, stale)."""
         if snap.image is None:
             return None, "no camera image received yet", True
-        age = now - snap.image_received
         max_age = float(self._p["max_input_age"])
-        if age > max_age:
-            return None, f"camera image {age:.2f} s old (max_input_age {max_age:.2f} s)", True
+        waited = now - snap.image_received
+        if waited > max_age:
+            return None, f"camera image {waited:.2f} s old (max_input_age {max_age:.2f} s)", True
+        if frame_age > max_age:
+            return None, (f"camera frame stamped {frame_age:.2f} s ago (max_input_age {max_age:.2f} s); "
+                          "if the camera's clock is not synchronised, set check_camera_stamp false"), True
+        if frame_age < -max_age:
+            return None, (f"camera frame stamped {-frame_age:.2f} s in the future: camera and node clocks "
+                          "differ (synchronise them, or set check_camera_stamp false)"), False
         if self._image_cache is not None and self._image_cache[0] is snap.image:
             return self._image_cache[1], None, False
         try:
@@ -390,153 +520,286 @@ class PolicyNode(LifecycleNode):
             return None, f"instruction has {len(text)} characters (max_instruction_length {limit})"
         return text, None
 
-    def _scene_objects_problem(self, problem: str | None) -> None:
-        """Diagnostic + one log line per change; never a hold (the static scene still protects)."""
-        if self._diag.set_input("scene_objects", problem, WARN):
-            if problem is None:
-                self.get_logger().info("scene_objects: ok")
-            else:
-                self.get_logger().warning(f"scene_objects: {problem}")
-            self._publish_diagnostics()
+    def _scene_objects(self, snap: _Inputs, backend: PolicyBackend, now: float) -> str | None:
+        """Give the gate the newest scene objects; the reason to hold when they are too old, else None.
 
-    def _apply_scene_objects(self, snap: _Inputs, now: float) -> None:
-        """Give the gate the newest scene objects, or drop them when stale or unusable."""
+        The last known set stays in the gate until a newer one replaces it: objects do
+        not vanish because their topic went quiet.
+        """
         msg = snap.scene_objects
         if msg is None:
-            return  # never received: static scene only, nothing to report
+            return None  # never received: static scene only, nothing to report
+        if msg is not self._applied_objects:
+            try:
+                objects, problems = conv.scene_objects_from_msg(msg, self._p["scene_objects_frame"])
+                backend.set_scene_objects(objects)
+                self._objects_problem = "; ".join(problems) or None
+            except conv.InputError as exc:  # refused as a whole: the previous set stays
+                self._objects_problem = f"{exc} -> keeping the previous objects"
+            self._applied_objects = msg
         age = now - snap.scene_objects_received
+        hold_age = float(self._p["scene_objects_hold_age"])
         max_age = float(self._p["scene_objects_max_age"])
+        quiet = None
         if age > max_age:
-            if self._applied_objects is not None:
-                self._policy.set_scene_objects(())
-                self._applied_objects = None
-            self._scene_objects_problem(f"last received {age:.2f} s ago (scene_objects_max_age {max_age:.2f} s) "
-                                        "-> dropped from the collision scene")
-            return
-        if msg is self._applied_objects:
-            return  # converted on an earlier tick
-        try:
-            objects, problems = conv.scene_objects_from_msg(msg, self._p["scene_objects_frame"])
-        except conv.InputError as exc:
-            self._policy.set_scene_objects(())
-            self._applied_objects = None
-            self._scene_objects_problem(f"{exc} -> dropped from the collision scene")
-            return
-        self._policy.set_scene_objects(objects)
-        self._applied_objects = msg
-        self._scene_objects_problem("; ".join(problems) if problems else None)
+            quiet = (f"not refreshed for over scene_objects_max_age ({max_age:.2f} s); "
+                     "the gate keeps the last known objects")
+        self._input_problem("scene_objects", "; ".join(p for p in (self._objects_problem, quiet) if p) or None, WARN)
+        if hold_age > 0 and age > hold_age:
+            return (f"scene_objects: last received {age:.2f} s ago (scene_objects_hold_age {hold_age:.2f} s); "
+                    "not deciding against an old scene")
+        return None
+
+    def _control_loop(self) -> None:
+        while True:
+            self._tick_wake.wait()
+            self._tick_wake.clear()
+            if not self._active:
+                return
+            self._control_tick()
 
     def _control_tick(self) -> None:
-        if not self._active or self._policy is None:
+        if not self._active:
             return
         tick = time.monotonic()
+        try:
+            decision = self._decide(tick)
+        except Exception as exc:  # noqa: BLE001 — the tick is a safety boundary: anything becomes a hold
+            decision = self._tick_failed("deciding", exc)
+        self._publish(decision)
+
+    def _tick_failed(self, stage: str, exc: BaseException) -> _Decision:
+        reason = f"internal error while {stage}: {type(exc).__name__}: {exc}"
+        self._fault(reason)
+        return self._hold(SafetyStatus.HALT_NOT_READY, reason)
+
+    def _fault(self, problem: str | None) -> None:
+        """An internal failure the tick turned into a hold (None: the tick ran cleanly)."""
+        if self._diag.set_fault(problem):
+            if problem is not None:
+                self.get_logger().error(f"{problem} -> holding")
+            self._publish_diagnostics()
+
+    def _decide(self, tick: float) -> _Decision:
+        """One control tick's decision (a hold for any input problem)."""
         snap = self._snapshot()
         if snap.estop:
-            self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched"))
-            return
+            return self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched", snap=snap)
+        backend = self._backend
+        if backend is None or backend.problem is not None:
+            return self._inference_lost(backend.problem if backend is not None else "no inference backend", snap)
         state, problem, stale = self._measured_state(snap, tick)
-        if problem:
+        if state is None:
             status = SafetyStatus.HALT_STALE_INPUT if stale else SafetyStatus.HALT_BAD_INPUT
             self._input_problem("joint_states", problem, WARN if stale else ERROR)
-            self._publish(self._hold(status, problem))
-            return
+            return self._hold(status, problem or "joint states unusable", snap=snap)
         self._input_problem("joint_states", None)
-        rgb, problem, stale = self._image(snap, tick)
+        timing = _Timing(frame_age=self._frame_age(snap), tick_start=tick)
+        rgb, problem, stale = self._image(snap, tick, timing.frame_age)
         if problem:
             never = snap.image is None
             status = (SafetyStatus.HALT_NOT_READY if never else
                       SafetyStatus.HALT_STALE_INPUT if stale else SafetyStatus.HALT_BAD_INPUT)
             self._input_problem("image", problem, WARN if stale else ERROR)
-            self._publish(self._hold(status, problem))
-            return
+            return self._hold(status, problem, snap=snap)
         self._input_problem("image", None)
         text, problem = self._instruction(snap)
         if problem:
             never = snap.instruction is None
             self._input_problem("instruction", problem, WARN if never else ERROR)
-            self._publish(self._hold(SafetyStatus.HALT_NOT_READY if never else SafetyStatus.HALT_BAD_INPUT, problem))
-            return
+            return self._hold(SafetyStatus.HALT_NOT_READY if never else SafetyStatus.HALT_BAD_INPUT, problem,
+                              snap=snap)
         self._input_problem("instruction", None)
-
-        if state is None:  # unreachable: a missing state is reported as a problem above
-            return
-        self._apply_scene_objects(snap, tick)
+        problem = self._scene_objects(snap, backend, tick)
+        if problem:
+            return self._hold(SafetyStatus.HALT_STALE_INPUT, problem, snap=snap)
         proprio = np.concatenate([state.q, [state.gripper]]).astype(np.float32)
         stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
         # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.
-        obs = Observation(image=rgb, instruction=text, proprio=proprio,
+        obs = Observation(image=rgb, instruction=text, proprio=proprio,  # type: ignore[arg-type]
                           frame_id=stamp if stamp > 0 else -snap.image_seq)
+        deadline = float(self._p["decision_deadline"])
+        t_request = time.monotonic()
+        timing.frame_wait = tick - snap.image_received
+        timing.input_time = t_request - tick
         try:
-            out = self._policy.step(obs, state)
-        except Exception as exc:  # noqa: BLE001 — safety boundary: any model failure must hold, not crash
-            self.get_logger().error(f"policy step failed: {type(exc).__name__}: {exc} -> holding")
-            self._publish(self._hold(SafetyStatus.HALT_NOT_READY, f"policy step failed: {exc}"))
-            return
+            out = backend.step(obs, state, timeout_s=max(deadline - (t_request - tick), 1e-3))
+        except InferenceTimeout as exc:
+            return self._hold(SafetyStatus.HALT_DEADLINE, f"{exc} (decision_deadline {deadline:.3f} s)", snap=snap)
+        except InferenceUnavailable as exc:
+            return self._inference_lost(str(exc), snap)
+        except InferenceError as exc:
+            self._fault(str(exc))
+            return self._hold(SafetyStatus.HALT_NOT_READY, str(exc), snap=snap)
+        self._fault(None)
+        timing.decision_time = time.monotonic() - t_request
+        timing.policy_time = out.stats.total_time_s
         refused = out.verdict.status == SafetyStatus.HALT_BAD_INPUT
         self._input_problem("model_input", out.verdict.reason if refused else None)
         took = time.monotonic() - tick
-        deadline = float(self._p["decision_deadline"])
         if took > deadline:
             reason = f"decision took {took:.3f} s (decision_deadline {deadline:.3f} s)"
-            self._publish(self._hold(SafetyStatus.HALT_DEADLINE, reason, out.stats))
-            return
-        if self._snapshot().estop:  # pressed while decoding
-            self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched", out.stats))
-            return
-        self._publish(_Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp))  # type: ignore[union-attr]
+            return self._hold(SafetyStatus.HALT_DEADLINE, reason, out.stats, snap=snap)
+        return _Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp, timing)  # type: ignore[union-attr]
+
+    def _inference_lost(self, problem: str, snap: _Inputs) -> _Decision:
+        """Hold while the inference process is gone, and start a new one (once at a time)."""
+        reason = f"inference unavailable: {problem}"
+        self._diag.set_model(ERROR, reason)
+        with self._backend_lock:
+            start = not self._restarting and self._active
+            self._restarting = self._restarting or start
+        if start:
+            self.get_logger().error(f"{reason} -> holding; starting a new inference process")
+            threading.Thread(target=self._restart_backend, name="specvla_inference_restart", daemon=True).start()
+        return self._hold(SafetyStatus.HALT_NOT_READY, reason, snap=snap)
+
+    def _restart_backend(self) -> None:
+        from specvla_ros.core.model_interface import ModelLoadError
+        from specvla_ros.core.serving.client import SessionOpenError
+
+        try:
+            with self._backend_lock:
+                old, self._backend = self._backend, None
+            if old is not None:
+                old.close()
+            try:
+                backend = self._start_backend(policy_config(self._p))
+            except (ModelLoadError, SessionOpenError, ValueError, OSError, ImportError) as exc:
+                self.get_logger().error(f"inference process restart failed: {exc}; holding")
+                self._diag.set_model(ERROR, f"restart failed: {exc}")
+                return
+            with self._backend_lock:
+                if self._active:
+                    self._backend = backend
+                    self._applied_objects = None  # the new process has no scene objects yet
+                    backend = None  # type: ignore[assignment]
+            if backend is not None:
+                backend.close()  # deactivated meanwhile
+            else:
+                self._report_backend(self._backend)  # type: ignore[arg-type]
+                self.get_logger().info("inference process restarted")
+        finally:
+            with self._backend_lock:
+                self._restarting = False
 
     def _watchdog_tick(self) -> None:
-        if self._active and self._last_status != SafetyStatus.HALT_ESTOP and self._snapshot().estop:
+        with self._pub_lock:
+            due = self._active and self._estop_latched and self._last_status != SafetyStatus.HALT_ESTOP
+        if due:
             self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched"))
 
-    def _hold(self, status: SafetyStatus, reason: str, stats: DecodeStats | None = None) -> _Decision:
-        """Hold at the last valid measured joint positions (nothing to command if none is known)."""
-        state = self._last_state
-        if state is not None and self._policy is not None:
-            verdict = self._policy.hold(state, status, reason)
-        elif state is not None:
-            verdict = Verdict(status, reason, joint_command=state.q.copy(), gripper_command=state.gripper)
-        else:
-            verdict = Verdict(status, reason, joint_command=np.empty(0), gripper_command=math.nan)
-        return _Decision(verdict, stats, None)
+    def _hold_target(self, snap: _Inputs | None) -> tuple[np.ndarray | None, float]:
+        """(joint positions, gripper opening) to hold at: the fresh measured ones inside the limits.
 
+        None when they are missing, stale or out of range: then nothing positional is commanded.
+        """
+        if snap is None:
+            snap = self._snapshot()
+        state, _, _ = self._measured_state(snap, time.monotonic())
+        if state is None or self._guard is None:
+            return None, math.nan
+        return self._guard.hold_target(state.q), self._guard.clamp_gripper(state.gripper)
+
+    def _hold(self, status: SafetyStatus, reason: str, stats: DecodeStats | None = None,
+              snap: _Inputs | None = None) -> _Decision:
+        try:
+            q, gripper = self._hold_target(snap)
+        except Exception as exc:  # noqa: BLE001 — a hold must always be possible: then hold without a position
+            self.get_logger().error(f"hold position unknown ({type(exc).__name__}: {exc})")
+            q, gripper = None, math.nan
+        command = q if q is not None else np.empty(0)
+        return _Decision(Verdict(status, reason, joint_command=command, gripper_command=gripper), stats, None)
+
+    # ------------------------------------------------------------------ output
     def _publish(self, decision: _Decision, force: bool = False) -> None:
-        verdict = decision.verdict
-        header = Header(stamp=decision.stamp if decision.stamp is not None else self.get_clock().now().to_msg())
+        """Publish a decision; never raises (a failure is logged, diagnosed and answered with a hold)."""
+        try:
+            self._publish_checked(decision, force)
+        except Exception as exc:  # noqa: BLE001 — publishing is part of the safety boundary
+            reason = f"internal error while publishing: {type(exc).__name__}: {exc}"
+            self._fault(reason)
+            try:
+                self._publish_checked(self._hold(SafetyStatus.HALT_NOT_READY, reason), force)
+            except Exception as again:  # noqa: BLE001 — nothing more can be sent; say so and keep spinning
+                self.get_logger().fatal(f"could not publish a hold either: {type(again).__name__}: {again}")
+
+    def _publish_checked(self, decision: _Decision, force: bool) -> None:
+        t_start = decision.timing.tick_start if decision.timing is not None else math.nan
         with self._pub_lock:
             if not (self._active or force) or not self._pubs:
                 return
-            q = np.asarray(verdict.joint_command, dtype=np.float64)
-            names = list(self._p["joint_names"])
-            if q.shape == (len(names),) and np.all(np.isfinite(q)):
-                if self._p["command_interface"] == "joint_trajectory":
-                    self._pubs["command"].publish(conv.joint_trajectory(names, q, float(self._p["control_period"])))
-                else:
-                    self._pubs["command"].publish(conv.position_array(q))
-                if math.isfinite(verdict.gripper_command):
-                    self._pubs["gripper"].publish(conv.gripper_command(verdict.gripper_command))
-            elif verdict.is_halt and self._p["command_interface"] == "joint_trajectory":
-                # No measured position to hold at: an empty trajectory makes
-                # joint_trajectory_controller stop and hold where it is.
-                self._pubs["command"].publish(JointTrajectory(joint_names=names))
-            else:
-                # Never send an unchecked or malformed command; the verdict still goes out.
-                if not verdict.is_halt:
-                    verdict = Verdict(SafetyStatus.HALT_NONFINITE, f"command not sendable ({verdict.reason})",
-                                      joint_command=np.empty(0), gripper_command=math.nan,
-                                      raw_action=verdict.raw_action)
+            if self._estop_latched and decision.verdict.status != SafetyStatus.HALT_ESTOP:
+                # Decided before (or while) the e-stop: only the e-stop hold may go out.
+                decision = self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched")
+            verdict = self._send_command(decision.verdict)
+            as_decided = verdict is decision.verdict  # not refused at the publisher
+            stamp = decision.stamp if decision.stamp is not None and as_decided else self.get_clock().now().to_msg()
+            header = Header(stamp=stamp)
             self._pubs["safety"].publish(conv.verdict_to_msg(verdict, header))
-            if decision.stats is not None:
+            if decision.stats is not None and as_decided:
                 self._pubs["stats"].publish(conv.stats_to_msg(decision.stats, header))
-            if decision.narration is not None and (
+            if decision.timing is not None and as_decided:
+                self._pubs["timing"].publish(_timing_msg(decision.timing, header, time.monotonic() - t_start))
+            if decision.narration is not None and as_decided and (
                     self._p["narration_every_step"] or decision.narration != self._last_narration):
                 self._pubs["narration"].publish(String(data=decision.narration))
                 self._last_narration = decision.narration
             self._last_status = SafetyStatus(verdict.status)
-        self._diag.record_tick(time.monotonic(), verdict, decision.stats)
+        self._diag.record_tick(time.monotonic(), verdict, decision.stats if as_decided else None)
+
+    def _send_command(self, verdict: Verdict) -> Verdict:
+        """Publish the verdict's command if it passes the final check; returns the verdict to report.
+
+        Called under ``_pub_lock``. A command outside the joint limits (or not finite) is
+        never sent, whatever produced it: the verdict becomes a halt and the robot holds.
+        """
+        q = np.asarray(verdict.joint_command, dtype=np.float64).reshape(-1)
+        gripper = float(verdict.gripper_command)
+        problem = "no position to command" if q.size == 0 else None
+        if problem is None and self._guard is not None:
+            problem = self._guard.command_problem(q, gripper)
+            if problem is not None:
+                self._fault(f"command refused at the publisher: {problem} ({verdict.status.name}: {verdict.reason})")
+                verdict = Verdict(SafetyStatus.HALT_JOINT_LIMIT if "outside" in problem else SafetyStatus.HALT_NONFINITE,
+                                  f"command refused at the publisher: {problem} (was {verdict.status.name}: "
+                                  f"{verdict.reason})", joint_command=np.empty(0), gripper_command=math.nan,
+                                  raw_action=verdict.raw_action)
+        if problem is None:
+            self._publish_position(q)
+            if math.isfinite(gripper):
+                self._pubs["gripper"].publish(conv.gripper_command(gripper))
+            self._last_sent = (q.copy(), gripper)
+            return verdict
+        if not verdict.is_halt:
+            verdict = Verdict(SafetyStatus.HALT_NONFINITE, f"command not sendable ({verdict.reason})",
+                              joint_command=np.empty(0), gripper_command=math.nan, raw_action=verdict.raw_action)
+        # Hold without a measured position: joint_trajectory_controller stops and holds where it is
+        # on an empty trajectory; a forward controller gets the last command that passed this check.
+        if self._p["command_interface"] == "joint_trajectory":
+            self._pubs["command"].publish(JointTrajectory(joint_names=list(self._p["joint_names"])))
+        elif self._last_sent is not None:
+            self._publish_position(self._last_sent[0])
+            verdict.joint_command = self._last_sent[0].copy()
+        return verdict
+
+    def _publish_position(self, q: np.ndarray) -> None:
+        if self._p["command_interface"] == "joint_trajectory":
+            self._pubs["command"].publish(conv.joint_trajectory(list(self._p["joint_names"]), q,
+                                                                float(self._p["control_period"])))
+        else:
+            self._pubs["command"].publish(conv.position_array(q))
 
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(self._diag.build(self.get_clock().now().to_msg()))
+
+
+def _timing_msg(timing: _Timing, header: Header, tick_time: float):  # -> specvla_msgs.msg.ControlTiming
+    from specvla_msgs.msg import ControlTiming
+
+    return ControlTiming(header=header, frame_age=float(timing.frame_age), frame_wait=float(timing.frame_wait),
+                         input_time=float(timing.input_time), decision_time=float(timing.decision_time),
+                         policy_time=float(timing.policy_time), tick_time=float(tick_time))
 
 
 def policy_config(values: dict[str, Any]):  # -> specvla_ros.core.policy.PolicyConfig
@@ -573,7 +836,10 @@ def main(args: list[str] | None = None) -> int:
         print(f"specvla_node: {exc}", file=sys.stderr)
         rclpy.shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
+    # One thread spins every callback: with inference in its own process nothing here
+    # blocks, and a thread pool would only add GIL hand-offs for each of the hundreds
+    # of input messages a second.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, name="specvla_executor", daemon=True)
     spinner.start()
