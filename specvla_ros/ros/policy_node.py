@@ -145,7 +145,7 @@ class PolicyNode(LifecycleNode):
         self._control_thread: threading.Thread | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
-        self._timers: list[Any] = []
+        self._loop_timers: list[Any] = []  # not _timers: rclpy's Node keeps its own list under that name
         self._input_group = ReentrantCallbackGroup()
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._watchdog_group = MutuallyExclusiveCallbackGroup()
@@ -277,9 +277,9 @@ class PolicyNode(LifecycleNode):
                                                        callback_group=g, qos_overriding_options=opts))
 
     def _destroy_io(self) -> None:
-        for timer in self._timers:
+        for timer in self._loop_timers:
             self.destroy_timer(timer)
-        self._timers.clear()
+        self._loop_timers.clear()
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs.clear()
@@ -300,9 +300,9 @@ class PolicyNode(LifecycleNode):
         self._tick_wake.clear()
         self._control_thread = threading.Thread(target=self._control_loop, name="specvla_control", daemon=True)
         self._control_thread.start()
-        self._timers.append(self.create_timer(period, self._tick_wake.set, callback_group=self._control_group))
+        self._loop_timers.append(self.create_timer(period, self._on_control_timer, callback_group=self._control_group))
         # Backstop for the e-stop callback's own hold, faster than the control rate.
-        self._timers.append(self.create_timer(min(period / 4.0, 0.05), self._watchdog_tick,
+        self._loop_timers.append(self.create_timer(min(period / 4.0, 0.05), self._watchdog_tick,
                                               callback_group=self._watchdog_group))
         self._diag.set_active(True)
         self.get_logger().info(f"active: control every {period * 1e3:.0f} ms, commands on "
@@ -310,9 +310,9 @@ class PolicyNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for timer in self._timers:
+        for timer in self._loop_timers:
             self.destroy_timer(timer)
-        self._timers.clear()
+        self._loop_timers.clear()
         self.publish_final_hold("node deactivated")  # after it no tick publishes
         self._stop_control_thread()
         self._diag.set_active(False)
@@ -549,6 +549,9 @@ class PolicyNode(LifecycleNode):
             return (f"scene_objects: last received {age:.2f} s ago (scene_objects_hold_age {hold_age:.2f} s); "
                     "not deciding against an old scene")
         return None
+
+    def _on_control_timer(self) -> None:
+        self._tick_wake.set()
 
     def _control_loop(self) -> None:
         while True:
