@@ -172,9 +172,8 @@ def test_hostile_inputs_and_a_dead_inference_process_only_ever_hold(robot: Robot
                                                               encoding="rgb8", step=180000, data=bytes(64))),
         "zero step": lambda: image_pub.publish(Image(header=now(), height=4, width=4, encoding="rgb8", step=0,
                                                      data=bytes(48))),
-        "big-endian 16-bit garbage": lambda: image_pub.publish(Image(header=now(), height=9, width=7,
-                                                                     encoding="bgra16", is_bigendian=1, step=57,
-                                                                     data=bytes(range(256)) * 3)),
+        "16-bit rows shorter than the width": lambda: image_pub.publish(Image(
+            header=now(), height=9, width=7, encoding="bgra16", is_bigendian=1, step=55, data=bytes(range(256)) * 3)),
         "absurd joints": lambda: joint_pub.publish(JointState(name=names, position=[1e9] * 9)),
         "fewer positions than names": lambda: joint_pub.publish(JointState(name=names, position=[0.0])),
         "NaN joints": lambda: joint_pub.publish(JointState(name=names, position=[math.nan] * 9)),
@@ -182,9 +181,9 @@ def test_hostile_inputs_and_a_dead_inference_process_only_ever_hold(robot: Robot
     }
     for label, attack in attacks.items():
         t0 = time.monotonic()
-        for _ in range(40):  # faster than the feeder's good messages, so the node sees them
+        while time.monotonic() - t0 < 1.0:  # five control periods, faster than the driver's good messages
             attack()
-            time.sleep(0.005)
+            time.sleep(0.001)
         assert robot.node.poll() is None, f"{label}: node died\n{robot.node_log()}"
         holds = [v for t, v in robot.verdicts.msgs if t >= t0 and v.status >= 20]
         assert holds, f"{label}: no hold"

@@ -123,10 +123,10 @@ SCHEMA: tuple[ParamSpec, ...] = (
               f"'' = start a private server {_MODEL}"),
     ParamSpec("inference.authkey_file", STRING,
               f"File with the shared server's key in hex (with inference.server_address) {_MODEL}"),
-    ParamSpec("inference.threads", INT, f"Torch intra-op threads in a private server; 0 = torch's default {_MODEL}",
+    ParamSpec("inference.threads", INT, f"Torch intra-op threads in a private server; 0 = torch's default [threads] {_MODEL}",
               min=0, max=256),
     ParamSpec("inference.nice", INT,
-              f"Niceness added to a private server; negative = higher priority (needs CAP_SYS_NICE) {_MODEL}",
+              f"Niceness added to a private server; negative = higher priority (needs CAP_SYS_NICE) [nice steps] {_MODEL}",
               min=-20, max=19),
     # control loop
     ParamSpec("control_period", DOUBLE, "1 / control rate [s] (restart)", min=0.01, max=10.0),

@@ -115,6 +115,9 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = params.NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._control_thread: threading.Thread | None = None
+        self._backend: PolicyBackend | None = None
+        self._backend_lock = threading.Lock()  # the backend is replaced while ticks may run
         # Raises ValueError naming every bad start-up parameter.
         self._p = params.declare_all(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -130,8 +133,6 @@ class PolicyNode(LifecycleNode):
         self._in = _Inputs()
         self._active = False
         self._estop_latched = False
-        self._backend: PolicyBackend | None = None
-        self._backend_lock = threading.Lock()  # the backend is replaced while ticks may run
         self._restarting = False
         self._guard: CommandGuard | None = None
         self._image_size: tuple[int, int] = (128, 128)
@@ -142,7 +143,6 @@ class PolicyNode(LifecycleNode):
         self._applied_objects: Any = None  # the SceneObjects message the gate holds now (None: none)
         self._objects_problem: str | None = None  # what was wrong with the applied message
         self._tick_wake = threading.Event()  # set by the control timer
-        self._control_thread: threading.Thread | None = None
         self._pubs: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._loop_timers: list[Any] = []  # not _timers: rclpy's Node keeps its own list under that name
@@ -336,15 +336,19 @@ class PolicyNode(LifecycleNode):
 
     def _stop_control_thread(self) -> None:
         """Stop the control loop; a decision in flight finishes (bounded by decision_deadline) first."""
+        thread, self._control_thread = self._control_thread, None
+        if thread is None:
+            return
         with self._pub_lock:
             self._active = False
-        thread, self._control_thread = self._control_thread, None
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not threading.current_thread():
             self._tick_wake.set()
             thread.join(timeout=float(self._p["decision_deadline"]) + 5.0)
 
     def _release(self) -> None:
         self._stop_control_thread()
+        with self._pub_lock:
+            self._active = False
         self._destroy_io()
         with self._backend_lock:
             backend, self._backend = self._backend, None
