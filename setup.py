@@ -27,6 +27,7 @@ setup(
         "console_scripts": [
             "specvla_bench = specvla_ros.bench.decode_bench:main",
             "specvla_node = specvla_ros.ros.policy_node:main",
+            "specvla_policy_server = specvla_ros.core.serving.server:main",
             "specvla_sim = specvla_ros.ros.sim_node:main",
             "specvla_bringup = specvla_ros.ros.bringup:main",
             "specvla_eval = specvla_ros.bench.closed_loop_eval:main",

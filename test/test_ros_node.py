@@ -173,9 +173,8 @@ def test_inputs_in_command_narration_verdict_stats_out(make_graph, iface: str, c
     image = None
     if compressed:
         import cv2
-        from cv_bridge import CvBridge
 
-        image = CvBridge().cv2_to_compressed_imgmsg(cv2.cvtColor(FRAME, cv2.COLOR_RGB2BGR), "png")
+        image = CompressedImage(format="png", data=cv2.imencode(".png", cv2.cvtColor(FRAME, cv2.COLOR_RGB2BGR))[1].tobytes())
     g = make_graph(domain, image=image, command_interface=iface, use_compressed_image=compressed,
                    narration_every_step=every)
     start(g)
