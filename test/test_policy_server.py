@@ -107,6 +107,22 @@ def test_a_dead_server_is_reported_as_unavailable(client) -> None:
     assert client.problem is not None
 
 
+def test_a_stuck_server_is_given_up_and_killed(client) -> None:
+    client.STUCK_AFTER_S = 0.5
+    os.kill(client.server_pid, signal.SIGSTOP)  # alive, but never answers
+    obs = _obs(client.image_size, 0)
+    with pytest.raises(InferenceTimeout):
+        client.step(obs, STATE, timeout_s=0.2)
+    time.sleep(0.6)
+    with pytest.raises(InferenceUnavailable, match="stuck"):
+        client.step(obs, STATE, timeout_s=0.2)
+    assert client.problem is not None
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # killed (a stopped process takes SIGKILL only)
+            os.kill(client.server_pid, 0)
+            time.sleep(0.05)
+
+
 def test_a_bad_checkpoint_fails_the_open_with_its_path(tmp_path, tiny_checkpoints) -> None:
     config = PolicyConfig(target_dir=str(tmp_path / "nowhere"), draft_dir=None, device="cpu")
     with pytest.raises(SessionOpenError, match="nowhere") as info:

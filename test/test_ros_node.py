@@ -451,6 +451,15 @@ def test_bad_model_path_fails_configure_and_reports_it(make_graph, tmp_path) -> 
     assert not g.commands.msgs
 
 
+def test_joint_names_out_of_the_safety_configs_order_fail_configure(make_graph) -> None:
+    g = make_graph(37, joint_names=list(PANDA_JOINT_NAMES[::-1]))
+    assert not g.policy.run_autostart()
+    hit = g.diagnostics.wait_for(lambda d: any(
+        s.name.endswith("model") and s.level == DiagnosticStatus.ERROR and "in its order" in s.message
+        for s in d.status), timeout=WAIT)
+    assert hit is not None and not g.commands.msgs
+
+
 # --------------------------------------------------------------------------- scene objects
 
 

@@ -12,7 +12,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
+import os
+
+# Bounds what a compressed frame may decode to (read by OpenCV when first used).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(8192 * 8192))
+
+import cv2  # noqa: E402
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import KeyValue
@@ -86,6 +91,21 @@ def _encoding(name: str) -> _Encoding:
 
 
 def image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw`` (see ``_image_to_rgb``).
+
+    Raises:
+        InputError: for anything that cannot be converted, whatever failed inside.
+    """
+    try:
+        return _image_to_rgb(msg, size_hw)
+    except InputError:
+        raise
+    except (cv2.error, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"camera image ({msg.encoding} {msg.width}x{msg.height}) could not be converted: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
     """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw``.
 
     Reads every field a driver sets: the encoding (``ENCODINGS``), row padding in
@@ -137,12 +157,15 @@ def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndar
         raise InputError("compressed camera image is empty")
     try:
         img = cv2.imdecode(np.frombuffer(msg.data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
+    except (cv2.error, MemoryError) as exc:
         raise InputError(f"compressed camera image ({msg.format}) could not be decoded: {exc}") from exc
     if img is None or img.size == 0:
         raise InputError(f"compressed camera image ({msg.format}) could not be decoded")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
+    if img.shape[0] * img.shape[1] > MAX_IMAGE_PIXELS:
+        raise InputError(f"compressed camera image {img.shape[1]}x{img.shape[0]} is larger than "
+                         f"{MAX_IMAGE_PIXELS} pixels")
     if img.dtype != np.uint8:
         raise InputError(f"compressed camera image ({msg.format}) decodes to {img.dtype}, expected 8 or 16 bit")
     # OpenCV decodes to BGR(A) or grey.
@@ -151,7 +174,10 @@ def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndar
     code = codes.get(channels)
     if code is None:
         raise InputError(f"compressed camera image has {channels} channels, expected 1, 3 or 4")
-    return _resize(cv2.cvtColor(img, code), size_hw)
+    try:
+        return _resize(cv2.cvtColor(img, code), size_hw)
+    except (cv2.error, MemoryError) as exc:
+        raise InputError(f"compressed camera image ({msg.format}) could not be converted: {exc}") from exc
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "camera") -> Image:

@@ -72,6 +72,9 @@ TOPIC_STATS = "~/spec_stats"
 TOPIC_TIMING = "~/timing"
 TOPIC_DIAGNOSTICS = "/diagnostics"
 
+#: Wait this long before trying again after a failed inference process restart [s].
+_RESTART_BACKOFF_S = 5.0
+
 
 @dataclass
 class _Inputs:
@@ -134,6 +137,8 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._estop_latched = False
         self._restarting = False
+        self._restart_not_before = 0.0  # time.monotonic() before which no restart is tried
+        self._generation = 0  # counts configure/cleanup, so a late restart cannot replace a newer backend
         self._guard: CommandGuard | None = None
         self._image_size: tuple[int, int] = (128, 128)
         self._image_cache: tuple[object, np.ndarray] | None = None
@@ -149,6 +154,7 @@ class PolicyNode(LifecycleNode):
         self._input_group = ReentrantCallbackGroup()
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._watchdog_group = MutuallyExclusiveCallbackGroup()
+        self._estop_group = MutuallyExclusiveCallbackGroup()
         self._diag = NodeDiagnostics(self.get_name())
         # Diagnostics run in every lifecycle state so a failed configure is visible.
         self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, qos.STATUS)
@@ -185,8 +191,12 @@ class PolicyNode(LifecycleNode):
 
         try:
             config = policy_config(self._p)
-            self._guard = CommandGuard.from_config(load_safety_config(self._p["safety_config"] or None),
-                                                   self._p["joint_names"])
+            safety = load_safety_config(self._p["safety_config"] or None)
+            if tuple(self._p["joint_names"]) != tuple(safety.joint_limits.names):
+                # the policy's state vector and the gate's limits are in the safety config's order
+                raise ValueError(f"joint_names {list(self._p['joint_names'])} must list the joints of "
+                                 f"{safety.source} in its order: {list(safety.joint_limits.names)}")
+            self._guard = CommandGuard.from_config(safety, self._p["joint_names"])
             backend = self._start_backend(config)
         except (ModelLoadError, SessionOpenError, ValueError, OSError, ImportError) as exc:
             msg = f"model load failed: {exc}"
@@ -194,7 +204,9 @@ class PolicyNode(LifecycleNode):
             self._diag.set_model(ERROR, msg)
             self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
-        self._backend = backend
+        with self._backend_lock:
+            self._generation += 1
+            self._backend = backend
         self._image_size = tuple(int(v) for v in backend.image_size)  # type: ignore[assignment]
         self._report_backend(backend)
         self._create_io()
@@ -267,8 +279,9 @@ class PolicyNode(LifecycleNode):
                                                    callback_group=g, qos_overriding_options=opts))
         self._subs.append(self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_states,
                                                    qos.JOINT_STATES, callback_group=g, qos_overriding_options=opts))
+        # Its own mutually exclusive group: presses and releases are handled in arrival order.
         self._subs.append(self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, qos.LATCHED,
-                                                   callback_group=g, qos_overriding_options=opts))
+                                                   callback_group=self._estop_group, qos_overriding_options=opts))
         if self._p["scene_objects_topic"]:
             from specvla_msgs.msg import SceneObjects
 
@@ -295,6 +308,7 @@ class PolicyNode(LifecycleNode):
             self._active = True
             self._last_status = None
             self._last_narration = None
+            self._last_sent = None  # the arm may have been moved while inactive
         # The timer only paces (on the node's clock, so sim time and lockstep replays work);
         # the tick runs on its own thread, so a decision never blocks the executor.
         self._tick_wake.clear()
@@ -351,6 +365,7 @@ class PolicyNode(LifecycleNode):
             self._active = False
         self._destroy_io()
         with self._backend_lock:
+            self._generation += 1
             backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
@@ -410,19 +425,19 @@ class PolicyNode(LifecycleNode):
 
     def _on_estop(self, msg: Bool) -> None:
         pressed = bool(msg.data)
-        with self._lock:
-            self._in.estop = pressed
-        if not pressed:
-            with self._pub_lock:
-                if self._estop_latched:
-                    self.get_logger().info("emergency stop released")
-                self._estop_latched = False
-            return
-        # React here rather than at the next tick: latch and publish the hold under the
-        # lock every publication takes, so no decision can slip out after it.
+        # Latch (or release) under the lock every publication takes, so no decision can
+        # slip out after it; the stored input and the latch change together.
         with self._pub_lock:
-            first = not self._estop_latched
-            self._estop_latched = True
+            first = pressed and not self._estop_latched
+            released = not pressed and self._estop_latched
+            with self._lock:
+                self._in.estop = pressed
+            self._estop_latched = pressed
+        if released:
+            self.get_logger().info("emergency stop released")
+        if not pressed:
+            return
+        # React here rather than at the next tick.
         if first:
             self.get_logger().error("emergency stop pressed -> holding")
         self._publish(self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched"))
@@ -558,8 +573,11 @@ class PolicyNode(LifecycleNode):
         self._tick_wake.set()
 
     def _control_loop(self) -> None:
+        me = threading.current_thread()
         while True:
             self._tick_wake.wait()
+            if self._control_thread is not me:  # stopped (or replaced after a re-activation)
+                return
             self._tick_wake.clear()
             if not self._active:
                 return
@@ -654,7 +672,7 @@ class PolicyNode(LifecycleNode):
         reason = f"inference unavailable: {problem}"
         self._diag.set_model(ERROR, reason)
         with self._backend_lock:
-            start = not self._restarting and self._active
+            start = not self._restarting and self._active and time.monotonic() >= self._restart_not_before
             self._restarting = self._restarting or start
         if start:
             self.get_logger().error(f"{reason} -> holding; starting a new inference process")
@@ -667,25 +685,31 @@ class PolicyNode(LifecycleNode):
 
         try:
             with self._backend_lock:
+                generation = self._generation
                 old, self._backend = self._backend, None
             if old is not None:
                 old.close()
             try:
                 backend = self._start_backend(policy_config(self._p))
             except (ModelLoadError, SessionOpenError, ValueError, OSError, ImportError) as exc:
-                self.get_logger().error(f"inference process restart failed: {exc}; holding")
+                self.get_logger().error(f"inference process restart failed: {exc}; holding, next try in "
+                                        f"{_RESTART_BACKOFF_S:.0f} s")
                 self._diag.set_model(ERROR, f"restart failed: {exc}")
+                with self._backend_lock:
+                    self._restart_not_before = time.monotonic() + _RESTART_BACKOFF_S
                 return
+            installed = False
             with self._backend_lock:
-                if self._active:
-                    self._backend = backend
+                # not if the node was deactivated, cleaned up or configured anew meanwhile
+                if self._active and generation == self._generation and self._backend is None:
                     self._applied_objects = None  # the new process has no scene objects yet
-                    backend = None  # type: ignore[assignment]
-            if backend is not None:
-                backend.close()  # deactivated meanwhile
-            else:
-                self._report_backend(self._backend)  # type: ignore[arg-type]
-                self.get_logger().info("inference process restarted")
+                    self._backend = backend
+                    installed = True
+            if not installed:
+                backend.close()
+                return
+            self._report_backend(backend)
+            self.get_logger().info("inference process restarted")
         finally:
             with self._backend_lock:
                 self._restarting = False
@@ -798,7 +822,11 @@ class PolicyNode(LifecycleNode):
             self._pubs["command"].publish(conv.position_array(q))
 
     def _publish_diagnostics(self) -> None:
-        self._diag_pub.publish(self._diag.build(self.get_clock().now().to_msg()))
+        """Never raises: it is called from the safety boundary's own error paths."""
+        try:
+            self._diag_pub.publish(self._diag.build(self.get_clock().now().to_msg()))
+        except Exception as exc:  # noqa: BLE001 — a lost diagnostic must not take a hold with it
+            self.get_logger().warning(f"diagnostics not published: {type(exc).__name__}: {exc}")
 
 
 def _timing_msg(timing: _Timing, header: Header, tick_time: float):  # -> specvla_msgs.msg.ControlTiming

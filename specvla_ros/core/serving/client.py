@@ -88,6 +88,9 @@ class ServerOptions:
 class PolicyClient:
     """One robot's session on an inference server. Thread-safe; one request in flight at a time."""
 
+    #: A request unanswered for this long means a stuck (not merely slow) server [s].
+    STUCK_AFTER_S = 10.0
+
     def __init__(self, conn: Connection, opened: SessionOpened, process: subprocess.Popen | None = None,
                  socket_dir: str | None = None) -> None:
         self._conn = conn
@@ -98,6 +101,7 @@ class PolicyClient:
         self._lock = threading.Lock()
         self._seq = 0
         self._in_flight: int | None = None
+        self._sent_at = 0.0  # time.monotonic() when the request in flight was sent
         self._dead: str | None = None
 
     # ------------------------------------------------------------------ starting
@@ -186,13 +190,14 @@ class PolicyClient:
         with self._lock:
             self._check_alive()
             if self._in_flight is not None and self._await(self._in_flight, deadline) is None:
+                self._check_stuck()
                 raise InferenceTimeout(f"the previous decision (request {self._in_flight}) is still running")
             self._frame.write(obs.image)
             self._seq += 1
             request = StepRequest(self._seq, obs.frame_id, obs.instruction,
                                   np.asarray(obs.proprio, dtype=np.float32), state)
             self._send(request)
-            self._in_flight = self._seq
+            self._in_flight, self._sent_at = self._seq, time.monotonic()
             reply = self._await(self._seq, deadline)
             if reply is None:
                 raise InferenceTimeout(f"no decision within {timeout_s:.3f} s")
@@ -204,11 +209,18 @@ class PolicyClient:
         """Replace the gate's known scene objects in the server (empty clears them)."""
         with self._lock:
             self._check_alive()
+            if self._in_flight is not None:
+                self._check_stuck()
             self._send(SetSceneObjects(tuple(objects)))
 
     def close(self) -> None:
-        """End the session (and the private server). Idempotent."""
-        with self._lock:
+        """End the session (and the private server). Idempotent; never blocks for long."""
+        if not self._lock.acquire(timeout=2.0):
+            # a call is blocked on a stuck server: ending the process unblocks it
+            if self._process is not None:
+                _stop_process(self._process, timeout_s=1.0)
+            self._lock.acquire()
+        try:
             if self._dead != "closed":
                 try:
                     self._conn.send(CloseSession())
@@ -221,8 +233,19 @@ class PolicyClient:
                 _stop_process(self._process)
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------------ helpers
+    def _check_stuck(self) -> None:
+        """Give up on a server that has not answered for STUCK_AFTER_S: kill a private one."""
+        waited = time.monotonic() - self._sent_at
+        if waited > self.STUCK_AFTER_S:
+            if self._process is not None:
+                _stop_process(self._process, timeout_s=1.0)
+            self._dead = f"no decision for {waited:.1f} s: inference process stuck (killed)"
+            raise InferenceUnavailable(self._dead)
+
     def _check_alive(self) -> None:
         problem = self.problem
         if problem is not None:
@@ -253,6 +276,8 @@ class PolicyClient:
             if isinstance(message, (StepReply, Failure)) and message.seq == seq:
                 self._in_flight = None
                 return message
+            if isinstance(message, Failure) and message.seq < 0:  # the session itself is broken
+                self._mark_dead(f"inference server: {message.message}")
             # anything else: a reply to a request already given up on
 
 
