@@ -93,7 +93,8 @@ class PolicyServer:
             except OSError:
                 if self._stop.is_set():
                     return
-                continue  # a client that failed authentication or hung up during it
+                time.sleep(0.05)  # a client that hung up mid-handshake, or no descriptors left: no busy loop
+                continue
             except (EOFError, AuthenticationError) as exc:
                 _log(f"refused a connection: {exc}")
                 continue
