@@ -12,6 +12,10 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 
+#: Blocks this process created (an attach in the same process must not unregister them).
+_CREATED: set[str] = set()
+
+
 class SharedFrame:
     """An HxWx3 uint8 frame in a named shared-memory block.
 
@@ -33,14 +37,17 @@ class SharedFrame:
     @classmethod
     def create(cls, size_hw: tuple[int, int]) -> SharedFrame:
         h, w = int(size_hw[0]), int(size_hw[1])
-        return cls(shared_memory.SharedMemory(create=True, size=max(1, h * w * 3)), (h, w), owner=True)
+        shm = shared_memory.SharedMemory(create=True, size=max(1, h * w * 3))
+        _CREATED.add(shm._name)  # noqa: SLF001
+        return cls(shm, (h, w), owner=True)
 
     @classmethod
     def attach(cls, name: str, size_hw: tuple[int, int]) -> SharedFrame:
         shm = shared_memory.SharedMemory(name=name)
         # Python < 3.13 registers attached blocks with this process's resource
         # tracker, which would unlink the owner's block when this process exits.
-        resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
+        if shm._name not in _CREATED:  # noqa: SLF001
+            resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001
         return cls(shm, size_hw, owner=False)
 
     @property
@@ -72,6 +79,7 @@ class SharedFrame:
         self._view = None
         self._shm.close()
         if self._owner:
+            _CREATED.discard(self._shm._name)  # noqa: SLF001
             try:
                 self._shm.unlink()
             except FileNotFoundError:
