@@ -78,12 +78,35 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     (out / "table.md").write_text(table + "\n\n" + summary + "\n")
     if frames:
-        import imageio.v2 as imageio
-
-        frames = frames[:: max(1, len(frames) // 300)]
-        imageio.mimsave(out / "demo.gif", frames, duration=0.2, loop=0)
-        print(f"demo: wrote {out / 'demo.gif'} ({len(frames)} frames) and {out / 'table.md'}")
+        print(f"demo: wrote {write_gif(frames, out / 'demo.gif', _camera_rate())} and {out / 'table.md'}")
     return 0 if logs else 1
+
+
+def _camera_rate() -> float:
+    """The simulated camera's rate in sim time [Hz] (specvla_sim's parameter in the shipped YAML)."""
+    from specvla_ros.ros.params import default_config_path, load_node_params
+
+    return float(load_node_params(default_config_path(), "specvla_sim")["camera_rate"])
+
+
+def write_gif(frames: list[np.ndarray], path: Path, camera_rate: float, max_frames: int = 300) -> str:
+    """Frames as a GIF that plays at the robot's speed; returns what was written, with the true counts.
+
+    Pillow stores identical neighbouring frames once with their durations added, so a stall
+    still lasts as long as it did (the count after merging is reported too).
+    """
+    from PIL import Image
+
+    step = max(1, -(-len(frames) // max_frames))
+    kept = frames[::step]
+    ms = int(round(1000.0 * step / camera_rate))
+    images = [Image.fromarray(f) for f in kept]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=ms, loop=0, optimize=False)
+    with Image.open(path) as gif:
+        stored = gif.n_frames
+    every = f", 1 in {step} camera frames" if step > 1 else ""
+    return (f"{path} ({len(kept)} frames of {ms} ms{every}: {len(kept) * ms / 1000:.1f} s at robot speed; "
+            f"{stored} stored after merging identical neighbours)")
 
 
 if __name__ == "__main__":

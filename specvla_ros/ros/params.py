@@ -313,3 +313,22 @@ def declare_all(node: Any) -> dict[str, Any]:
     if problems:
         raise ValueError("invalid parameters: " + "; ".join(problems))
     return values
+
+
+# --------------------------------------------------------------------------- --help
+
+
+def help_requested(argv: list[str]) -> bool:
+    """True when -h/--help comes before any --ros-args (ROS' own arguments are not ours)."""
+    ours = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    return "-h" in ours or "--help" in ours
+
+
+def usage(program: str, summary: str, specs: list[ParamSpec] | tuple[ParamSpec, ...],
+          defaults_of: dict[str, Any]) -> str:
+    """Usage text of a ROS node console script: how to pass parameters, then each parameter."""
+    lines = [f"usage: {program} [--ros-args [--params-file FILE] [-p NAME:=VALUE] [-r FROM:=TO] ...]", "",
+             summary, "", "parameters (name (type, default): meaning):"]
+    for spec in specs:
+        lines.append(f"  {spec.name} ({spec.type}, default {defaults_of.get(spec.name)!r}): {spec.description}")
+    return "\n".join(lines)

@@ -861,6 +861,10 @@ def policy_config(values: dict[str, Any]):  # -> specvla_ros.core.policy.PolicyC
 
 def main(args: list[str] | None = None) -> int:
     """Console script `specvla_node` (accepts --ros-args --params-file ... -r from:=to)."""
+    if params.help_requested(list(sys.argv[1:] if args is None else args)):
+        print(params.usage("specvla_node", __doc__.split("\n\n")[0].replace("\n", " "), params.SCHEMA,
+                           params.defaults()))
+        return 0
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

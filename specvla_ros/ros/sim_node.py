@@ -457,6 +457,12 @@ class SimNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    from specvla_ros.ros import params as node_params
+
+    if node_params.help_requested(list(sys.argv[1:] if args is None else args)):
+        print(node_params.usage("specvla_sim", __doc__.split("\n\n")[0].replace("\n", " "),
+                                [spec for spec, _ in SIM_PARAMS], {spec.name: default for spec, default in SIM_PARAMS}))
+        sys.exit(0)
     exit_code = 0
     rclpy.init(args=args)
     node = None
