@@ -406,10 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain-id", type=int, default=39)
     parser.add_argument("--timeout", type=float, default=120.0, help="[s] wait this long for the first decision")
     parser.add_argument("--json", default="", help="also write the report to this file")
-    parser.add_argument("--bare-steps-only", dest="bare_only", type=int, default=0, help=argparse.SUPPRESS)
+    # internal: run --bare-steps bare Policy.step calls with these node parameters, print their times
     parser.add_argument("--bare-config", default="", help=argparse.SUPPRESS)
-    args, _ = parser.parse_known_args(argv)
-    if "--bare-steps" in (argv if argv is not None else sys.argv[1:]) and args.bare_config:
+    args = parser.parse_args(argv)
+    if args.bare_config:
         print(json.dumps(_bare_main(args.bare_steps, json.loads(args.bare_config), args.width, args.height)))
         return 0
     report = run(args)

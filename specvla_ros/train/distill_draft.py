@@ -1,6 +1,7 @@
 """Distil a draft (independent 1-layer VLA, or an EAGLE head) from a trained target.
 
-The Spec-VLA draft objective (../shared/notes/references.md), per target position:
+The draft objective of Spec-VLA (arXiv 2507.22424: text CE + action loss + 0.5 safety
+loss + 0.3 feature-alignment loss), per target position:
 
     loss = text CE (narration + EON labels)
          + action KL(target || draft) on the 7 action positions
