@@ -163,6 +163,24 @@ def test_resized_frames_are_accepted(model):
         model.encode_vision(big.astype(np.float32))
 
 
+@torch.inference_mode()
+def test_camera_frames_of_any_size_are_preprocessed_as_openvlas_processor(model):
+    """Pillow bicubic on the uint8 frame (``frame_resize``, checked against the published
+    algorithm in test_frame_resize), then /255 and each tower's mean/std."""
+    from specvla_ros.core.frame_resize import resize_frame
+    from specvla_ros.core.vision_vit import preprocess_image
+
+    assert model.image_resize == "pil_bicubic"
+    frame = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # a 4:3 camera
+    small = resize_frame(frame, (28, 28), "pil_bicubic")
+    for mean, std in model.norms:
+        expected = (torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255.0
+                    - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
+        assert torch.equal(preprocess_image(frame, 28, mean, std), expected)
+        assert torch.equal(preprocess_image(torch.from_numpy(frame), 28, mean, std), expected)
+    assert torch.equal(model.encode_vision(frame).patches, model.encode_vision(small).patches)
+
+
 # --- decoder: incremental forward and truncation vs a fresh full forward ------------------
 
 @torch.inference_mode()
@@ -421,6 +439,16 @@ def test_policy_drives_openvla_through_the_safety_gate(ckpt):
     assert out.verdict.joint_command.shape == (7,) and np.all(np.isfinite(out.verdict.joint_command))
     if not out.verdict.is_halt:
         assert np.all(np.isfinite(out.action))
+    # a 640x480-style camera frame: the policy resizes it as OpenVLA's processor would
+    from specvla_ros.core.frame_resize import resize_frame
+
+    assert policy.image_resize == "pil_bicubic"
+    camera = np.random.default_rng(11).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    big = policy.step(Observation(camera, INSTRUCTION, np.zeros(8, np.float32), frame_id=2), RobotState(q=q))
+    small = policy.step(Observation(resize_frame(camera, (28, 28), "pil_bicubic"), INSTRUCTION,
+                                    np.zeros(8, np.float32), frame_id=3), RobotState(q=q))
+    np.testing.assert_array_equal(big.action, small.action)
+    assert big.verdict.status == small.verdict.status
 
 
 @torch.inference_mode()

@@ -124,7 +124,8 @@ def _bad_inputs(policy: Policy):
     yield "short joints", ok, RobotState(q=HOME_Q[:5]), SafetyStatus.HALT_BAD_INPUT
     # a broken encoder or wrong units: finite, nowhere near the arm's range
     yield "absurd joints", ok, RobotState(q=np.r_[HOME_Q[:2], 1e9, HOME_Q[3:]]), SafetyStatus.HALT_BAD_INPUT
-    yield "image shape", _obs(policy, image=np.zeros((h, w + 1, 3), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
+    yield "image rgba", _obs(policy, image=np.zeros((h, w, 4), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
+    yield "image empty", _obs(policy, image=np.zeros((0, w, 3), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
     yield "image gray", _obs(policy, image=np.zeros((h, w), np.uint8)), _state(), SafetyStatus.HALT_BAD_INPUT
     yield "image float", _obs(policy, image=np.zeros((h, w, 3), np.float32)), _state(), SafetyStatus.HALT_BAD_INPUT
     yield "image none", _obs(policy, image=None), _state(), SafetyStatus.HALT_BAD_INPUT
@@ -146,6 +147,18 @@ def test_bad_inputs_hold_instead_of_raising(policy: Policy) -> None:
         assert out.stats.safety_path == "halted"
     out = policy.step(_obs(policy, instruction="pick up the zorblax"), _state())
     assert "zorblax" in out.verdict.reason
+
+
+def test_frames_of_another_size_are_resized_with_the_models_method(policy: Policy) -> None:
+    from specvla_ros.core.frame_resize import resize_frame
+
+    camera = np.random.default_rng(8).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    big = policy.step(_obs(policy, image=camera, frame_id=100), _state())  # distinct ids: no vision cache hit
+    small = policy.step(_obs(policy, image=resize_frame(camera, policy.image_size, policy.image_resize), frame_id=101),
+                        _state())
+    assert not big.verdict.is_halt
+    np.testing.assert_array_equal(big.action, small.action)
+    assert big.narration == small.narration
 
 
 def test_hold_commands_the_measured_joints(policy: Policy) -> None:

@@ -52,9 +52,12 @@ def test_decisions_equal_the_in_process_policy(client, tiny_checkpoints) -> None
     local = Policy(_config(tiny_checkpoints))
     local.warmup(n=1)
     assert client.image_size == local.image_size
+    assert client.image_resize == local.image_resize == "area"
     assert client.info["target_params"] == local.info["target_params"] and client.server_pid != os.getpid()
-    for seed in range(6):
-        obs = _obs(client.image_size, seed % 3)  # repeated frames exercise the vision cache and history drafts
+    for seed in range(8):
+        # repeated frames exercise the vision cache and history drafts; the last two come at a
+        # camera's size (resized in the client, in the policy here)
+        obs = _obs(client.image_size if seed < 6 else (120, 160), seed % 3 + 10 * (seed >= 6))
         remote, here = client.step(obs, STATE, timeout_s=30.0), local.step(obs, STATE)
         assert remote.narration == here.narration
         np.testing.assert_array_equal(remote.action, here.action)
@@ -94,8 +97,10 @@ def test_bad_input_is_a_hold_not_an_error(client) -> None:
     obs = _obs(client.image_size, 0)
     out = client.step(obs, RobotState(q=np.r_[Q0[:3], 1e9, Q0[4:]]), timeout_s=30.0)
     assert out.verdict.status == SafetyStatus.HALT_BAD_INPUT and out.verdict.joint_command.size == 0
+    with pytest.raises(ValueError, match="uint8"):  # another size is resized, another pixel type is not
+        client.step(Observation(np.zeros((3, 3, 3), np.float32), "x", obs.proprio), STATE, timeout_s=1.0)
     with pytest.raises(ValueError, match="frame must be"):
-        client.step(Observation(np.zeros((3, 3, 3), np.uint8), "x", obs.proprio), STATE, timeout_s=1.0)
+        client.step(Observation(np.zeros((*client.image_size, 3), np.float32), "x", obs.proprio), STATE, 1.0)
 
 
 def test_a_dead_server_is_reported_as_unavailable(client) -> None:

@@ -52,6 +52,21 @@ def test_resize_to_model_input() -> None:
     np.testing.assert_array_equal(conv.image_to_rgb(_img(flat, "rgb8"), (8, 8))[4, 4], [10, 200, 30])
 
 
+@pytest.mark.parametrize("method", ["area", "pil_bicubic"])
+def test_camera_frames_are_resized_with_the_models_method(method: str) -> None:
+    """Colour conversion first at the camera's size, then the model's resize (OpenVLA: Pillow bicubic)."""
+    from specvla_ros.core.frame_resize import resize_frame
+
+    camera = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    expected = resize_frame(camera, (56, 56), method)  # type: ignore[arg-type]
+    bgr = _img(cv2.cvtColor(camera, cv2.COLOR_RGB2BGR), "bgr8", pad=5)
+    np.testing.assert_array_equal(conv.image_to_rgb(bgr, (56, 56), method), expected)  # type: ignore[arg-type]
+    ok, png = cv2.imencode(".png", cv2.cvtColor(camera, cv2.COLOR_RGB2BGR))
+    assert ok
+    msg = CompressedImage(format="png", data=png.tobytes())
+    np.testing.assert_array_equal(conv.compressed_to_rgb(msg, (56, 56), method), expected)  # type: ignore[arg-type]
+
+
 def _img16(arr16: np.ndarray, enc: str, big_endian: bool) -> Image:
     h, w = arr16.shape[:2]
     data = arr16.astype(">u2" if big_endian else "<u2").tobytes()

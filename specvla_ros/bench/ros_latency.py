@@ -80,7 +80,7 @@ def _bare_main(n: int, values: dict[str, Any], width: int, height: int) -> list[
     from specvla_ros.bench.sensor_feeder import HOME_Q
     from specvla_ros.core.policy import Policy
     from specvla_ros.core.types import Observation, RobotState
-    from specvla_ros.ros.conversions import _resize  # the resize the node applies
+    from specvla_ros.core.frame_resize import resize_frame  # the resize the node applies
     from specvla_ros.ros.policy_node import policy_config
 
     threads = int(values.get("inference.threads", 0))
@@ -91,7 +91,7 @@ def _bare_main(n: int, values: dict[str, Any], width: int, height: int) -> list[
     policy = Policy(policy_config(values))
     policy.warmup(n=int(values.get("warmup_steps", 2)))
     frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    rgb = _resize(frame, tuple(policy.image_size))
+    rgb = resize_frame(frame, tuple(policy.image_size), policy.image_resize)
     q = np.asarray(HOME_Q)
     state = RobotState(q=q, gripper=0.04)
     times = []

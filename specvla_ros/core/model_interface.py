@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from specvla_ros.core.action_tokenizer import ActionTokenizer
+from specvla_ros.core.frame_resize import ResizeMethod
 
 
 class ModelLoadError(RuntimeError):
@@ -96,6 +97,8 @@ class VLAModel(Protocol):
     action_tokenizer: ActionTokenizer
     device: torch.device
     dtype: torch.dtype
+    #: How frames of another size are brought to the model's input size (``frame_resize``).
+    image_resize: ResizeMethod
 
     @property
     def vocab_size(self) -> int: ...

@@ -32,9 +32,6 @@ Differences from OpenVLA's reference implementation (all deliberate):
 - logits cover the first ``vocab_size = text_config.vocab_size - pad_to_multiple_of``
   ids (32000); the padding rows (``<PAD>`` and 63 unused rows) are dropped from the
   LM head, so greedy decoding cannot pick them (the reference could, never does in practice);
-- frames not already at the model's input size are resized with torch's antialiased
-  bicubic on float pixels, not PIL's bicubic on uint8 (identical when the camera
-  delivers 224x224 frames);
 - the vision towers stop after the block whose output is used (second-to-last);
   the reference also runs the last block and discards it: same features, less work;
 - proprioception is ignored (OpenVLA does not read it).
@@ -59,6 +56,7 @@ if TYPE_CHECKING:
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
 from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
 from specvla_ros.core.static_llama import StaticCacheHandle, StaticLlamaRunner
+from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, preprocess_image, timm_family
 
 LOG = logging.getLogger(__name__)
@@ -212,6 +210,9 @@ class OpenVLA(nn.Module):
     Use ``load_openvla`` (or ``load_vla`` on a dir whose config says model_type "openvla").
     """
 
+    #: OpenVLA's processor resizes the uint8 frame with Pillow's bicubic.
+    image_resize: ResizeMethod = "pil_bicubic"
+
     def __init__(self, towers: list[ViTFeaturizer], projector: PrismaticProjector, llm: nn.Module,
                  llm_config: LlamaConfig, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,
                  norms: list[tuple[tuple, tuple]], unnorm_key: str | None) -> None:
@@ -263,11 +264,14 @@ class OpenVLA(nn.Module):
         imgs = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
         if imgs.ndim != 4 or imgs.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {tuple(imgs.shape)}")
-        imgs = imgs.to(self.device)
-        feats = []
+        feats, resized = [], {}
         for tower, (mean, std) in zip(self.towers, self.norms):
-            px = torch.cat([preprocess_image(im, tower.cfg.image_size, mean, std) for im in imgs])
-            feats.append(tower(px.to(self.dtype)))
+            size = tower.cfg.image_size
+            if size not in resized:  # once per size, on the CPU with Pillow as OpenVLA's processor
+                resized[size] = imgs if tuple(imgs.shape[1:3]) == (size, size) else [
+                    torch.from_numpy(resize_frame(im.cpu().numpy(), (size, size), "pil_bicubic")) for im in imgs]
+            px = torch.cat([preprocess_image(im, size, mean, std) for im in resized[size]])
+            feats.append(tower(px.to(self.device, self.dtype)))
         return torch.cat(feats, dim=-1)
 
     @torch.inference_mode()

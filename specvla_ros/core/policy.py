@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from specvla_ros.core.action_tokenizer import ActionTokenizer, load_norm_stats
 from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.model_interface import ModelLoadError, VLAModel
 from specvla_ros.core.model_loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
@@ -120,8 +121,13 @@ class Policy:
     # --- properties the node reads -----------------------------------------------
     @property
     def image_size(self) -> tuple[int, int]:
-        """(H, W) of the images ``step`` expects."""
+        """(H, W) of the model's input; ``step`` resizes other frames with ``image_resize``."""
         return self._image_size
+
+    @property
+    def image_resize(self) -> ResizeMethod:
+        """How frames of another size are resized for the model (the model's own method)."""
+        return self.target.image_resize
 
     @property
     def info(self) -> dict:
@@ -176,6 +182,8 @@ class Policy:
             stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted")
             stats.total_time_s = time.perf_counter() - t0
             return PolicyOutput("", np.full(ACTION_DIM, np.nan), self.gate.hold(state, status, reason), stats)
+        if obs.image.shape[:2] != self._image_size:
+            obs = replace(obs, image=resize_frame(obs.image, self._image_size, self.target.image_resize))
 
         dt = self.config.control_period_s
         gate_time = 0.0
@@ -242,9 +250,8 @@ class Policy:
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
             kind = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
             return SafetyStatus.HALT_BAD_INPUT, f"image must be a uint8 array, got {kind}"
-        h, w = self._image_size
-        if img.shape != (h, w, 3):
-            return SafetyStatus.HALT_BAD_INPUT, f"image must be {h}x{w}x3 RGB, got shape {img.shape}"
+        if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
+            return SafetyStatus.HALT_BAD_INPUT, f"image must be HxWx3 RGB, got shape {img.shape}"
         try:
             proprio = np.asarray(obs.proprio, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):

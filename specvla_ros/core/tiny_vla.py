@@ -44,6 +44,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.frame_resize import ResizeMethod
 from specvla_ros.core.kv_cache import StaticKVCache
 from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
 from specvla_ros.core.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
@@ -392,6 +393,9 @@ class TrainOutputs:
 
 class TinyVLA(nn.Module):
     """Small VLA behind the ``VLAModel`` interface (also the independent draft model)."""
+
+    #: Trained on frames rendered at the input size; any antialiased shrink serves.
+    image_resize: ResizeMethod = "area"
 
     def __init__(self, cfg: TinyVLAConfig, text_tokenizer: VLATextTokenizer, norm_stats: ActionNormStats | None = None) -> None:
         super().__init__()

@@ -28,7 +28,8 @@ PANDA_FINGER_JOINT_NAMES: tuple[str, ...] = ("panda_finger_joint1", "panda_finge
 class Observation:
     """What the policy sees at one control step.
 
-    image: HxWx3 uint8 RGB, already the model's input size.
+    image: HxWx3 uint8 RGB; other sizes than the model's input are resized with the
+        model's own method (``VLAModel.image_resize``).
     instruction: the task in plain language.
     proprio: float32 vector (arm joint positions then gripper opening [m]).
     frame_id: identifies the camera frame so vision features are computed once

@@ -23,9 +23,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from specvla_ros.core.frame_resize import resize_frame
 
 #: timm model-id prefix -> (attention heads, activation, normalisation mean, std).
 #: Activations follow timm 0.9.x (the versions OpenVLA pins): SigLIP uses exact GELU there.
@@ -269,17 +272,18 @@ class PrismaticProjector(nn.Module):
         return self.fc3(F.gelu(x)) if self.fused else x
 
 
-def preprocess_image(image: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 (H, W, 3) -> normalised float (1, 3, size, size).
+def preprocess_image(image: torch.Tensor | np.ndarray, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 (H, W, 3) -> normalised float (1, 3, size, size), as OpenVLA's image processor.
 
-    Resizes (bicubic, antialiased, on float pixels) only when the frame is not
-    already ``size`` x ``size``; OpenVLA resizes with PIL, so resized frames
-    differ from the reference by interpolation rounding (identical when the
-    camera already delivers the model's input size).
+    A frame not already ``size`` x ``size`` is resized first with Pillow's bicubic on the
+    uint8 image (``frame_resize``), then scaled to [0, 1] and normalised per channel;
+    the tensor keeps the device of ``image``.
     """
-    x = image.permute(2, 0, 1)[None].float() / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0.0, 1.0)
+    device = image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
+    if tuple(image.shape[:2]) != (size, size):
+        pixels = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        image = torch.from_numpy(resize_frame(pixels, (size, size), "pil_bicubic")).to(device)
+    x = torch.as_tensor(image).permute(2, 0, 1)[None].float() / 255.0
     m = torch.tensor(mean, dtype=x.dtype, device=x.device)[None, :, None, None]
     s = torch.tensor(std, dtype=x.dtype, device=x.device)[None, :, None, None]
     return (x - m) / s

@@ -26,6 +26,7 @@ from std_msgs.msg import Float64MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
 
 @dataclass(frozen=True)
@@ -70,16 +71,6 @@ class InputError(ValueError):
 # --------------------------------------------------------------------------- images
 
 
-def _resize(rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    h, w = size_hw
-    if rgb.shape[:2] == (h, w):
-        return np.ascontiguousarray(rgb)
-    # INTER_AREA avoids aliasing when shrinking (the usual case: 640x480 -> 224x224).
-    shrinking = rgb.shape[0] >= h and rgb.shape[1] >= w
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (w, h), interpolation=interp)
-
-
 def _encoding(name: str) -> _Encoding:
     enc = ENCODINGS.get(name.strip().lower())
     if enc is not None:
@@ -90,14 +81,15 @@ def _encoding(name: str) -> _Encoding:
     raise InputError(f"camera encoding '{name}' not supported (use one of {', '.join(SUPPORTED_ENCODINGS)})")
 
 
-def image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw`` (see ``_image_to_rgb``).
+def image_to_rgb(msg: Image, size_hw: tuple[int, int], resize: ResizeMethod = "area") -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw``, resized with the model's method
+    (``resize``, see ``frame_resize``) when the camera's size differs (see ``_image_to_rgb``).
 
     Raises:
         InputError: for anything that cannot be converted, whatever failed inside.
     """
     try:
-        return _image_to_rgb(msg, size_hw)
+        return resize_frame(_image_to_rgb(msg), size_hw, resize)
     except InputError:
         raise
     except (cv2.error, MemoryError, ValueError, TypeError, OverflowError) as exc:
@@ -105,8 +97,8 @@ def image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
                          f"{type(exc).__name__}: {exc}") from exc
 
 
-def _image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB at ``size_hw``.
+def _image_to_rgb(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB at the camera's size.
 
     Reads every field a driver sets: the encoding (``ENCODINGS``), row padding in
     ``step``, ``is_bigendian`` for 16-bit data (scaled to 8 bits). No cv_bridge:
@@ -144,11 +136,12 @@ def _image_to_rgb(msg: Image, size_hw: tuple[int, int]) -> np.ndarray:
             rgb = cv2.cvtColor(pixels, enc.to_rgb)
     except cv2.error as exc:
         raise InputError(f"camera image ({msg.encoding} {width}x{height}) could not be converted: {exc}") from exc
-    return _resize(rgb, size_hw)
+    return rgb
 
 
-def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg/png, 8 or 16 bit) -> HxWx3 uint8 RGB at ``size_hw``.
+def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int], resize: ResizeMethod = "area") -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg/png, 8 or 16 bit) -> HxWx3 uint8 RGB at ``size_hw``
+    (resized with ``resize`` when the size differs).
 
     Raises:
         InputError: the data does not decode to a 1-, 3- or 4-channel image.
@@ -175,7 +168,7 @@ def compressed_to_rgb(msg: CompressedImage, size_hw: tuple[int, int]) -> np.ndar
     if code is None:
         raise InputError(f"compressed camera image has {channels} channels, expected 1, 3 or 4")
     try:
-        return _resize(cv2.cvtColor(img, code), size_hw)
+        return resize_frame(cv2.cvtColor(img, code), size_hw, resize)
     except (cv2.error, MemoryError) as exc:
         raise InputError(f"compressed camera image ({msg.format}) could not be converted: {exc}") from exc
 

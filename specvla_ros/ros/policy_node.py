@@ -51,6 +51,7 @@ from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from specvla_ros.core.command_guard import CommandGuard
+from specvla_ros.core.frame_resize import ResizeMethod
 from specvla_ros.core.serving.backend import PolicyBackend
 from specvla_ros.core.serving.client import InferenceError, InferenceTimeout, InferenceUnavailable
 from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyStatus, Verdict
@@ -141,6 +142,7 @@ class PolicyNode(LifecycleNode):
         self._generation = 0  # counts configure/cleanup, so a late restart cannot replace a newer backend
         self._guard: CommandGuard | None = None
         self._image_size: tuple[int, int] = (128, 128)
+        self._image_resize: ResizeMethod = "area"
         self._image_cache: tuple[object, np.ndarray] | None = None
         self._last_sent: tuple[np.ndarray, float] | None = None  # last command that passed the final check
         self._last_status: SafetyStatus | None = None
@@ -208,6 +210,7 @@ class PolicyNode(LifecycleNode):
             self._generation += 1
             self._backend = backend
         self._image_size = tuple(int(v) for v in backend.image_size)  # type: ignore[assignment]
+        self._image_resize = backend.image_resize
         self._report_backend(backend)
         self._create_io()
         return TransitionCallbackReturn.SUCCESS
@@ -244,7 +247,8 @@ class PolicyNode(LifecycleNode):
             f"models loaded in {load_s:.2f} s on {info.get('device')} ({info.get('dtype')}), "
             f"target {info.get('target_params')} params, draft {info.get('draft_params')} params, "
             f"{float(info.get('memory_mb', float('nan'))):.1f} MB; warm-up {warmup_s * 1e3:.1f} ms; "
-            f"input {self._image_size[0]}x{self._image_size[1]}; inference "
+            f"input {self._image_size[0]}x{self._image_size[1]} (other camera sizes resized: {self._image_resize}); "
+            f"inference "
             f"{'in process ' + str(pid) if pid is not None else 'in this process'}")
         self._diag.set_model(OK, "loaded", info)
 
@@ -520,9 +524,9 @@ class PolicyNode(LifecycleNode):
             return self._image_cache[1], None, False
         try:
             if isinstance(snap.image, CompressedImage):
-                rgb = conv.compressed_to_rgb(snap.image, self._image_size)
+                rgb = conv.compressed_to_rgb(snap.image, self._image_size, self._image_resize)
             else:
-                rgb = conv.image_to_rgb(snap.image, self._image_size)
+                rgb = conv.image_to_rgb(snap.image, self._image_size, self._image_resize)
         except conv.InputError as exc:
             return None, str(exc), False
         self._image_cache = (snap.image, rgb)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.frame_resize import ResizeMethod
 from specvla_ros.core.types import Observation, PolicyOutput, RobotState
 
 
@@ -20,6 +21,11 @@ class PolicyBackend(Protocol):
 
     @property
     def image_size(self) -> tuple[int, int]: ...
+
+    @property
+    def image_resize(self) -> ResizeMethod:
+        """How the model wants frames of another size resized (``frame_resize``)."""
+        ...
 
     @property
     def info(self) -> dict[str, Any]: ...
@@ -56,6 +62,10 @@ class InProcessPolicy:
     @property
     def image_size(self) -> tuple[int, int]:
         return self.policy.image_size
+
+    @property
+    def image_resize(self) -> ResizeMethod:
+        return self.policy.image_resize
 
     @property
     def info(self) -> dict[str, Any]:

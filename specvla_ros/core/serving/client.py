@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.frame_resize import ResizeMethod, check_resize_method, resize_frame
 from specvla_ros.core.serving.frames import SharedFrame
 from specvla_ros.core.serving.protocol import (
     MODEL_LOAD,
@@ -153,6 +154,10 @@ class PolicyClient:
         return self._opened.image_size
 
     @property
+    def image_resize(self) -> ResizeMethod:
+        return check_resize_method(self._opened.image_resize)
+
+    @property
     def info(self) -> dict[str, Any]:
         return dict(self._opened.info)
 
@@ -177,7 +182,8 @@ class PolicyClient:
 
     # ------------------------------------------------------------------ requests
     def step(self, obs: Observation, state: RobotState, timeout_s: float) -> PolicyOutput:
-        """``Policy.step`` in the server. ``obs.image`` must already be at ``image_size``.
+        """``Policy.step`` in the server; a frame of another size than ``image_size`` is resized
+        here with the model's method (the shared block holds input-size frames).
 
         Raises:
             InferenceTimeout: no reply within ``timeout_s`` (also when an earlier late decision is
@@ -187,12 +193,15 @@ class PolicyClient:
             ValueError: the image has the wrong shape or dtype.
         """
         deadline = time.monotonic() + timeout_s
+        image = obs.image
+        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[:2] != self.image_size:
+            image = resize_frame(image, self.image_size, self.image_resize)
         with self._lock:
             self._check_alive()
             if self._in_flight is not None and self._await(self._in_flight, deadline) is None:
                 self._check_stuck()
                 raise InferenceTimeout(f"the previous decision (request {self._in_flight}) is still running")
-            self._frame.write(obs.image)
+            self._frame.write(image)
             self._seq += 1
             request = StepRequest(self._seq, obs.frame_id, obs.instruction,
                                   np.asarray(obs.proprio, dtype=np.float32), state)

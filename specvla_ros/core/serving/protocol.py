@@ -18,7 +18,7 @@ from specvla_ros.core.collision_scene import SceneObject
 from specvla_ros.core.types import PolicyOutput, RobotState
 
 #: Bumped on any incompatible change; a server refuses sessions of another version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Failure kinds (``Failure.kind``).
 MODEL_LOAD, CONFIG, STEP, PROTOCOL = "model_load", "config", "step", "protocol"
@@ -44,12 +44,14 @@ class SessionOpened:
     """The session's policy is loaded.
 
     frames: name of the shared-memory block holding one HxWx3 uint8 frame.
-    image_size: (H, W) every frame must have.
+    image_size: (H, W) of the frames in the block; the client resizes others with ``image_resize``.
+    image_resize: the model's resize method (``frame_resize.ResizeMethod``).
     info: the policy's description (device, dtype, parameter counts, ...).
     """
 
     frames: str
     image_size: tuple[int, int]
+    image_resize: str
     info: dict[str, Any]
     load_s: float
     warmup_s: float

@@ -200,6 +200,7 @@ class PolicyServer:
         session.policy = policy
         session.frame = SharedFrame.create(policy.image_size)
         self._reply(session, SessionOpened(frames=session.frame.name, image_size=tuple(policy.image_size),
+                                           image_resize=policy.image_resize,
                                            info=dict(policy.info), load_s=load_s, warmup_s=warmup_s,
                                            server_pid=os.getpid()))
         _log(f"session {session.name!r} open: {policy.info.get('target_params')} target params on "
