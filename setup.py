@@ -8,9 +8,12 @@ PACKAGE = "specvla_ros"
 setup(
     name=PACKAGE,
     version="0.1.0",
+    # the project root is the source root (a .pth entry in editable installs); the data
+    # folders are package data of specvla_ros, not packages of their own
+    package_dir={"": "."},
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["data/**/*"]},
-    include_package_data=True,
+    include_package_data=False,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
