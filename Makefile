@@ -27,7 +27,7 @@ ABS_VENV = $(abspath $(VENV))
 
 $(MSG_STAMP): $(STAMP) $(MSG_SRCS)
 	AMENT_PREFIX_PATH=$(ABS_VENV) CMAKE_PREFIX_PATH=$(ABS_VENV) PATH=$(ABS_VENV)/bin:$$PATH \
-	  $(VENV)/bin/colcon --log-base build/colcon_log build --base-paths specvla_msgs \
+	  $(VENV)/bin/colcon --log-level error --log-base build/colcon_log build --base-paths specvla_msgs \
 	  --build-base build/msgs --install-base $(ABS_VENV) --merge-install \
 	  --event-handlers console_direct- --cmake-args -DPython3_EXECUTABLE=$(ABS_VENV)/bin/python -DBUILD_TESTING=OFF
 	touch $(MSG_STAMP)

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
@@ -43,15 +43,16 @@ def ros_context(domain_id: int, discovery: str = "OFF") -> Iterator[Context]:
 
 
 class Spinner:
-    """An executor spinning ``nodes`` in a thread; ``stop`` shuts down and joins it.
+    """A SingleThreadedExecutor spinning ``nodes`` in a thread, as specvla_node runs;
+    ``stop`` shuts down and joins it.
 
-    threads=1: a SingleThreadedExecutor, as specvla_node runs (rclpy's thread pool
-    executor spends most of a core handing callbacks between its threads).
+    Not rclpy's thread-pool executor: it spends most of a core handing callbacks between
+    its threads, and an entity destroyed under it (a timer a test removes, a context shut
+    down) leaves failed tasks that print "exception was never retrieved" at exit.
     """
 
-    def __init__(self, ctx: Context, *nodes: Node, threads: int = 4) -> None:
-        self.executor = (SingleThreadedExecutor(context=ctx) if threads == 1
-                         else MultiThreadedExecutor(num_threads=threads, context=ctx))
+    def __init__(self, ctx: Context, *nodes: Node) -> None:
+        self.executor = SingleThreadedExecutor(context=ctx)
         for node in nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -54,11 +54,11 @@ def ros_context(domain_id: int, discovery: str = "OFF") -> Iterator[RosFixture]:
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = discovery
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     context = Context()
     rclpy.init(context=context, domain_id=domain_id)
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor = SingleThreadedExecutor(context=context)
     node = rclpy.create_node("bag_test", context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)

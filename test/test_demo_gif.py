@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from specvla_ros.bench.demo import write_gif
+from specvla_ros.bench.demo import format_table, write_gif
+from specvla_ros.bench.graph_runner import EpisodeLog
 
 
 def _durations(path) -> list[int]:
@@ -31,3 +32,12 @@ def test_long_runs_are_thinned_with_longer_frames(tmp_path) -> None:
     text = write_gif(frames, tmp_path / "d.gif", camera_rate=10.0, max_frames=300)
     assert sum(_durations(tmp_path / "d.gif")) == 90_000  # still 90 s of robot time
     assert "300 frames of 300 ms, 1 in 3 camera frames" in text
+
+
+def test_the_table_says_why_an_episode_failed() -> None:
+    ok = EpisodeLog("reach", 1, "reach the red cube", success=True, steps=12)
+    failed = EpisodeLog("push", 2, "push the blue block to the target", success=False, steps=60,
+                        progress="blue block 4.1 cm from the target centre (needs < 3.5)")
+    rows = format_table([ok, failed]).splitlines()
+    assert "| yes |" in rows[2]
+    assert "| no: blue block 4.1 cm from the target centre (needs < 3.5) |" in rows[3]

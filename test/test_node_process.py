@@ -72,7 +72,7 @@ class Robot:
                                   qos.COMMAND)
         self.diagnostics = Collector(self.probe, DiagnosticArray, "/diagnostics", qos.STATUS)
         self.estop = self.probe.create_publisher(Bool, "/specvla/estop", qos.LATCHED)
-        self.spinner = Spinner(ctx, self.probe, threads=1)
+        self.spinner = Spinner(ctx, self.probe)
 
     def node_log(self) -> str:
         self.log.flush()

@@ -80,3 +80,63 @@ def test_bringup_commands_use_ros_args(tmp_path: Path) -> None:
         i = cmd.index("--ros-args")
         assert cmd[i:] == ["--ros-args", "-r", f"__node:={entry.name}", "--params-file", str(f),
                            "-r", "/camera/image_raw:=/cam"]
+
+
+# --- launch/gazebo.launch.py: cannot run here (no Gazebo); its structure and files are checked ----
+
+GAZEBO_LAUNCH = ROOT / "launch" / "gazebo.launch.py"
+#: The other packages' executables it starts (a Gazebo + ros2_control install provides them).
+GAZEBO_THIRD_PARTY = {("robot_state_publisher", "robot_state_publisher"), ("ros_gz_sim", "create"),
+                      ("ros_gz_bridge", "parameter_bridge"), ("controller_manager", "spawner")}
+
+
+def _literal(node: ast.expr) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+def test_gazebo_launch_file() -> None:
+    from specvla_ros.ros import gazebo
+
+    tree = ast.parse(GAZEBO_LAUNCH.read_text(), filename=str(GAZEBO_LAUNCH))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+    scripts = _console_scripts()
+    ours, theirs, spawned = [], set(), []
+    for call in _calls(tree, "Node"):
+        package, exe = _literal(_kw(call, "package")), _literal(_kw(call, "executable"))
+        if package != "specvla_ros":
+            theirs.add((package, exe))
+            args = _kw(call, "arguments")
+            if exe == "parameter_bridge":
+                bridged = {a.split("@")[0]: a for a in _literal(args)}
+                assert bridged[policy_node.TOPIC_IMAGE] == f"{policy_node.TOPIC_IMAGE}@sensor_msgs/msg/Image[gz.msgs.Image"
+                assert "/clock" in bridged
+            if exe == "spawner":
+                spawned += [ast.unparse(a) for a in args.elts]
+            continue
+        assert exe in scripts, f"{exe} is not a console script of setup.py"
+        ours.append((exe, _literal(_kw(call, "name"))))
+        for item in _kw(call, "parameters").elts:
+            if isinstance(item, ast.Dict):
+                values = {_literal(k): v for k, v in zip(item.keys, item.values)}
+                for name in values:
+                    assert name in params.SPECS or name == "use_sim_time", f"unknown parameter {name}"
+                assert _literal(values["use_sim_time"]) is True
+        assert _kw(call, "remappings") is None  # the bridge publishes on the node's own topic names
+    assert ours == [("specvla_node", "specvla_node")]
+    assert theirs == GAZEBO_THIRD_PARTY
+    # the spawned controllers are the ones whose topics the node publishes on
+    assert spawned == ["JOINT_STATE_BROADCASTER", "[command_interface, '_controller']", "GRIPPER_CONTROLLER"]
+    for choice in params.SPECS["command_interface"].choices:
+        assert gazebo.controller_for(choice) == f"{choice}_controller"
+    assert f"/{gazebo.controller_for('joint_trajectory')}/" in policy_node.TOPIC_TRAJECTORY
+    assert f"/{gazebo.controller_for('forward_position')}/" in policy_node.TOPIC_FORWARD
+    assert f"/{gazebo.GRIPPER_CONTROLLER}/" in policy_node.TOPIC_GRIPPER
+    declared = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
+    used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
+    assert used <= declared, used - declared
+    joins = [ast.literal_eval(e) for c in _calls(tree, "PathJoinSubstitution")
+             for e in c.args[0].elts if isinstance(e, ast.Constant)]
+    assert joins == ["config", params.CONFIG_NAME, "launch", "gz_sim.launch.py"]

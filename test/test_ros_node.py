@@ -121,7 +121,7 @@ def make_graph(tiny_checkpoints):
             diagnostics=Collector(probe, DiagnosticArray, "/diagnostics", qos.STATUS),
         )
         stack.append(graph)
-        stack.append(Spinner(ctx, policy, probe, threads=1))  # torn down first: stop spinning, then destroy
+        stack.append(Spinner(ctx, policy, probe))  # torn down first: stop spinning, then destroy
         return graph
 
     yield build

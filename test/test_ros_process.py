@@ -66,7 +66,7 @@ def _drive_and_stop(domain: int, cmd: list[str], camera_topic: str) -> None:
         verdicts = Collector(probe, SafetyVerdict, "/specvla_node/safety", qos.STATUS)
         commands = Collector(probe, JointTrajectory, "/joint_trajectory_controller/joint_trajectory", qos.COMMAND)
         instr_pub.publish(String(data="pick up the red cube"))
-        spinner = Spinner(ctx, probe, threads=2)
+        spinner = Spinner(ctx, probe)
         proc = subprocess.Popen(cmd, env=_env(domain), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             hit = verdicts.wait_for(lambda v: v.status < SafetyVerdict.HALT_STALE_INPUT, timeout=STARTUP)
@@ -136,7 +136,7 @@ def test_bringup_sim_graph_closes_the_loop(tmp_path, tiny_checkpoints) -> None:
         probe = Node("sim_graph_probe", context=ctx)
         verdicts = Collector(probe, SafetyVerdict, "/specvla_node/safety", qos.STATUS)
         status = Collector(probe, TaskStatus, "/specvla_sim/task_status", 10)
-        spinner = Spinner(ctx, probe, threads=2)
+        spinner = Spinner(ctx, probe)
         proc = subprocess.Popen([str(BIN / "specvla_bringup"), "--params-file", str(params)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:

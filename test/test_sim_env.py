@@ -142,5 +142,22 @@ def test_success_is_judged_from_object_state(env: TaskEnv) -> None:
     assert env.success
 
 
+def test_success_report_gives_the_measurement_against_its_threshold() -> None:
+    from specvla_ros.sim.tasks import reach_point, success_report
+
+    pick = sample_layout("pick", 3)
+    rest = np.array([*pick.target.xy, pick.target.rest_z])
+    name = pick.target.phrase
+    assert success_report(pick, np.zeros(3), rest + [0, 0, 0.012]) == f"{name} raised 1.2 cm (needs > 5.0)"
+    push = sample_layout("push", 3)
+    at = np.array([push.goal_xy[0] + 0.03, push.goal_xy[1] + 0.04, push.target.rest_z])  # 5 cm away
+    assert success_report(push, np.zeros(3), at).endswith("5.0 cm from the target centre (needs < 3.5)")
+    assert "off the table" in success_report(push, np.zeros(3), at + [0, 0, 0.02])
+    reach = sample_layout("reach", 3)
+    obj = np.array([*reach.target.xy, reach.target.rest_z])
+    tcp = reach_point(obj, reach.target) + [0.0, 0.0, 0.045]
+    assert success_report(reach, tcp, obj).startswith("gripper 4.5 cm from the point above the ")
+
+
 def test_step_budgets_are_short() -> None:
     assert MAX_STEPS["reach"] <= 30 and MAX_STEPS["push"] <= 60 and MAX_STEPS["pick"] <= 60

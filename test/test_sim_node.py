@@ -33,7 +33,7 @@ from specvla_ros.sim.tasks import sample_layout
 
 @contextmanager
 def sim_graph(domain_id: int, **params) -> Iterator[tuple[SimNode, rclpy.node.Node, Context]]:
-    """A SimNode and a test node in one context, spun by a MultiThreadedExecutor."""
+    """A SimNode and a test node in one context, spun by one SingleThreadedExecutor."""
     if not 40 <= domain_id <= 59:
         raise ValueError(f"sim node tests use ROS domain ids 40-59, got {domain_id}")
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "OFF"
@@ -135,7 +135,8 @@ def test_reset_service_and_expert_closed_loop_over_topics() -> None:
         assert resp is not None and resp.success
         assert resp.instruction == sample_layout("pick", 9).instruction
         assert instruction.wait_for(lambda m: m.data == resp.instruction, timeout=10.0) is not None
-        assert status.wait_for(lambda m: m.episode == 1 and m.task == "pick" and m.step == 0) is not None
+        first = status.wait_for(lambda m: m.episode == 1 and m.task == "pick" and m.step == 0)
+        assert first is not None and "raised 0.0 cm (needs > 5.0)" in first[1].progress  # why it is not done yet
 
         traj = probe.create_publisher(JointTrajectory, TOPIC_TRAJECTORY, qos.COMMAND)
         gripper = probe.create_publisher(Float64MultiArray, TOPIC_GRIPPER, qos.COMMAND)

@@ -29,7 +29,8 @@ def format_table(logs: list[EpisodeLog]) -> str:
         p50 = f"{np.median(e.decision_ms):.1f}" if e.decision_ms else "-"
         acc = f"{e.emitted / e.target_passes:.2f}" if e.target_passes else "-"
         halts = ", ".join(f"{k} x{v}" for k, v in sorted(e.halts.items())) or "none"
-        rows.append(f"| {i} | {e.task} | {e.instruction} | {'yes' if e.success else 'no'} | "
+        result = "yes" if e.success else f"no: {e.progress}" if e.progress else "no"
+        rows.append(f"| {i} | {e.task} | {e.instruction} | {result} | "
                     f"{'yes' if e.collision else 'no'} | {e.steps} | {p50} | {acc} | {halts} |")
     return "\n".join(rows)
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed = DEMO_SEED_BASE + i
                 log = graph.run_episode(task, seed, args.episode_timeout)
                 logs.append(log)
-                print(f"demo: episode {i + 1}: {task} seed {seed}: {'success' if log.success else 'no success'}"
+                result = "success" if log.success else f"no success ({log.progress})"
+                print(f"demo: episode {i + 1}: {task} seed {seed}: {result}"
                       f" in {log.steps} steps; '{log.instruction}'", flush=True)
             frames = list(graph.frames)
     except RuntimeError as exc:

@@ -29,6 +29,7 @@ class EpisodeLog:
     instruction: str = ""
     done: bool = False
     success: bool = False
+    progress: str = ""  # the success test's last measurement (why it failed)
     collision: bool = False
     steps: int = 0
     decision_ms: list[float] = field(default_factory=list)
@@ -148,6 +149,8 @@ class _Observer:
                 ep.steps = int(msg.step)
                 ep.collision = ep.collision or bool(msg.collision)
                 ep.success = ep.success or bool(msg.success)
+                if not ep.success:
+                    ep.progress = str(msg.progress)
                 if msg.done:
                     ep.done = True
 

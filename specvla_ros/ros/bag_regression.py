@@ -225,7 +225,7 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
             fingerprint: str) -> ReplayResult:
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.serialization import deserialize_message
     from rosgraph_msgs.msg import Clock
@@ -258,7 +258,7 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
     saved_range = os.environ.get(_DISCOVERY_ENV)
     os.environ[_DISCOVERY_ENV] = "OFF"
     rclpy.init(context=context, domain_id=config.domain_id)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = SingleThreadedExecutor(context=context)  # the node ticks on its own thread
     node = harness = spinner = None
     started = time.monotonic()
     try:

@@ -34,7 +34,7 @@ import rclpy
 from rclpy._rclpy_pybind11 import RCLError
 from builtin_interfaces.msg import Time as TimeMsg
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -445,6 +445,7 @@ class SimNode(Node):
         self._pub_status.publish(self._TaskStatus(
             header=self._header(), task=env.task, instruction=env.instruction, episode=self.episode,
             seed=env.seed, step=env.steps, done=success or env.steps >= self.max_steps, success=success,
+            progress=env.success_report,
             collision=bool(env.episode_collisions), collision_bodies=bodies))
 
     # ------------------------------------------------------------------ lifecycle
@@ -466,7 +467,9 @@ def main(args: list[str] | None = None) -> None:
     exit_code = 0
     rclpy.init(args=args)
     node = None
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Single-threaded: when SIGINT shuts the context down it destroys the node under the
+    # executor; rclpy's thread-pool executor then leaves failed callback tasks behind.
+    executor = SingleThreadedExecutor()
     try:
         node = SimNode()
         executor.add_node(node)

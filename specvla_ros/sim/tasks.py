@@ -157,3 +157,23 @@ def is_success(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> b
         return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < PUSH_TOLERANCE
                     and target_pos[2] < layout.target.rest_z + 0.01)
     return bool(target_pos[2] > layout.target.rest_z + LIFT_HEIGHT)
+
+
+def success_report(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> str:
+    """What ``is_success`` measures now against its threshold, in words (why an episode failed)."""
+    target_pos = np.asarray(target_pos, dtype=float)
+    name = layout.target.phrase
+    if layout.task == "reach":
+        d = float(np.linalg.norm(np.asarray(tcp_pos) - reach_point(target_pos, layout.target)))
+        return f"gripper {_cm(d)} cm from the point above the {name} (needs < {_cm(REACH_TOLERANCE)})"
+    if layout.task == "push":
+        d = float(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)))
+        text = f"{name} {_cm(d)} cm from the target centre (needs < {_cm(PUSH_TOLERANCE)})"
+        lifted = float(target_pos[2] - layout.target.rest_z)
+        return text + (f", and {_cm(lifted)} cm off the table (must rest on it)" if lifted >= 0.01 else "")
+    lifted = float(target_pos[2] - layout.target.rest_z)
+    return f"{name} raised {_cm(lifted)} cm (needs > {_cm(LIFT_HEIGHT)})"
+
+
+def _cm(metres: float) -> str:
+    return f"{round(100.0 * metres, 1) + 0.0:.1f}"  # + 0.0: no "-0.0" for a hair below zero
