@@ -27,4 +27,3 @@ def tiny_checkpoints(tmp_path_factory):
     draft = make_random_draft(root / "draft", target, kind="model", seed=1)
     eagle = make_random_draft(root / "eagle", target, kind="eagle", seed=2)
     return target, draft, eagle
-
