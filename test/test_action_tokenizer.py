@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 
 VOCAB = 1000
 

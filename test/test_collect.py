@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from specvla_ros.core.action_tokenizer import load_norm_stats
+from specvla_ros.core.models.action_tokenizer import load_norm_stats
 from specvla_ros.sim.language import task_language_corpus
 from specvla_ros.train.collect import DATASET_KEY, STATS_FILE, CollectConfig, collect, main
 
@@ -59,7 +59,7 @@ def test_config_rejects_bad_values(tmp_path) -> None:
 def test_detours_leave_the_expert_path_but_record_expert_labels() -> None:
     """detour_steps: the first steps execute random moves, so later states differ from the
     expert's own path, while every recorded action is still the expert's for that state."""
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.sim.expert import ScriptedExpert
     from specvla_ros.sim.task_env import TaskEnv
     from specvla_ros.train.collect import run_episode
@@ -84,7 +84,7 @@ def test_detours_leave_the_expert_path_but_record_expert_labels() -> None:
 def test_dagger_policy_drives_and_the_expert_labels(tiny_checkpoints, tmp_path) -> None:
     """policy_dir: a (random) target drives through the deployed Policy and its gate; the episode is
     written although it fails, and every recorded action is the expert's label for that state."""
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.sim.tasks import reach_point
     from specvla_ros.sim.expert import MAX_STEP_M
     from specvla_ros.sim.task_env import TaskEnv

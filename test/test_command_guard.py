@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from specvla_ros.core.command_guard import CommandGuard
-from specvla_ros.core.safety_config import load_safety_config
+from specvla_ros.core.safety.command_guard import CommandGuard
+from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.types import PANDA_JOINT_NAMES
 
 CONFIG = load_safety_config()

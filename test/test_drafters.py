@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.drafters import AdaptiveDraftLength, Drafter, EagleDrafter, ModelDrafter
-from specvla_ros.core.model_loading import load_drafter, load_vla
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.decoding.drafters import AdaptiveDraftLength, Drafter, EagleDrafter, ModelDrafter
+from specvla_ros.core.models.loading import load_drafter, load_vla
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 from specvla_ros.core.types import Observation
 
 
@@ -149,7 +149,7 @@ def test_draft_model_forward_train_matches_incremental(tiny_checkpoints, target)
     tgt = torch.tensor([[40, 3, 300, 301], [41, 42, 3, 302]])
     logits, hidden = dm.forward_train(None, instructions, proprio, tgt, vision_patches=patches)
     assert logits.shape == (2, 4, dm.vocab_size) and hidden.shape == (2, 4, dm.config.d_model)
-    from specvla_ros.core.model_interface import VisionFeatures
+    from specvla_ros.core.models.interface import VisionFeatures
     for b in range(2):
         cache, first = dm.prefill(VisionFeatures(patches[b : b + 1]), instructions[b], proprio[b])
         inc = torch.cat([first.logits, dm.forward(tgt[b, :-1], cache).logits])

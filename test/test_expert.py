@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specvla_ros.core.kinematics import ArmKinematics
+from specvla_ros.core.safety.kinematics import ArmKinematics
 from specvla_ros.sim.expert import MAX_STEP_M, PUSH_LOW_Z, ScriptedExpert, zyx_from_matrix
 from specvla_ros.sim.language import TASKS, task_language_corpus
 from specvla_ros.sim.task_env import TaskEnv
@@ -49,7 +49,7 @@ def test_pick_narrates_its_phases_in_order(setup) -> None:
 
 
 def test_zyx_extraction_round_trips() -> None:
-    from specvla_ros.core.kinematics import rpy_matrix
+    from specvla_ros.core.safety.kinematics import rpy_matrix
 
     rpy = np.array([0.3, -0.2, 1.1])
     np.testing.assert_allclose(zyx_from_matrix(rpy_matrix(*rpy)), rpy, atol=1e-9)
@@ -58,8 +58,8 @@ def test_zyx_extraction_round_trips() -> None:
 def test_safety_gate_passes_every_expert_action(setup) -> None:
     """The demonstrations must be deployable: executed through the gate (as the node
     does), every expert action is OK and the tasks still succeed."""
-    from specvla_ros.core.safety_config import load_safety_config
-    from specvla_ros.core.safety_gate import SafetyGate
+    from specvla_ros.core.safety.config import load_safety_config
+    from specvla_ros.core.safety.gate import SafetyGate
     from specvla_ros.core.types import SafetyStatus
 
     env, expert, _ = setup

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specvla_ros.core.frame_resize import RESIZE_METHODS, check_resize_method, resize_frame
+from specvla_ros.core.models.frame_resize import RESIZE_METHODS, check_resize_method, resize_frame
 
 PRECISION_BITS = 32 - 8 - 2
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from specvla_ros.core.kinematics import ArmKinematics
+from specvla_ros.core.safety.kinematics import ArmKinematics
 from specvla_ros.ros import gazebo, params, policy_node
 from specvla_ros.sim import scene
 

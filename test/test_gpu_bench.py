@@ -68,8 +68,8 @@ def test_benchmark_model_has_openvla_7bs_shape():
     import torch
     from transformers import LlamaForCausalLM
 
-    from specvla_ros.core.openvla_checkpoint import OPENVLA_7B, _llama_config, _tower_cfg
-    from specvla_ros.core.vision_vit import PrismaticProjector, ViTFeaturizer
+    from specvla_ros.core.models.openvla_checkpoint import OPENVLA_7B, _llama_config, _tower_cfg
+    from specvla_ros.core.models.vision_vit import PrismaticProjector, ViTFeaturizer
 
     with torch.device("meta"):
         cfgs = [_tower_cfg(t, OPENVLA_7B.image_size) for t in OPENVLA_7B.towers]

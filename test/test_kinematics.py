@@ -9,7 +9,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from specvla_ros.core.kinematics import (
+from specvla_ros.core.safety.kinematics import (
     DEFAULT_URDF,
     GRIPPER_MAX_OPENING,
     ArmKinematics,

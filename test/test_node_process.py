@@ -26,8 +26,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ros_harness import Collector, Spinner, ros_context
 from specvla_ros.bench.sensor_feeder import HOME_Q
-from specvla_ros.core.command_guard import CommandGuard
-from specvla_ros.core.safety_config import load_safety_config
+from specvla_ros.core.safety.command_guard import CommandGuard
+from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES
 from specvla_ros.ros import qos
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
-from specvla_ros.core.model_interface import ModelLoadError, VLAModel
-from specvla_ros.core.openvla_adapter import INDEX_FILE, OpenVLA, load_openvla
-from specvla_ros.core.openvla_checkpoint import OPENVLA_TINY, make_random_openvla_checkpoint
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer
+from specvla_ros.core.models.interface import ModelLoadError, VLAModel
+from specvla_ros.core.models.openvla import INDEX_FILE, OpenVLA, load_openvla
+from specvla_ros.core.models.openvla_checkpoint import OPENVLA_TINY, make_random_openvla_checkpoint
 from specvla_ros.core.types import Observation
 
 INSTRUCTION = "pick up the cube"
@@ -73,7 +73,7 @@ def test_prompt_is_openvlas_and_eon_is_the_empty_piece(model):
 
 
 def test_load_vla_dispatches_on_model_type(ckpt, tmp_path):
-    from specvla_ros.core.model_loading import load_vla
+    from specvla_ros.core.models.loading import load_vla
 
     d = tmp_path / "single"
     shutil.copytree(ckpt, d)
@@ -167,8 +167,8 @@ def test_resized_frames_are_accepted(model):
 def test_camera_frames_of_any_size_are_preprocessed_as_openvlas_processor(model):
     """Pillow bicubic on the uint8 frame (``frame_resize``, checked against the published
     algorithm in test_frame_resize), then /255 and each tower's mean/std."""
-    from specvla_ros.core.frame_resize import resize_frame
-    from specvla_ros.core.vision_vit import preprocess_image
+    from specvla_ros.core.models.frame_resize import resize_frame
+    from specvla_ros.core.models.vision_vit import preprocess_image
 
     assert model.image_resize == "pil_bicubic"
     frame = np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8)  # a 4:3 camera
@@ -207,7 +207,7 @@ def test_incremental_forward_and_truncation_match_full_forward(model):
 # --- speculative decoding == the adapter's own greedy decoding ---------------------------
 
 def _eagle_for(model: OpenVLA, seed: int):
-    from specvla_ros.core.drafters import EagleConfig, EagleDrafter, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleConfig, EagleDrafter, EagleHead
 
     g = model.config
     with torch.random.fork_rng(devices=[]):
@@ -220,7 +220,7 @@ def _eagle_for(model: OpenVLA, seed: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_speculative_equals_greedy(model, seed):
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
     from specvla_ros.core.types import Observation
 
     img = _image(10 + seed)
@@ -237,7 +237,7 @@ def test_greedy_speculative_equals_greedy(model, seed):
 
 
 def test_relaxed_mode_stays_within_the_bin_tolerance(model):
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
     from specvla_ros.core.types import Observation
 
     obs = Observation(image=_image(20), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32))
@@ -363,7 +363,7 @@ def test_missing_tokenizer(broken):
 
 @torch.inference_mode()
 def test_static_cache_matches_dynamic_cache(ckpt):
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
     from specvla_ros.core.types import Observation
 
     m = load_openvla(ckpt, "cpu", unnorm_key="sim_panda", warmup=False)
@@ -411,9 +411,9 @@ def test_backbone_fields_default_from_the_backbone_id(broken):
 # --- load_vla without a dataset choice, and the Policy (safety gate) on top ---------------
 
 def test_load_vla_defers_an_ambiguous_dataset_choice(ckpt):
-    from specvla_ros.core.model_loading import load_vla
-    from specvla_ros.core.openvla_adapter import PendingStatsActionTokenizer
-    from specvla_ros.core.spec_decoder import SpeculativeDecoder
+    from specvla_ros.core.models.loading import load_vla
+    from specvla_ros.core.models.openvla import PendingStatsActionTokenizer
+    from specvla_ros.core.decoding.decoder import SpeculativeDecoder
     from specvla_ros.core.types import Observation
 
     m = load_vla(ckpt, device="cpu")  # two datasets, no unnorm_key: loads, but cannot de-normalise yet
@@ -426,7 +426,7 @@ def test_load_vla_defers_an_ambiguous_dataset_choice(ckpt):
 
 def test_policy_drives_openvla_through_the_safety_gate(ckpt):
     from specvla_ros.core.policy import Policy, PolicyConfig
-    from specvla_ros.core.spec_decoder import DecodeConfig
+    from specvla_ros.core.decoding.decoder import DecodeConfig
     from specvla_ros.core.types import RobotState
 
     policy = Policy(PolicyConfig(target_dir=str(ckpt), draft_dir=None, drafter="none", unnorm_key="sim_panda",
@@ -440,7 +440,7 @@ def test_policy_drives_openvla_through_the_safety_gate(ckpt):
     if not out.verdict.is_halt:
         assert np.all(np.isfinite(out.action))
     # a 640x480-style camera frame: the policy resizes it as OpenVLA's processor would
-    from specvla_ros.core.frame_resize import resize_frame
+    from specvla_ros.core.models.frame_resize import resize_frame
 
     assert policy.image_resize == "pil_bicubic"
     camera = np.random.default_rng(11).integers(0, 256, (60, 80, 3), dtype=np.uint8)
@@ -455,7 +455,7 @@ def test_policy_drives_openvla_through_the_safety_gate(ckpt):
 def test_graph_replay_bookkeeping_on_cpu(ckpt):
     """The CUDA-graph branch (static inputs copied in, outputs cloned out, length advanced) with a
     stand-in graph that recomputes on replay: decoding must not change (the capture itself needs a GPU)."""
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     m = load_openvla(ckpt, "cpu", unnorm_key="sim_panda", warmup=False)
     obs = Observation(image=_image(11), instruction=INSTRUCTION, proprio=np.zeros(8, np.float32))

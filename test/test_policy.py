@@ -12,10 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specvla_ros.core.model_interface import ModelLoadError
+from specvla_ros.core.models.interface import ModelLoadError
 from specvla_ros.core.policy import Policy, PolicyConfig
-from specvla_ros.core.safety_config import default_safety_config_path
-from specvla_ros.core.spec_decoder import DecodeConfig
+from specvla_ros.core.safety.config import default_safety_config_path
+from specvla_ros.core.decoding.decoder import DecodeConfig
 from specvla_ros.core.types import Observation, RobotState, SafetyStatus
 
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])  # TCP (0.496, 0, 0.248)
@@ -150,7 +150,7 @@ def test_bad_inputs_hold_instead_of_raising(policy: Policy) -> None:
 
 
 def test_frames_of_another_size_are_resized_with_the_models_method(policy: Policy) -> None:
-    from specvla_ros.core.frame_resize import resize_frame
+    from specvla_ros.core.models.frame_resize import resize_frame
 
     camera = np.random.default_rng(8).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     big = policy.step(_obs(policy, image=camera, frame_id=100), _state())  # distinct ids: no vision cache hit

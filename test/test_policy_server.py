@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.core.policy import Policy, PolicyConfig
 from specvla_ros.core.serving.client import (
     InferenceTimeout,
@@ -67,7 +67,7 @@ def test_decisions_equal_the_in_process_policy(client, tiny_checkpoints) -> None
 
 
 def test_scene_objects_reach_the_servers_gate(client, tiny_checkpoints) -> None:
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
 
     tcp, _ = ArmKinematics.from_urdf(None).fk(Q0)
     # a bar across the hand's path: some of the model's moves hit it, staying put does not

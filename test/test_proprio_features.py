@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.kinematics import ArmKinematics
-from specvla_ros.core.model_loading import load_vla
-from specvla_ros.core.proprio_features import (
+from specvla_ros.core.safety.kinematics import ArmKinematics
+from specvla_ros.core.models.loading import load_vla
+from specvla_ros.core.models.proprio_features import (
     TCP_CENTRE, TCP_SCALE, panda_tcp_features, panda_tcp_pose, proprio_features,
 )
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig
 from specvla_ros.sim.expert import DOWN, zyx_from_matrix
 
 

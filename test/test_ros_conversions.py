@@ -55,7 +55,7 @@ def test_resize_to_model_input() -> None:
 @pytest.mark.parametrize("method", ["area", "pil_bicubic"])
 def test_camera_frames_are_resized_with_the_models_method(method: str) -> None:
     """Colour conversion first at the camera's size, then the model's resize (OpenVLA: Pillow bicubic)."""
-    from specvla_ros.core.frame_resize import resize_frame
+    from specvla_ros.core.models.frame_resize import resize_frame
 
     camera = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     expected = resize_frame(camera, (56, 56), method)  # type: ignore[arg-type]

@@ -475,10 +475,10 @@ def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(m
     from specvla_msgs.msg import SceneObject as SceneObjectMsg
     from specvla_msgs.msg import SceneObjects
 
-    from specvla_ros.core.collision_scene import SceneObject
-    from specvla_ros.core.safety_config import load_safety_config
-    from specvla_ros.core.safety_gate import SafetyGate
-    from specvla_ros.core.spec_decoder import DecodeResult
+    from specvla_ros.core.safety.collision_scene import SceneObject
+    from specvla_ros.core.safety.config import load_safety_config
+    from specvla_ros.core.safety.gate import SafetyGate
+    from specvla_ros.core.decoding.decoder import DecodeResult
     from specvla_ros.core.types import DecodeStats, RobotState
 
     down = np.array([0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 1.0])

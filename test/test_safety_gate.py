@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import yaml
 
-from specvla_ros.core.kinematics import ArmKinematics
-from specvla_ros.core.safety_config import (
+from specvla_ros.core.safety.kinematics import ArmKinematics
+from specvla_ros.core.safety.config import (
     BoxObstacle,
     SafetyConfig,
     default_safety_config_path,
     load_joint_limits,
     load_safety_config,
 )
-from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.safety.gate import SafetyGate
 from specvla_ros.core.types import PANDA_JOINT_NAMES, RobotState, SafetyStatus
 
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])  # TCP (0.496, 0, 0.248), fingers down

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specvla_ros.core.kinematics import ArmKinematics, rpy_matrix
-from specvla_ros.core.safety_config import load_safety_config
-from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.safety.kinematics import ArmKinematics, rpy_matrix
+from specvla_ros.core.safety.config import load_safety_config
+from specvla_ros.core.safety.gate import SafetyGate
 from specvla_ros.core.types import RobotState, SafetyStatus
 
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])

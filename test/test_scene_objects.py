@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specvla_ros.core import safety_gate as safety_gate_module
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.kinematics import ArmKinematics
-from specvla_ros.core.safety_config import SafetyConfig, load_safety_config
-from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.safety import gate as safety_gate_module
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.safety.kinematics import ArmKinematics
+from specvla_ros.core.safety.config import SafetyConfig, load_safety_config
+from specvla_ros.core.safety.gate import SafetyGate
 from specvla_ros.core.types import RobotState, SafetyStatus
 
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])  # TCP (0.496, 0, 0.248), fingers down

@@ -21,7 +21,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ros_harness import Collector, Spinner, wait_until
-from specvla_ros.core.kinematics import ArmKinematics, ee_delta_to_joint_target, gripper_action_to_opening
+from specvla_ros.core.safety.kinematics import ArmKinematics, ee_delta_to_joint_target, gripper_action_to_opening
 from specvla_ros.core.types import PANDA_JOINT_NAMES
 from specvla_ros.ros import qos
 from specvla_ros.ros.sim_node import (SERVICE_RESET, TOPIC_CAMERA, TOPIC_CLOCK, TOPIC_FORWARD, TOPIC_GRIPPER,

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.action_tokenizer import ActionTokenizer
-from specvla_ros.core.drafters import EagleDrafter, ModelDrafter
-from specvla_ros.core.model_loading import load_drafter, load_vla
-from specvla_ros.core.output_grammar import OutputGrammar
-from specvla_ros.core.spec_decoder import (
+from specvla_ros.core.models.action_tokenizer import ActionTokenizer
+from specvla_ros.core.decoding.drafters import EagleDrafter, ModelDrafter
+from specvla_ros.core.models.loading import load_drafter, load_vla
+from specvla_ros.core.decoding.grammar import OutputGrammar
+from specvla_ros.core.decoding.decoder import (
     DecodeConfig, SpeculativeDecoder, greedy_accept, rejection_accept, text_allowed_mask,
 )
-from specvla_ros.core.tiny_vla import TinyVLA
+from specvla_ros.core.models.tiny_vla import TinyVLA
 from specvla_ros.core.types import Observation
 
 PROMPTS = ["pick up the red cube", "push the blue block to the target", "move to the green ball",

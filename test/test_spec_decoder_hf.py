@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from specvla_ros.core.model_loading import load_drafter, load_vla
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.models.loading import load_drafter, load_vla
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 from specvla_ros.core.types import Observation
 
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.drafters import ModelDrafter
-from specvla_ros.core.model_loading import load_drafter, load_vla
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder, rejection_accept
+from specvla_ros.core.decoding.drafters import ModelDrafter
+from specvla_ros.core.models.loading import load_drafter, load_vla
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder, rejection_accept
 from specvla_ros.core.types import Observation
 
 

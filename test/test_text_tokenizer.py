@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from specvla_ros.core.text_tokenizer import ACTION_TOKEN_FORMAT, EON, VLATextTokenizer
+from specvla_ros.core.models.text_tokenizer import ACTION_TOKEN_FORMAT, EON, VLATextTokenizer
 
 
 @pytest.fixture(scope="module")

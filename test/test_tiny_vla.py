@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core import model_loading
-from specvla_ros.core.model_interface import KVCache, ModelLoadError, VLAModel
-from specvla_ros.core.model_loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
+from specvla_ros.core.models import loading as model_loading
+from specvla_ros.core.models.interface import KVCache, ModelLoadError, VLAModel
+from specvla_ros.core.models.loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.tiny_vla import (
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.tiny_vla import (
     SELECTION_GAIN, TinyVLA, TinyVLAConfig, checkpoint_megabytes, count_parameters, make_random_checkpoint,
     make_random_draft,
 )
@@ -204,8 +204,8 @@ def test_draft_for_another_target_is_rejected(tiny_checkpoints, tmp_path, target
 
 def test_lazy_adapter_registration(tiny_checkpoints, tmp_path, monkeypatch):
     (tmp_path / "fake_vla_adapter.py").write_text(textwrap.dedent("""
-        from specvla_ros.core.model_loading import register_model_type
-        from specvla_ros.core.tiny_vla import TinyVLA
+        from specvla_ros.core.models.loading import register_model_type
+        from specvla_ros.core.models.tiny_vla import TinyVLA
         register_model_type("fake_vla", lambda p, dev, dt: TinyVLA.from_pretrained(p, dev, dt))
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -312,7 +312,7 @@ def test_named_keypoint_token_is_the_selected_keypoint(named_target):
         torch.testing.assert_close(forced, m.named_proj(vis.keypoints[0, 2]), atol=1e-5, rtol=1e-5)
         m.keypoint_select.weight.copy_(saved[0])
         m.keypoint_select.bias.copy_(saved[1])
-    from specvla_ros.core.model_interface import VisionFeatures
+    from specvla_ros.core.models.interface import VisionFeatures
 
     with pytest.raises(ValueError, match="raw keypoints"):
         m.prefill(VisionFeatures(vis.patches), "reach the red cube", prop)
@@ -325,7 +325,7 @@ def test_named_keypoint_token_is_the_selected_keypoint(named_target):
 def test_named_token_holds_offsets_of_the_relative_keypoints(tmp_path):
     """With named_relative, the token's input is the selected keypoint plus each listed keypoint's
     image offset from it: moving the gripper keypoint changes the token, by exactly that offset."""
-    from specvla_ros.core.tiny_vla import PRESETS
+    from specvla_ros.core.models.tiny_vla import PRESETS
 
     tok = VLATextTokenizer.build()
     cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **dict(PRESETS["test_kp_named"], named_relative=(4, 5)))

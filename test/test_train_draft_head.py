@@ -46,9 +46,9 @@ def _cfg(target: Path, data: list[Path], out: Path, **kw) -> DraftHeadTrainConfi
 
 
 def test_training_lowers_the_loss_and_the_drafter_stays_lossless(tiny_checkpoints, episodes, tmp_path):
-    from specvla_ros.core.drafters import EagleDrafter
-    from specvla_ros.core.model_loading import load_drafter, load_vla
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.drafters import EagleDrafter
+    from specvla_ros.core.models.loading import load_drafter, load_vla
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     target_dir = tiny_checkpoints[0]
     summary = train(_cfg(target_dir, [episodes], tmp_path / "eagle", steps=25, max_samples=10, eval_frames=2))
@@ -70,7 +70,7 @@ def test_training_lowers_the_loss_and_the_drafter_stays_lossless(tiny_checkpoint
 
 
 def test_demo_tokens_are_narration_eon_and_expert_actions(tiny_checkpoints, episodes):
-    from specvla_ros.core.model_loading import load_vla
+    from specvla_ros.core.models.loading import load_vla
 
     target = load_vla(tiny_checkpoints[0], device="cpu")
     frame = load_episode_dir(episodes)[0]
@@ -209,9 +209,9 @@ def test_cli(tiny_checkpoints, episodes, tmp_path, capsys):
 # --- any target: OpenVLA ----------------------------------------------------------------
 
 def test_trains_against_an_openvla_target(episodes, tmp_path):
-    from specvla_ros.core.model_loading import load_drafter, load_vla
-    from specvla_ros.core.openvla_checkpoint import make_random_openvla_checkpoint
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.models.loading import load_drafter, load_vla
+    from specvla_ros.core.models.openvla_checkpoint import make_random_openvla_checkpoint
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     ckpt = make_random_openvla_checkpoint(tmp_path / "openvla")
     cfg = json.loads((ckpt / "config.json").read_text())

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.action_tokenizer import load_norm_stats
-from specvla_ros.core.model_loading import load_drafter, load_vla
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.action_tokenizer import load_norm_stats
+from specvla_ros.core.models.loading import load_drafter, load_vla
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.types import ACTION_DIM, Observation
 from specvla_ros.train.collect import CollectConfig, collect
 from specvla_ros.train.dataset import DATASET_KEY, IGNORE, STATS_FILE, epoch_batches, load_demos, make_batch
@@ -52,7 +52,7 @@ def test_dataset_targets_are_narration_eon_actions(demos, tok) -> None:
     ds = load_demos(demos, tok)
     assert ds.n_episodes == 3 and len(ds) == ds.images.shape[0] == ds.target_ids.shape[0]
     at_begin = tok.vocab_size - tok.n_action_tokens
-    from specvla_ros.core.action_tokenizer import ActionTokenizer
+    from specvla_ros.core.models.action_tokenizer import ActionTokenizer
 
     at = ActionTokenizer(tok.vocab_size, ds.stats)
     for i in (0, len(ds) // 2, len(ds) - 1):
@@ -289,7 +289,7 @@ def test_named_aux_weight_scales_the_named_object_terms_only() -> None:
 def test_reset_keypoint_identity_redraws_only_the_identities(demos, tmp_path) -> None:
     """--reset-keypoint-identity after init_from: the identity embeddings are re-drawn at
     IDENTITY_STD while the rest of the keypoint stem keeps the checkpoint's weights."""
-    from specvla_ros.core.tiny_vla import IDENTITY_STD, TinyVLA, make_random_checkpoint
+    from specvla_ros.core.models.tiny_vla import IDENTITY_STD, TinyVLA, make_random_checkpoint
 
     model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path / "rand", preset="test_kp", seed=3))
     with torch.no_grad():
@@ -311,7 +311,7 @@ def test_named_keypoint_target_trains_from_a_keypoint_checkpoint(demos, tmp_path
     """A named-keypoint preset starts from a plain keypoint checkpoint (only the selection and the
     named projection start fresh), trains with the selection loss, and its checkpoint decodes with
     a distilled draft token-identically."""
-    from specvla_ros.core.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, default_norm_stats
+    from specvla_ros.core.models.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, default_norm_stats
 
     src = tmp_path / "src"  # the named preset's geometry without the named token
     tok = VLATextTokenizer.build()

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from specvla_ros.core.drafters import ModelDrafter
-from specvla_ros.core.model_loading import load_vla
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.tiny_vla import (
+from specvla_ros.core.decoding.drafters import ModelDrafter
+from specvla_ros.core.models.loading import load_vla
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.tiny_vla import (
     PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, make_random_checkpoint, make_random_draft,
 )
 from specvla_ros.core.types import Observation

@@ -116,7 +116,7 @@ def _policy_config(cfg: EvalConfig, mode: str):
     """The PolicyConfig a mode runs with."""
     from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
     from specvla_ros.core.policy import PolicyConfig
-    from specvla_ros.core.spec_decoder import DecodeConfig
+    from specvla_ros.core.decoding.decoder import DecodeConfig
 
     speculative = mode.startswith("spec_")
     decode = DecodeConfig(
@@ -143,7 +143,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
     With mode "baseline_nogate" the unchecked IK target of the action is sent
     (what a wrapper without a gate would do); the verdict is still counted.
     """
-    from specvla_ros.core.kinematics import ee_delta_to_joint_target
+    from specvla_ros.core.safety.kinematics import ee_delta_to_joint_target
     from specvla_ros.sim.known_objects import task_scene_objects
 
     env.reset(seed=seed, task=task)
@@ -269,7 +269,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, out_dir: Path | None = None
 
 
 def _evaluate_direct(cfg: EvalConfig, progress: bool) -> list[EpisodeResult]:
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.core.policy import Policy
     from specvla_ros.sim.task_env import TaskEnv
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from specvla_ros.core.drafters import AdaptiveDraftLength
-from specvla_ros.core.model_interface import ModelLoadError
-from specvla_ros.core.model_loading import load_drafter, load_vla
+from specvla_ros.core.decoding.drafters import AdaptiveDraftLength
+from specvla_ros.core.models.interface import ModelLoadError
+from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, shipped_models_present
-from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
-from specvla_ros.core.tiny_vla import make_random_checkpoint, make_random_draft
+from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
+from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
 from specvla_ros.core.types import Observation
 
 PROMPTS = ("pick up the red cube", "push the blue block to the target", "move to the green ball",
@@ -171,7 +171,7 @@ def _resolve_checkpoints(args, workdir: Path) -> tuple[Path, list[Path], str]:
 
 def sim_observations(n: int, seed: int) -> list[Observation]:
     """n consecutive camera frames of scripted-expert episodes (reach, push, pick cycled), 10 Hz."""
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.sim.expert import ScriptedExpert
     from specvla_ros.sim.task_env import TaskEnv
     from specvla_ros.train.collect import run_episode

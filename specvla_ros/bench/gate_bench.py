@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.kinematics import rpy_matrix
-from specvla_ros.core.safety_config import load_safety_config
-from specvla_ros.core.safety_gate import SafetyGate
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.safety.kinematics import rpy_matrix
+from specvla_ros.core.safety.config import load_safety_config
+from specvla_ros.core.safety.gate import SafetyGate
 from specvla_ros.core.types import RobotState
 
 HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])

@@ -136,7 +136,7 @@ def _summ(xs: list[float]) -> dict:
 def run_variant(target, drafter, mode: str, frames: list[np.ndarray], instruction: str, cfg: GpuBenchConfig,  # noqa: ANN001
                 scripts: list[list[int]] | None = None, reference: list[np.ndarray] | None = None) -> dict:
     """Decode every frame (after warm-up) -> latency summary, acceptance and agreement with ``reference``."""
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     dec = SpeculativeDecoder(target, drafter, DecodeConfig(
         mode="relaxed" if mode == "relaxed" else "greedy", relax_bins=cfg.relax_bins if mode == "relaxed" else 0,
@@ -218,14 +218,14 @@ def _speedups(results: dict) -> None:
 
 def bench_shipped(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype) -> dict:
     """The shipped tiny pair (or, with --smoke and no shipped models, a random pair of the same kind)."""
-    from specvla_ros.core.model_loading import load_drafter, load_vla
+    from specvla_ros.core.models.loading import load_drafter, load_vla
     from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, shipped_models_present
 
     tmp = None
     if shipped_models_present():
         target_dir, draft_dir, source = DEFAULT_TARGET_DIR, DEFAULT_DRAFT_DIR, "shipped"
     elif cfg.smoke:
-        from specvla_ros.core.tiny_vla import make_random_checkpoint, make_random_draft
+        from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
 
         tmp = tempfile.TemporaryDirectory(prefix="gpu_bench_")
         target_dir = make_random_checkpoint(Path(tmp.name) / "target", preset="test")
@@ -283,8 +283,8 @@ def micro_openvla(model, device: torch.device, n_max: int, reps: int) -> dict:  
 
 def bench_openvla(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype) -> dict:
     """Random model of OpenVLA-7B's shape (tiny shape with --smoke): micro-benchmarks and decode variants."""
-    from specvla_ros.core.drafters import EagleDrafter
-    from specvla_ros.core.openvla_checkpoint import OPENVLA_7B, OPENVLA_TINY, random_openvla
+    from specvla_ros.core.decoding.drafters import EagleDrafter
+    from specvla_ros.core.models.openvla_checkpoint import OPENVLA_7B, OPENVLA_TINY, random_openvla
     from specvla_ros.train.train_draft_head import head_for
 
     shape = OPENVLA_TINY if cfg.smoke else OPENVLA_7B
@@ -366,7 +366,7 @@ def run(cfg: GpuBenchConfig) -> dict:
 def _run(cfg: GpuBenchConfig) -> dict:
     import transformers
 
-    from specvla_ros.core.model_loading import resolve_device
+    from specvla_ros.core.models.loading import resolve_device
 
     t0 = time.perf_counter()
     _DEADLINE[0] = t0 + cfg.time_budget_s

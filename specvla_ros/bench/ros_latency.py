@@ -55,7 +55,7 @@ def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
 
     if shipped_models_present() and args.preset is None:
         return str(DEFAULT_TARGET_DIR), str(DEFAULT_DRAFT_DIR)
-    from specvla_ros.core.tiny_vla import make_random_checkpoint, make_random_draft
+    from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
 
     target = make_random_checkpoint(tmp / "target", preset=args.preset or "default", seed=0)
     draft = make_random_draft(tmp / "draft", target, kind="model", seed=1)
@@ -80,7 +80,7 @@ def _bare_main(n: int, values: dict[str, Any], width: int, height: int) -> list[
     from specvla_ros.bench.sensor_feeder import HOME_Q
     from specvla_ros.core.policy import Policy
     from specvla_ros.core.types import Observation, RobotState
-    from specvla_ros.core.frame_resize import resize_frame  # the resize the node applies
+    from specvla_ros.core.models.frame_resize import resize_frame  # the resize the node applies
     from specvla_ros.ros.policy_node import policy_config
 
     threads = int(values.get("inference.threads", 0))

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specvla_ros.core.action_tokenizer import ActionTokenizer, load_norm_stats
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
-from specvla_ros.core.model_interface import ModelLoadError, VLAModel
-from specvla_ros.core.model_loading import load_drafter, load_vla
+from specvla_ros.core.models.action_tokenizer import ActionTokenizer, load_norm_stats
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.models.frame_resize import ResizeMethod, resize_frame
+from specvla_ros.core.models.interface import ModelLoadError, VLAModel
+from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
-from specvla_ros.core.safety_config import load_safety_config
-from specvla_ros.core.safety_gate import SafetyGate
-from specvla_ros.core.spec_decoder import DecodeConfig, DecodeResult, SpeculativeDecoder
+from specvla_ros.core.safety.config import load_safety_config
+from specvla_ros.core.safety.gate import SafetyGate
+from specvla_ros.core.decoding.decoder import DecodeConfig, DecodeResult, SpeculativeDecoder
 from specvla_ros.core.types import (
     ACTION_DIM,
     DecodeStats,

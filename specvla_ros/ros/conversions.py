@@ -25,8 +25,8 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.models.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.types import DecodeStats, SafetyStatus, Verdict
 
 @dataclass(frozen=True)

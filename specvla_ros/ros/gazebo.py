@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from specvla_ros.core.kinematics import DEFAULT_URDF
+from specvla_ros.core.safety.kinematics import DEFAULT_URDF
 from specvla_ros.ros import params
 from specvla_ros.ros.policy_node import TOPIC_FORWARD, TOPIC_GRIPPER, TOPIC_IMAGE, TOPIC_TRAJECTORY
 from specvla_ros.sim import scene

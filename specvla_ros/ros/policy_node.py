@@ -50,8 +50,8 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, Header, String
 from trajectory_msgs.msg import JointTrajectory
 
-from specvla_ros.core.command_guard import CommandGuard
-from specvla_ros.core.frame_resize import ResizeMethod
+from specvla_ros.core.safety.command_guard import CommandGuard
+from specvla_ros.core.models.frame_resize import ResizeMethod
 from specvla_ros.core.serving.backend import PolicyBackend
 from specvla_ros.core.serving.client import InferenceError, InferenceTimeout, InferenceUnavailable
 from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyStatus, Verdict
@@ -187,8 +187,8 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from specvla_ros.core.model_interface import ModelLoadError
-        from specvla_ros.core.safety_config import load_safety_config
+        from specvla_ros.core.models.interface import ModelLoadError
+        from specvla_ros.core.safety.config import load_safety_config
         from specvla_ros.core.serving.client import SessionOpenError
 
         try:
@@ -684,7 +684,7 @@ class PolicyNode(LifecycleNode):
         return self._hold(SafetyStatus.HALT_NOT_READY, reason, snap=snap)
 
     def _restart_backend(self) -> None:
-        from specvla_ros.core.model_interface import ModelLoadError
+        from specvla_ros.core.models.interface import ModelLoadError
         from specvla_ros.core.serving.client import SessionOpenError
 
         try:
@@ -848,7 +848,7 @@ def policy_config(values: dict[str, Any]):  # -> specvla_ros.core.policy.PolicyC
         ValueError: from PolicyConfig/DecodeConfig validation.
     """
     from specvla_ros.core.policy import PolicyConfig
-    from specvla_ros.core.spec_decoder import DecodeConfig
+    from specvla_ros.core.decoding.decoder import DecodeConfig
 
     decode = DecodeConfig(**{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("decode.")})
     kwargs: dict[str, Any] = dict(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.sim.scene import SHAPES
 from specvla_ros.sim.task_env import TaskEnv
 

@@ -53,7 +53,7 @@ def evaluate_closed_loop(
     from tqdm import tqdm
 
     from specvla_ros.core.policy import Policy, PolicyConfig
-    from specvla_ros.core.spec_decoder import DecodeConfig
+    from specvla_ros.core.decoding.decoder import DecodeConfig
     from specvla_ros.sim.task_env import TaskEnv
     from specvla_ros.train.collect import policy_drives
 

@@ -98,7 +98,7 @@ def proprio_vector(env) -> np.ndarray:  # noqa: ANN001 - TaskEnv, imported lazil
 
 def execute_ee_delta(env, kin, action: np.ndarray):  # noqa: ANN001, ANN201
     """Send one ee_delta action to the simulated arm through the gate's IK; returns the IKResult."""
-    from specvla_ros.core.kinematics import ee_delta_to_joint_target, gripper_action_to_opening
+    from specvla_ros.core.safety.kinematics import ee_delta_to_joint_target, gripper_action_to_opening
 
     result = ee_delta_to_joint_target(kin, env.robot_state().q, action)
     env.command(result.q, gripper_action_to_opening(float(action[6])))
@@ -195,7 +195,7 @@ def save_episode(path: Path, ep: Episode, env) -> None:  # noqa: ANN001
 
 def write_statistics(out: Path, actions: np.ndarray, proprio: np.ndarray, n_episodes: int,
                      per_task: dict) -> None:
-    from specvla_ros.core.action_tokenizer import ActionNormStats, save_norm_stats
+    from specvla_ros.core.models.action_tokenizer import ActionNormStats, save_norm_stats
 
     path = out / STATS_FILE
     save_norm_stats(path, {DATASET_KEY: ActionNormStats.from_actions(actions)}, {DATASET_KEY: actions})
@@ -213,7 +213,7 @@ def collect(cfg: CollectConfig) -> dict:
     """Collect cfg.episodes episodes, cycling through cfg.tasks; returns a summary."""
     from tqdm import tqdm
 
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.sim.expert import ScriptedExpert
     from specvla_ros.sim.task_env import TaskEnv
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
-from specvla_ros.core.proprio_features import TCP_CENTRE, TCP_SCALE
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.models.proprio_features import TCP_CENTRE, TCP_SCALE
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.types import ACTION_DIM
 
 DATASET_KEY = "sim_panda"
@@ -236,7 +236,7 @@ class AuxTargets:
 
 def build_aux_targets(ds: DemoDataset, narrations: list[str]) -> AuxTargets:
     """Object positions from each episode's seeded layout (``sim.tasks.sample_layout``), TCP by FK."""
-    from specvla_ros.core.kinematics import ArmKinematics
+    from specvla_ros.core.safety.kinematics import ArmKinematics
     from specvla_ros.sim.language import COLOR_NAMES
     from specvla_ros.sim.scene import TABLE_TOP_Z, project_to_image
     from specvla_ros.sim.tasks import sample_layout

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specvla_ros.core.tiny_vla import DRAFT_MODEL_TYPE, DRAFT_PRESETS, TinyVLA, TinyVLAConfig, count_parameters
+from specvla_ros.core.models.tiny_vla import DRAFT_MODEL_TYPE, DRAFT_PRESETS, TinyVLA, TinyVLAConfig, count_parameters
 from specvla_ros.core.types import ACTION_DIM, RobotState
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 from specvla_ros.train.train_target import lr_factor
@@ -113,8 +113,8 @@ def envelope_masks(ds: DemoDataset, action_tokenizer, dt: float = CONTROL_PERIOD
     None (with a logged note) when the safety gate cannot be built.
     """
     try:
-        from specvla_ros.core.safety_config import load_safety_config
-        from specvla_ros.core.safety_gate import SafetyGate
+        from specvla_ros.core.safety.config import load_safety_config
+        from specvla_ros.core.safety.gate import SafetyGate
 
         gate = SafetyGate(load_safety_config())
     except (ImportError, ValueError, OSError) as exc:
@@ -155,7 +155,7 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
 
 
 def build_eagle(target: TinyVLA):
-    from specvla_ros.core.drafters import EagleConfig, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
 
     tc = target.config
     cfg = EagleConfig(vocab_size=tc.vocab_size, d_model=tc.d_model, n_heads=tc.n_heads, n_kv_heads=tc.n_kv_heads,

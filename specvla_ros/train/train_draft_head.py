@@ -240,7 +240,7 @@ def demo_token_ids(target, frame: Frame, max_narration: int) -> list[int]:  # no
 
 
 def greedy_token_ids(target, frame: Frame, max_narration: int) -> list[int]:  # noqa: ANN001
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     dec = SpeculativeDecoder(target, None, DecodeConfig(mode="greedy", max_narration_tokens=max_narration))
     return dec.decode(Observation(frame.image, frame.instruction, frame.proprio)).token_ids
@@ -283,7 +283,7 @@ def collate(batch: list[Features], device: torch.device, dtype: torch.dtype):
 
 def head_for(target):  # noqa: ANN001, ANN201 - EagleHead
     """A fresh EAGLE head shaped like the target's decoder."""
-    from specvla_ros.core.drafters import EagleConfig, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
 
     g = target.config
     cfg = EagleConfig(vocab_size=target.vocab_size, d_model=g.d_model, n_heads=g.n_heads, n_kv_heads=g.n_kv_heads,
@@ -319,8 +319,8 @@ def save_draft(head, target, out: Path) -> None:  # noqa: ANN001
     """Write the drafter checkpoint ``load_drafter`` reads, atomically (tmp dir + rename)."""
     from safetensors.torch import save_file
 
-    from specvla_ros.core.text_tokenizer import VLATextTokenizer
-    from specvla_ros.core.tiny_vla import CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE
+    from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+    from specvla_ros.core.models.tiny_vla import CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -350,7 +350,7 @@ def _save_state(out: Path, step: int, opt: torch.optim.Optimizer, sched, rng: np
 
 def _resume(cfg: DraftHeadTrainConfig, head, opt, sched,  # noqa: ANN001
             rng: np.random.Generator) -> tuple[int, list[dict]]:
-    from specvla_ros.core.tiny_vla import WEIGHTS_FILE, load_weights
+    from specvla_ros.core.models.tiny_vla import WEIGHTS_FILE, load_weights
 
     state_path = cfg.out / STATE_FILE
     if not (cfg.resume and state_path.is_file()):
@@ -377,7 +377,7 @@ def train(cfg: DraftHeadTrainConfig) -> dict:
     """Train (or resume) and return a summary dict (also written to ``out/train_summary.json``)."""
     from tqdm import tqdm
 
-    from specvla_ros.core.model_loading import load_vla
+    from specvla_ros.core.models.loading import load_vla
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -446,8 +446,8 @@ def train(cfg: DraftHeadTrainConfig) -> dict:
 def evaluate(target, head, frames: list[Frame], cfg: DraftHeadTrainConfig) -> dict:  # noqa: ANN001
     """Greedy speculative decoding with the trained head on held-out frames: acceptance, and a
     check that the output equals target-only greedy decoding (it must: exact mode is lossless)."""
-    from specvla_ros.core.drafters import EagleDrafter
-    from specvla_ros.core.spec_decoder import DecodeConfig, SpeculativeDecoder
+    from specvla_ros.core.decoding.drafters import EagleDrafter
+    from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 
     dcfg = DecodeConfig(mode="greedy", max_narration_tokens=cfg.max_narration_tokens)
     drafter = EagleDrafter(head.to(target.dtype), target, dcfg.draft_len, dcfg.max_draft_len)
@@ -512,7 +512,7 @@ def parse_args(argv: list[str] | None = None) -> DraftHeadTrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from specvla_ros.core.model_interface import ModelLoadError
+    from specvla_ros.core.models.interface import ModelLoadError
 
     try:
         cfg = parse_args(argv)

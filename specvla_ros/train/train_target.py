@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.sim.language import COLOR_NAMES
-from specvla_ros.core.tiny_vla import (
+from specvla_ros.core.models.tiny_vla import (
     IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
 )
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch

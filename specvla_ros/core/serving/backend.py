@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.frame_resize import ResizeMethod
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.models.frame_resize import ResizeMethod
 from specvla_ros.core.types import Observation, PolicyOutput, RobotState
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from specvla_ros.core.collision_scene import SceneObject
-from specvla_ros.core.frame_resize import ResizeMethod, check_resize_method, resize_frame
+from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.models.frame_resize import ResizeMethod, check_resize_method, resize_frame
 from specvla_ros.core.serving.frames import SharedFrame
 from specvla_ros.core.serving.protocol import (
     MODEL_LOAD,

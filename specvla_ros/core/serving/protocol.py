@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from specvla_ros.core.collision_scene import SceneObject
+from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.core.types import PolicyOutput, RobotState
 
 #: Bumped on any incompatible change; a server refuses sessions of another version.

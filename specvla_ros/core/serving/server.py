@@ -175,7 +175,7 @@ class PolicyServer:
             self._drop(session, "client disconnected")
 
     def _open(self, session: _Session, request: OpenSession) -> None:
-        from specvla_ros.core.model_interface import ModelLoadError
+        from specvla_ros.core.models.interface import ModelLoadError
         from specvla_ros.core.policy import Policy
 
         if request.protocol != PROTOCOL_VERSION:

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from specvla_ros.core.drafters import DraftContext, Drafter
-from specvla_ros.core.model_interface import VisionFeatures, VLAModel
-from specvla_ros.core.output_grammar import OutputGrammar
+from specvla_ros.core.decoding.drafters import DraftContext, Drafter
+from specvla_ros.core.models.interface import VisionFeatures, VLAModel
+from specvla_ros.core.decoding.grammar import OutputGrammar
 from specvla_ros.core.types import ACTION_DIM, DecodeStats, Observation
 
 MODES = ("greedy", "sample", "relaxed")

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
-from specvla_ros.core.openvla_adapter import (
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer
+from specvla_ros.core.models.openvla import (
     EMPTY_PIECE, INDEX_FILE, MODEL_TYPE, OpenVLA, OpenVLATextTokenizer, _TOWERS,
 )
-from specvla_ros.core.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, timm_family
+from specvla_ros.core.models.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, timm_family
 
 PAD_TOKEN = "<PAD>"
 

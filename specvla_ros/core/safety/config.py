@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from specvla_ros.core.paths import DATA_DIR, PACKAGE_DIR
 from specvla_ros.core.types import ACTION_DIM, PANDA_JOINT_NAMES
 
 ACTION_SPACES = ("ee_delta", "joint_delta", "joint_position")
@@ -27,8 +28,8 @@ PANDA_SELF_COLLISION_IGNORE: tuple[tuple[str, str], ...] = tuple(
     for a, b in ((0, 2), (0, 3), (0, 4), (1, 3), (1, 4), (2, 4), (2, 6), (3, 5), (3, 6), (3, 7), (4, 6), (4, 7), (5, 7))
 )
 
-_PKG_CONFIG = Path(__file__).resolve().parent.parent / "data" / "config"
-_REPO_CONFIG = Path(__file__).resolve().parent.parent.parent / "config"
+_PKG_CONFIG = DATA_DIR / "config"
+_REPO_CONFIG = PACKAGE_DIR.parent / "config"
 
 
 def default_config_dir() -> Path:

@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
-from specvla_ros.core.frame_resize import ResizeMethod
-from specvla_ros.core.kv_cache import StaticKVCache
-from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
-from specvla_ros.core.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.models.frame_resize import ResizeMethod
+from specvla_ros.core.models.kv_cache import StaticKVCache
+from specvla_ros.core.models.interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
+from specvla_ros.core.models.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 
 TARGET_MODEL_TYPE = "specvla_tiny"
 DRAFT_MODEL_TYPE = "specvla_draft"
@@ -759,7 +759,7 @@ def make_random_draft(
     storage_dtype: str | None = None,
 ) -> Path:
     """Build a random drafter for the target in ``target_dir``: kind "model" (1-layer VLA) or "eagle"."""
-    from specvla_ros.core.drafters import EagleConfig, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
 
     target_cfg = TinyVLAConfig.from_dict(read_config(Path(target_dir)))
     tok = VLATextTokenizer.load(target_dir)

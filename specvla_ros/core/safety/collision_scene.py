@@ -24,8 +24,8 @@ import coal
 import numpy as np
 import pinocchio as pin
 
-from specvla_ros.core.kinematics import ArmKinematics
-from specvla_ros.core.safety_config import SafetyConfig
+from specvla_ros.core.safety.kinematics import ArmKinematics
+from specvla_ros.core.safety.config import SafetyConfig
 
 #: The table is a 20 m x 20 m slab this thick [m] under its top surface: the
 #: whole plane counts (reaching past the table's edge and down is refused too)

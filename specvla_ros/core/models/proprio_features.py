@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from specvla_ros.core.kinematics import GRIPPER_MAX_OPENING
+from specvla_ros.core.safety.kinematics import GRIPPER_MAX_OPENING
 
 #: (translation xyz [m], roll [rad]) of each arm joint's origin in its parent link.
 _PANDA_JOINT_ORIGINS: tuple[tuple[tuple[float, float, float], float], ...] = (

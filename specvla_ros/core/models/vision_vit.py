@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specvla_ros.core.frame_resize import resize_frame
+from specvla_ros.core.models.frame_resize import resize_frame
 
 #: timm model-id prefix -> (attention heads, activation, normalisation mean, std).
 #: Activations follow timm 0.9.x (the versions OpenVLA pins): SigLIP uses exact GELU there.

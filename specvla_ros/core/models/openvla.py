@@ -53,11 +53,11 @@ from transformers import LlamaConfig
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-from specvla_ros.core.action_tokenizer import ActionNormStats, ActionTokenizer
-from specvla_ros.core.model_interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
-from specvla_ros.core.static_llama import StaticCacheHandle, StaticLlamaRunner
-from specvla_ros.core.frame_resize import ResizeMethod, resize_frame
-from specvla_ros.core.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, preprocess_image, timm_family
+from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer
+from specvla_ros.core.models.interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
+from specvla_ros.core.models.static_llama import StaticCacheHandle, StaticLlamaRunner
+from specvla_ros.core.models.frame_resize import ResizeMethod, resize_frame
+from specvla_ros.core.models.vision_vit import PrismaticProjector, ViTConfig, ViTFeaturizer, preprocess_image, timm_family
 
 LOG = logging.getLogger(__name__)
 
@@ -642,7 +642,7 @@ def _registry_loader(path: Path, device: torch.device, dtype: torch.dtype) -> Op
 
 
 def _register() -> None:
-    from specvla_ros.core.model_loading import register_model_type
+    from specvla_ros.core.models.loading import register_model_type
 
     register_model_type(MODEL_TYPE, _registry_loader)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specvla_ros.core.safety_config import SafetyConfig
+from specvla_ros.core.safety.config import SafetyConfig
 
 #: Round-off allowed past a limit in a command [rad] (the gate's targets sit exactly on it).
 _EPS = 1e-9

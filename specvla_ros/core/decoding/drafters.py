@@ -43,13 +43,13 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
-from specvla_ros.core.kv_cache import StaticKVCache
-from specvla_ros.core.model_interface import VisionFeatures
-from specvla_ros.core.output_grammar import OutputGrammar
-from specvla_ros.core.tiny_vla import (
+from specvla_ros.core.models.kv_cache import StaticKVCache
+from specvla_ros.core.models.interface import VisionFeatures
+from specvla_ros.core.decoding.grammar import OutputGrammar
+from specvla_ros.core.models.tiny_vla import (
     CACHE_MARGIN, CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, rope_tables, run_llama_layers,
 )
-from specvla_ros.core.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.types import ACTION_DIM
 
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from specvla_ros.core.model_interface import ModelLoadError, VLAModel
-from specvla_ros.core.tiny_vla import (
+from specvla_ros.core.models.interface import ModelLoadError, VLAModel
+from specvla_ros.core.models.tiny_vla import (
     CONFIG_FILE, DRAFT_MODEL_TYPE, TARGET_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, TinyVLAConfig, load_weights, read_config,
 )
 
 if TYPE_CHECKING:
-    from specvla_ros.core.drafters import Drafter
+    from specvla_ros.core.decoding.drafters import Drafter
 
 Loader = Callable[[Path, torch.device, torch.dtype], VLAModel]
 
 _REGISTRY: dict[str, Loader] = {}
 #: model_type -> module that calls register_model_type for it when imported.
-_LAZY_ADAPTERS: dict[str, str] = {"openvla": "specvla_ros.core.openvla_adapter"}
+_LAZY_ADAPTERS: dict[str, str] = {"openvla": "specvla_ros.core.models.openvla"}
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -127,7 +127,7 @@ def load_drafter(
     Checks that the draft was made for this target (vocabulary, widths). The free drafts
     (``drafters.HistoryReuse``) are switched on by ``DecodeConfig``.
     """
-    from specvla_ros.core.drafters import EagleConfig, EagleDrafter, EagleHead, ModelDrafter
+    from specvla_ros.core.decoding.drafters import EagleConfig, EagleDrafter, EagleHead, ModelDrafter
 
     path = Path(path)
     config = read_config(path)
@@ -166,7 +166,7 @@ def _check_same_tokenizer(path: Path, target: VLAModel) -> None:
     tok_path = path / "tokenizer.json"
     if not tok_path.exists():
         return
-    from specvla_ros.core.text_tokenizer import VLATextTokenizer
+    from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 
     try:
         draft_tok = VLATextTokenizer.load(path)

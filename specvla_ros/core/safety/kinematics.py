@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pinocchio as pin
 
+from specvla_ros.core.paths import DATA_DIR
+
 #: The shipped Franka Panda URDF (kinematics + collision primitives).
-DEFAULT_URDF = Path(__file__).resolve().parent.parent / "data" / "robots" / "panda.urdf"
+DEFAULT_URDF = DATA_DIR / "robots" / "panda.urdf"
 DEFAULT_TCP_FRAME = "panda_hand_tcp"
 #: Opening [m] between the fingers that gripper action 1.0 means.
 GRIPPER_MAX_OPENING = 0.08

@@ -29,11 +29,11 @@ from collections.abc import Sequence
 import numpy as np
 import pinocchio as pin
 
-from specvla_ros.core.collision_scene import CollisionScene, SceneObject
-from specvla_ros.core.command_guard import CommandGuard
-from specvla_ros.core.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
-from specvla_ros.core.safety_config import SafetyConfig
-from specvla_ros.core.safety_envelope import ee_delta_envelope, joint_envelope
+from specvla_ros.core.safety.collision_scene import CollisionScene, SceneObject
+from specvla_ros.core.safety.command_guard import CommandGuard
+from specvla_ros.core.safety.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
+from specvla_ros.core.safety.config import SafetyConfig
+from specvla_ros.core.safety.envelope import ee_delta_envelope, joint_envelope
 from specvla_ros.core.types import ACTION_DIM_NAMES, RobotState, SafetyStatus, Verdict
 
 #: Scale factors this close to 1 count as "no scaling" (floating point).

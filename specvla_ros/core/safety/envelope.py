@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specvla_ros.core.safety_config import SafetyConfig
+from specvla_ros.core.safety.config import SafetyConfig
 
 #: Pulls every bound in by this fraction so values on the boundary pass the
 #: gate's floating-point checks too.

@@ -21,8 +21,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from specvla_ros.core.action_tokenizer import ActionTokenizer
-from specvla_ros.core.frame_resize import ResizeMethod
+from specvla_ros.core.models.action_tokenizer import ActionTokenizer
+from specvla_ros.core.models.frame_resize import ResizeMethod
 
 
 class ModelLoadError(RuntimeError):
