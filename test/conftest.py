@@ -20,7 +20,7 @@ def tiny_checkpoints(tmp_path_factory):
     target: TinyVLA (model_type "specvla_tiny"); draft: independent 1-layer draft VLA;
     eagle: EAGLE head. Load with specvla_ros.core.models.loading.load_vla / load_drafter.
     """
-    from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
+    from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
     root = tmp_path_factory.mktemp("tiny_ckpt")
     target = make_random_checkpoint(root / "target", preset="test", seed=0)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from specvla_ros.core.models.loading import load_vla
 from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
-from specvla_ros.core.models.tiny_vla import make_random_checkpoint
+from specvla_ros.core.models.testing import make_random_checkpoint
 from specvla_ros.core.types import Observation
 from specvla_ros.train.average_checkpoints import average_checkpoints, main
 

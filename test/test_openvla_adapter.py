@@ -207,7 +207,8 @@ def test_incremental_forward_and_truncation_match_full_forward(model):
 # --- speculative decoding == the adapter's own greedy decoding ---------------------------
 
 def _eagle_for(model: OpenVLA, seed: int):
-    from specvla_ros.core.decoding.drafters import EagleConfig, EagleDrafter, EagleHead
+    from specvla_ros.core.models.eagle_head import EagleConfig, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleDrafter
 
     g = model.config
     with torch.random.fork_rng(devices=[]):

@@ -12,10 +12,9 @@ from specvla_ros.core.models.interface import KVCache, ModelLoadError, VLAModel
 from specvla_ros.core.models.loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.models.tiny_vla import (
-    SELECTION_GAIN, TinyVLA, TinyVLAConfig, checkpoint_megabytes, count_parameters, make_random_checkpoint,
-    make_random_draft,
-)
+from specvla_ros.core.models.tiny_vla import SELECTION_GAIN, TinyVLA, TinyVLAConfig
+from specvla_ros.core.models.checkpoint_io import checkpoint_megabytes, count_parameters
+from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
 
 @pytest.fixture(scope="module")

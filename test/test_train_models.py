@@ -289,7 +289,8 @@ def test_named_aux_weight_scales_the_named_object_terms_only() -> None:
 def test_reset_keypoint_identity_redraws_only_the_identities(demos, tmp_path) -> None:
     """--reset-keypoint-identity after init_from: the identity embeddings are re-drawn at
     IDENTITY_STD while the rest of the keypoint stem keeps the checkpoint's weights."""
-    from specvla_ros.core.models.tiny_vla import IDENTITY_STD, TinyVLA, make_random_checkpoint
+    from specvla_ros.core.models.tiny_vla import IDENTITY_STD, TinyVLA
+    from specvla_ros.core.models.testing import make_random_checkpoint
 
     model = TinyVLA.from_pretrained(make_random_checkpoint(tmp_path / "rand", preset="test_kp", seed=3))
     with torch.no_grad():
@@ -311,7 +312,8 @@ def test_named_keypoint_target_trains_from_a_keypoint_checkpoint(demos, tmp_path
     """A named-keypoint preset starts from a plain keypoint checkpoint (only the selection and the
     named projection start fresh), trains with the selection loss, and its checkpoint decodes with
     a distilled draft token-identically."""
-    from specvla_ros.core.models.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig, default_norm_stats
+    from specvla_ros.core.models.tiny_vla import PRESETS, TinyVLA, TinyVLAConfig
+    from specvla_ros.core.models.testing import default_norm_stats
 
     src = tmp_path / "src"  # the named preset's geometry without the named token
     tok = VLATextTokenizer.build()

@@ -7,9 +7,8 @@ from specvla_ros.core.decoding.drafters import ModelDrafter
 from specvla_ros.core.models.loading import load_vla
 from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.models.tiny_vla import (
-    PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, make_random_checkpoint, make_random_draft,
-)
+from specvla_ros.core.models.tiny_vla import PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig
+from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 from specvla_ros.core.types import Observation
 
 

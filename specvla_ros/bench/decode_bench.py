@@ -36,7 +36,7 @@ from specvla_ros.core.models.interface import ModelLoadError
 from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, shipped_models_present
 from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
-from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
+from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 from specvla_ros.core.types import Observation
 
 PROMPTS = ("pick up the red cube", "push the blue block to the target", "move to the green ball",

@@ -225,7 +225,7 @@ def bench_shipped(cfg: GpuBenchConfig, device: torch.device, dtype: torch.dtype)
     if shipped_models_present():
         target_dir, draft_dir, source = DEFAULT_TARGET_DIR, DEFAULT_DRAFT_DIR, "shipped"
     elif cfg.smoke:
-        from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
+        from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
         tmp = tempfile.TemporaryDirectory(prefix="gpu_bench_")
         target_dir = make_random_checkpoint(Path(tmp.name) / "target", preset="test")

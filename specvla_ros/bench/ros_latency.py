@@ -55,7 +55,7 @@ def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str]:
 
     if shipped_models_present() and args.preset is None:
         return str(DEFAULT_TARGET_DIR), str(DEFAULT_DRAFT_DIR)
-    from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
+    from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
     target = make_random_checkpoint(tmp / "target", preset=args.preset or "default", seed=0)
     draft = make_random_draft(tmp / "draft", target, kind="model", seed=1)

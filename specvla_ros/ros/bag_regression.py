@@ -138,7 +138,7 @@ class ReplayResult:
 def _resolve_models(models: str, drafter: str, workdir: Path) -> tuple[str, str, str]:
     """(target_dir, draft_dir, fingerprint) for a `models` setting."""
     if models == RANDOM_MODELS:
-        from specvla_ros.core.models.tiny_vla import make_random_checkpoint, make_random_draft
+        from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
         target = make_random_checkpoint(workdir / "target", preset="test", seed=0)
         draft = ""

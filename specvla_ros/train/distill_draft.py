@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specvla_ros.core.models.tiny_vla import DRAFT_MODEL_TYPE, DRAFT_PRESETS, TinyVLA, TinyVLAConfig, count_parameters
+from specvla_ros.core.models.checkpoint_io import DRAFT_MODEL_TYPE, count_parameters
+from specvla_ros.core.models.tiny_vla import DRAFT_PRESETS, TinyVLA, TinyVLAConfig
 from specvla_ros.core.types import ACTION_DIM, RobotState
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 from specvla_ros.train.train_target import lr_factor
@@ -155,7 +156,7 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
 
 
 def build_eagle(target: TinyVLA):
-    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
+    from specvla_ros.core.models.eagle_head import EagleConfig, EagleHead
 
     tc = target.config
     cfg = EagleConfig(vocab_size=tc.vocab_size, d_model=tc.d_model, n_heads=tc.n_heads, n_kv_heads=tc.n_kv_heads,

@@ -283,7 +283,7 @@ def collate(batch: list[Features], device: torch.device, dtype: torch.dtype):
 
 def head_for(target):  # noqa: ANN001, ANN201 - EagleHead
     """A fresh EAGLE head shaped like the target's decoder."""
-    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
+    from specvla_ros.core.models.eagle_head import EagleConfig, EagleHead
 
     g = target.config
     cfg = EagleConfig(vocab_size=target.vocab_size, d_model=g.d_model, n_heads=g.n_heads, n_kv_heads=g.n_kv_heads,
@@ -320,7 +320,7 @@ def save_draft(head, target, out: Path) -> None:  # noqa: ANN001
     from safetensors.torch import save_file
 
     from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
-    from specvla_ros.core.models.tiny_vla import CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE
+    from specvla_ros.core.models.checkpoint_io import CONFIG_FILE, DRAFT_MODEL_TYPE, WEIGHTS_FILE
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -350,7 +350,7 @@ def _save_state(out: Path, step: int, opt: torch.optim.Optimizer, sched, rng: np
 
 def _resume(cfg: DraftHeadTrainConfig, head, opt, sched,  # noqa: ANN001
             rng: np.random.Generator) -> tuple[int, list[dict]]:
-    from specvla_ros.core.models.tiny_vla import WEIGHTS_FILE, load_weights
+    from specvla_ros.core.models.checkpoint_io import WEIGHTS_FILE, load_weights
 
     state_path = cfg.out / STATE_FILE
     if not (cfg.resume and state_path.is_file()):

@@ -34,8 +34,9 @@ from torch import nn
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.sim.language import COLOR_NAMES
 from specvla_ros.core.models.tiny_vla import (
-    IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig, count_parameters,
+    IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig,
 )
+from specvla_ros.core.models.checkpoint_io import count_parameters
 from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
 STATE_FILE = "train_state.pt"

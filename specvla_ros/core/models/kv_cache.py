@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+#: Extra cache positions reserved after the prefix (narration + EON + 7 actions + a full draft).
+CACHE_MARGIN = 64
+
 
 class StaticKVCache:
     """KV cache of one sequence; ``len(cache)`` counts every position held (prefix included).

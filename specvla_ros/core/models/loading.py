@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from specvla_ros.core.models.interface import ModelLoadError, VLAModel
-from specvla_ros.core.models.tiny_vla import (
-    CONFIG_FILE, DRAFT_MODEL_TYPE, TARGET_MODEL_TYPE, WEIGHTS_FILE, TinyVLA, TinyVLAConfig, load_weights, read_config,
+from specvla_ros.core.models.checkpoint_io import (
+    CONFIG_FILE, DRAFT_MODEL_TYPE, TARGET_MODEL_TYPE, WEIGHTS_FILE, load_weights, read_config,
 )
+from specvla_ros.core.models.tiny_vla import TinyVLA, TinyVLAConfig
 
 if TYPE_CHECKING:
     from specvla_ros.core.decoding.drafters import Drafter
@@ -127,7 +128,8 @@ def load_drafter(
     Checks that the draft was made for this target (vocabulary, widths). The free drafts
     (``drafters.HistoryReuse``) are switched on by ``DecodeConfig``.
     """
-    from specvla_ros.core.decoding.drafters import EagleConfig, EagleDrafter, EagleHead, ModelDrafter
+    from specvla_ros.core.models.eagle_head import EagleConfig, EagleHead
+    from specvla_ros.core.decoding.drafters import EagleDrafter, ModelDrafter
 
     path = Path(path)
     config = read_config(path)

@@ -33,7 +33,6 @@ Training API (teacher forcing, batched; what the training loops use):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -45,20 +44,17 @@ from transformers import LlamaConfig, LlamaModel
 
 from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 from specvla_ros.core.models.frame_resize import ResizeMethod
-from specvla_ros.core.models.kv_cache import StaticKVCache
-from specvla_ros.core.models.interface import ModelLoadError, StepOutput, VisionFeatures, read_json_object
+from specvla_ros.core.models.checkpoint_io import (
+    CONFIG_FILE, DRAFT_MODEL_TYPE, STATS_FILE, TARGET_MODEL_TYPE, WEIGHTS_FILE, load_weights, read_config, save_checkpoint,
+)
+from specvla_ros.core.models.kv_cache import CACHE_MARGIN, StaticKVCache
+from specvla_ros.core.models.interface import ModelLoadError, StepOutput, VisionFeatures
 from specvla_ros.core.models.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
+from specvla_ros.core.models.llama_layers import rope_tables, run_llama_layers
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 
-TARGET_MODEL_TYPE = "specvla_tiny"
-DRAFT_MODEL_TYPE = "specvla_draft"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-STATS_FILE = "dataset_statistics.json"
 DEFAULT_UNNORM_KEY = "sim_panda"
 PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
-#: Extra cache positions reserved after the prefix (narration + EON + 7 actions + a full draft).
-CACHE_MARGIN = 64
 #: Keypoint stem resolution: a 128 px image gives 32x32 heat maps (4 px cells, sub-cell by soft-argmax).
 KEYPOINT_STRIDE = 4
 #: Scale of the named-keypoint selection logits: at lr 4e-4 the unscaled layer still split the
@@ -66,8 +62,6 @@ KEYPOINT_STRIDE = 4
 SELECTION_GAIN = 16.0
 #: Initial scale of each keypoint token's identity embedding.
 IDENTITY_STD = 0.5
-
-_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -233,69 +227,6 @@ DRAFT_PRESETS: dict[str, dict] = {
     "default": dict(d_model=384, n_layers=1, n_heads=6, n_kv_heads=6, intermediate_size=1024),
     "small": dict(d_model=256, n_layers=1, n_heads=4, n_kv_heads=4, intermediate_size=768),
 }
-
-
-# --- rotary embedding and the cached LLaMA layer loop (shared with the drafters) ---------
-
-def rope_tables(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (max_positions, head_dim) in float32, identical to LlamaRotaryEmbedding's."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-    freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def run_llama_layers(
-    layers: nn.ModuleList,
-    x: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    n_heads: int,
-    n_kv_heads: int,
-    cache: StaticKVCache | None = None,
-    attn_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run LlamaDecoderLayer modules on ``x`` (B, n, d) -> (B, n, d) (before the final norm).
-
-    cos/sin: (n, Dh) (shared positions) or (B, n, Dh).
-    With ``cache`` (B = 1) the new keys/values are appended and attention is causal
-    over cache + new positions; without it ``attn_mask`` (B, 1, n, n) bool, True =
-    attend, must be given (teacher forcing).
-    """
-    bsz, n, d = x.shape
-    head_dim = d // n_heads
-    if cos.dim() == 2:
-        cos, sin = cos[None, None], sin[None, None]
-    else:
-        cos, sin = cos[:, None], sin[:, None]
-    gqa = n_kv_heads != n_heads
-    if cache is not None:
-        past = cache.length
-        cache.reserve(n)
-        if n > 1:
-            attn_mask = (torch.arange(past + n, device=x.device)[None, :]
-                         <= (past + torch.arange(n, device=x.device))[:, None])
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(bsz, n, n_heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(bsz, n, n_kv_heads, head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(bsz, n, n_kv_heads, head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if cache is not None:
-            k, v = cache.write(i, k, v)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(bsz, n, d))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    if cache is not None:
-        cache.advance(n)
-    return x
 
 
 # --- vision ------------------------------------------------------------------------------
@@ -654,15 +585,7 @@ class TinyVLA(nn.Module):
     # --- persistence ---------------------------------------------------------------
     def save_pretrained(self, out_dir: str | Path, storage_dtype: str = "float32") -> None:
         """Write config.json, model.safetensors (in ``storage_dtype``), tokenizer, statistics."""
-        from safetensors.torch import save_file
-
-        if storage_dtype not in _STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype must be one of {sorted(_STORAGE_DTYPES)}, got {storage_dtype!r}")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
-        sd = {k: v.detach().to("cpu", _STORAGE_DTYPES[storage_dtype]).contiguous() for k, v in self.state_dict().items()}
-        save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": "pt", "model_type": self.config.model_type})
+        out = save_checkpoint(self, out_dir, asdict(self.config), self.config.model_type, storage_dtype)
         self.text_tokenizer.save(out)
         if self.config.model_type == TARGET_MODEL_TYPE:
             save_norm_stats(out / STATS_FILE, {self.config.unnorm_key: self.action_tokenizer.stats})
@@ -690,110 +613,3 @@ class TinyVLA(nn.Module):
             raise ModelLoadError(f"{d / CONFIG_FILE}: {exc}") from exc
         load_weights(model, d / WEIGHTS_FILE)
         return model.to(device=torch.device(device), dtype=dtype).eval()
-
-
-def read_config(ckpt_dir: Path) -> dict:
-    """config.json of a checkpoint dir as a dict (ModelLoadError if missing or not JSON)."""
-    path = Path(ckpt_dir) / CONFIG_FILE
-    if not Path(ckpt_dir).is_dir():
-        raise ModelLoadError(f"{ckpt_dir}: checkpoint directory does not exist")
-    return read_json_object(path, " (every checkpoint dir needs a config.json)")
-
-
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Load safetensors into ``module`` strictly; ModelLoadError names the file and the mismatch."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.exists():
-        raise ModelLoadError(f"{path}: missing weights file")
-    try:
-        sd = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot read safetensors ({exc})") from exc
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ModelLoadError(f"{path}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    bad = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if sd[k].shape != v.shape]
-    if bad:
-        raise ModelLoadError(f"{path}: tensor shapes do not match the config: {bad[:3]}")
-    sd = {k: v.to(own[k].dtype) for k, v in sd.items()}
-    if not all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()):
-        raise ModelLoadError(f"{path}: weights contain NaN or Inf")
-    module.load_state_dict(sd, strict=True)
-
-
-# --- random checkpoints for tests and benchmarks --------------------------------------
-
-def default_norm_stats() -> ActionNormStats:
-    """Plausible statistics for the simulated Panda: +-2 cm, +-0.1 rad per step, gripper 0..1."""
-    return ActionNormStats(
-        q01=np.array([-0.02] * 3 + [-0.1] * 3 + [0.0]),
-        q99=np.array([0.02] * 3 + [0.1] * 3 + [1.0]),
-        mask=np.array([True] * 6 + [False]),
-    )
-
-
-def _resolve_preset(preset: str, table: dict[str, dict]) -> dict:
-    if preset not in table:
-        raise ValueError(f"preset must be one of {sorted(table)}, got {preset!r}")
-    return dict(table[preset])
-
-
-def make_random_checkpoint(out_dir: str | Path, preset: str = "test", seed: int = 0, storage_dtype: str | None = None) -> Path:
-    """Build a randomly initialised target of ``preset`` and save it to ``out_dir`` (returned)."""
-    geometry = _resolve_preset(preset, PRESETS)
-    tok = VLATextTokenizer.build()
-    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **geometry)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = TinyVLA(cfg, tok, default_norm_stats())
-    model.save_pretrained(out_dir, storage_dtype or ("float16" if preset == "default" else "float32"))
-    return Path(out_dir)
-
-
-def make_random_draft(
-    out_dir: str | Path, target_dir: str | Path, kind: str = "model", seed: int = 0, preset: str | None = None,
-    storage_dtype: str | None = None,
-) -> Path:
-    """Build a random drafter for the target in ``target_dir``: kind "model" (1-layer VLA) or "eagle"."""
-    from specvla_ros.core.decoding.drafters import EagleConfig, EagleHead
-
-    target_cfg = TinyVLAConfig.from_dict(read_config(Path(target_dir)))
-    tok = VLATextTokenizer.load(target_dir)
-    if preset is None:
-        preset = "default" if target_cfg.d_model >= 256 else "test"
-    storage = storage_dtype or ("float16" if preset == "default" else "float32")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if kind == "model":
-            geometry = _resolve_preset(preset, DRAFT_PRESETS)
-            cfg = TinyVLAConfig(
-                model_type=DRAFT_MODEL_TYPE, draft_kind="model", vocab_size=tok.vocab_size,
-                has_vision_encoder=False, d_vision=target_cfg.d_vision, image_size=target_cfg.image_size,
-                patch_size=target_cfg.patch_size, patch_pool=target_cfg.patch_pool, vision_layers=0,
-                vision_keypoints=target_cfg.vision_keypoints, proprio_keep=target_cfg.proprio_keep,
-                proprio_features=target_cfg.proprio_features, named_keypoint=target_cfg.named_keypoint,
-                named_relative=target_cfg.named_relative,
-                prompt_template=target_cfg.prompt_template, **geometry,
-            )
-            TinyVLA(cfg, tok).save_pretrained(out_dir, storage)
-        elif kind == "eagle":
-            cfg = EagleConfig(vocab_size=tok.vocab_size, d_model=target_cfg.d_model, n_heads=target_cfg.n_heads,
-                              n_kv_heads=target_cfg.n_kv_heads, intermediate_size=target_cfg.intermediate_size,
-                              rope_theta=target_cfg.rope_theta, max_positions=target_cfg.max_positions)
-            EagleHead(cfg).save_pretrained(out_dir, tok, storage)
-        else:
-            raise ValueError(f"draft kind must be 'model' or 'eagle', got {kind!r}")
-    return Path(out_dir)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def checkpoint_megabytes(ckpt_dir: str | Path) -> float:
-    return sum(p.stat().st_size for p in Path(ckpt_dir).iterdir() if p.is_file()) / 1e6
-
