@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 from test_bag_helpers import T0_NS, image_msg, serialize, stamp_msg, string_msg
 
-from specvla_ros.ros import bag_cli
+from specvla_ros.ros import bag_cli, topics
 from specvla_ros.ros.bag_regression import (
     METADATA_KEY,
     OUTPUT_TYPES,
-    TOPIC_GRIPPER,
-    TOPIC_NARRATION,
-    TOPIC_SAFETY,
-    TOPIC_TRAJECTORY,
     ReplayConfig,
     compare,
     load_outputs,
@@ -71,16 +67,16 @@ def test_replay_answers_every_frame_once_with_aligned_outputs(golden_run) -> Non
     frame_stamps = [T0_NS + (k + 1) * 100_000_000 for k in range(FRAMES)]
     assert [f.frame_stamp_ns for f in result.frames] == frame_stamps
     for frame in result.frames:
-        topics = [t for t, _ in frame.messages]
+        sent = [t for t, _ in frame.messages]
         # Commands go out before the verdict, stats and narration after it.
-        assert topics.count(TOPIC_SAFETY) == 1 and topics.count(TOPIC_NARRATION) == 1
-        assert topics.index(TOPIC_GRIPPER) < topics.index(TOPIC_SAFETY) < topics.index(TOPIC_NARRATION)
+        assert sent.count(topics.resolved(topics.SAFETY)) == 1 and sent.count(topics.NARRATION) == 1
+        assert sent.index(topics.GRIPPER) < sent.index(topics.resolved(topics.SAFETY)) < sent.index(topics.NARRATION)
     loaded = load_outputs(golden)
     assert loaded.meta["settings"]["mode"] == "greedy" and len(loaded.meta["frames"]) == FRAMES
     for stamp, per_topic in loaded.frames.items():
-        (verdict,) = per_topic[TOPIC_SAFETY]
+        (verdict,) = per_topic[topics.resolved(topics.SAFETY)]
         assert verdict.header.stamp.sec * 10**9 + verdict.header.stamp.nanosec == stamp  # the frame it answers
-    assert {t.name for t in bag_info(golden).topics} >= {TOPIC_SAFETY, TOPIC_NARRATION, TOPIC_GRIPPER}
+    assert {t.name for t in bag_info(golden).topics} >= {topics.resolved(topics.SAFETY), topics.NARRATION, topics.GRIPPER}
 
 
 def test_second_replay_matches_golden_exactly_via_cli(golden_run, tmp_path, capsys) -> None:
@@ -116,15 +112,15 @@ def test_compare_reports_each_difference_message_by_message(golden_run, tmp_path
     _, golden, _, _ = golden_run
 
     def edit(frame: int, topic: str, msg):
-        if frame == 1 and topic == TOPIC_TRAJECTORY:
+        if frame == 1 and topic == topics.TRAJECTORY:
             positions = msg.points[0].positions.copy()  # rosbags arrays are read-only views
             positions[2] += 0.01
             msg.points[0].positions = positions
-        elif frame == 2 and topic == TOPIC_NARRATION:
+        elif frame == 2 and topic == topics.NARRATION:
             msg.data = "something else"
-        elif frame == 3 and topic == TOPIC_SAFETY:
+        elif frame == 3 and topic == topics.resolved(topics.SAFETY):
             msg.status, msg.status_name = 13, "HALT_COLLISION"
-        elif frame == 0 and topic == TOPIC_GRIPPER:
+        elif frame == 0 and topic == topics.GRIPPER:
             return None
         return msg
 
@@ -132,11 +128,11 @@ def test_compare_reports_each_difference_message_by_message(golden_run, tmp_path
     report = compare(golden, candidate)
     found = {(d.frame, d.topic, d.field) for d in report.differences}
     assert found == {
-        (0, TOPIC_GRIPPER, "message count"),
-        (1, TOPIC_TRAJECTORY, "points[0].positions"),
-        (2, TOPIC_NARRATION, "data"),
-        (3, TOPIC_SAFETY, "status"),
-        (3, TOPIC_SAFETY, "status_name"),
+        (0, topics.GRIPPER, "message count"),
+        (1, topics.TRAJECTORY, "points[0].positions"),
+        (2, topics.NARRATION, "data"),
+        (3, topics.resolved(topics.SAFETY), "status"),
+        (3, topics.resolved(topics.SAFETY), "status_name"),
     }
     assert not report.ok
     text = report.format()
@@ -206,7 +202,7 @@ def test_out_of_order_camera_stamps_still_align(tiny_checkpoints, tmp_path) -> N
     out = write_outputs(result, tmp_path / "out", bag, storage="sqlite3")
     loaded = load_outputs(out)
     for stamp, per_topic in loaded.frames.items():
-        (verdict,) = per_topic[TOPIC_SAFETY]
+        (verdict,) = per_topic[topics.resolved(topics.SAFETY)]
         assert verdict.header.stamp.sec * 10**9 + verdict.header.stamp.nanosec == stamp
     assert {loaded.index[T0_NS + s * 100_000_000] for s in header_order} == {0, 1, 2, 3}
     assert compare(out, out).ok

@@ -252,14 +252,14 @@ def test_node_io_topics_match_the_policy_node() -> None:
     """`record --node-io` and the regression harness follow the node's topic names."""
     from specvla_ros.ros import bag_regression as reg
     from specvla_ros.ros import params
-    from specvla_ros.ros import policy_node as node
+    from specvla_ros.ros import topics
     from specvla_ros.ros.bag_tools import NODE_INPUT_TOPICS, NODE_IO_TOPICS
 
-    private = [f"/{params.NODE_NAME}/{t[2:]}" for t in (node.TOPIC_SAFETY, node.TOPIC_STATS)]
+    private = [f"/{params.NODE_NAME}/{t[2:]}" for t in (topics.SAFETY, topics.STATS)]
     scene_topic = params.defaults()["scene_objects_topic"]
-    inputs = {node.TOPIC_IMAGE, node.TOPIC_INSTRUCTION, node.TOPIC_JOINT_STATES, node.TOPIC_ESTOP, scene_topic}
-    outputs = {node.TOPIC_TRAJECTORY, node.TOPIC_FORWARD, node.TOPIC_GRIPPER, node.TOPIC_NARRATION,
-               node.TOPIC_DIAGNOSTICS, *private}
+    inputs = {topics.IMAGE, topics.INSTRUCTION, topics.JOINT_STATES, topics.ESTOP, scene_topic}
+    outputs = {topics.TRAJECTORY, topics.FORWARD, topics.GRIPPER, topics.NARRATION,
+               topics.DIAGNOSTICS, *private}
     assert set(NODE_INPUT_TOPICS) == inputs
     assert set(NODE_IO_TOPICS) == inputs | outputs
-    assert set(reg.OUTPUT_TYPES) == outputs - {node.TOPIC_DIAGNOSTICS}
+    assert set(reg.OUTPUT_TYPES) == outputs - {topics.DIAGNOSTICS}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from specvla_ros.core.safety.kinematics import ArmKinematics
-from specvla_ros.ros import gazebo, params, policy_node
+from specvla_ros.ros import gazebo, params, topics
 from specvla_ros.sim import scene
 
 
@@ -61,9 +61,9 @@ def test_controllers_match_the_nodes_topics_and_joints(files) -> None:
     d = params.defaults()
     doc = yaml.safe_load(files.controllers.read_text())
     manager = doc["controller_manager"]["ros__parameters"]
-    for topic, kind in ((policy_node.TOPIC_TRAJECTORY, "joint_trajectory_controller/JointTrajectoryController"),
-                        (policy_node.TOPIC_FORWARD, "forward_command_controller/ForwardCommandController"),
-                        (policy_node.TOPIC_GRIPPER, "forward_command_controller/ForwardCommandController")):
+    for topic, kind in ((topics.TRAJECTORY, "joint_trajectory_controller/JointTrajectoryController"),
+                        (topics.FORWARD, "forward_command_controller/ForwardCommandController"),
+                        (topics.GRIPPER, "forward_command_controller/ForwardCommandController")):
         name = topic.split("/")[1]
         assert manager[name]["type"] == kind
     assert manager[gazebo.JOINT_STATE_BROADCASTER]["type"] == "joint_state_broadcaster/JointStateBroadcaster"
@@ -90,7 +90,7 @@ def test_world_has_the_workcells_camera_and_table(files) -> None:
     assert "gz::sim::systems::Physics" in plugins
     cam = next(m for m in world.findall("model") if m.get("name") == "specvla_camera")
     sensor = cam.find("link/sensor")
-    assert sensor.get("type") == "camera" and sensor.find("topic").text == policy_node.TOPIC_IMAGE
+    assert sensor.get("type") == "camera" and sensor.find("topic").text == topics.IMAGE
     assert (int(sensor.find("camera/image/width").text), int(sensor.find("camera/image/height").text)) == (640, 480)
     x, y, z, roll, pitch, yaw = (float(v) for v in cam.find("pose").text.split())
     np.testing.assert_allclose((x, y, z), scene.CAMERA_POS, atol=1e-6)

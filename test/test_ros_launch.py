@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from specvla_ros.ros import params, policy_node
+from specvla_ros.ros import params, topics
 from specvla_ros.ros.bringup import GRAPHS, command_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_launch_file(graph: str) -> None:
         remaps = _kw(call, "remappings")
         for pair in (remaps.elts if isinstance(remaps, ast.List) else []):
             src = ast.literal_eval(pair.elts[0])
-            assert src in {v for k, v in vars(policy_node).items() if k.startswith("TOPIC_")}, src
+            assert src in set(topics.TYPES), src
     assert started == [(e.executable, e.name) for e in GRAPHS[graph]]
     # every LaunchConfiguration refers to a declared argument
     declared = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
@@ -111,7 +111,7 @@ def test_gazebo_launch_file() -> None:
             args = _kw(call, "arguments")
             if exe == "parameter_bridge":
                 bridged = {a.split("@")[0]: a for a in _literal(args)}
-                assert bridged[policy_node.TOPIC_IMAGE] == f"{policy_node.TOPIC_IMAGE}@sensor_msgs/msg/Image[gz.msgs.Image"
+                assert bridged[topics.IMAGE] == f"{topics.IMAGE}@sensor_msgs/msg/Image[gz.msgs.Image"
                 assert "/clock" in bridged
             if exe == "spawner":
                 spawned += [ast.unparse(a) for a in args.elts]
@@ -131,9 +131,9 @@ def test_gazebo_launch_file() -> None:
     assert spawned == ["JOINT_STATE_BROADCASTER", "[command_interface, '_controller']", "GRIPPER_CONTROLLER"]
     for choice in params.SPECS["command_interface"].choices:
         assert gazebo.controller_for(choice) == f"{choice}_controller"
-    assert f"/{gazebo.controller_for('joint_trajectory')}/" in policy_node.TOPIC_TRAJECTORY
-    assert f"/{gazebo.controller_for('forward_position')}/" in policy_node.TOPIC_FORWARD
-    assert f"/{gazebo.GRIPPER_CONTROLLER}/" in policy_node.TOPIC_GRIPPER
+    assert f"/{gazebo.controller_for('joint_trajectory')}/" in topics.TRAJECTORY
+    assert f"/{gazebo.controller_for('forward_position')}/" in topics.FORWARD
+    assert f"/{gazebo.GRIPPER_CONTROLLER}/" in topics.GRIPPER
     declared = {ast.literal_eval(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
     used = {ast.literal_eval(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
     assert used <= declared, used - declared

@@ -24,9 +24,8 @@ from ros_harness import Collector, Spinner, wait_until
 from specvla_ros.core.safety.kinematics import ArmKinematics, ee_delta_to_joint_target, gripper_action_to_opening
 from specvla_ros.core.types import PANDA_JOINT_NAMES
 from specvla_ros.ros import qos
-from specvla_ros.ros.sim_node import (SERVICE_RESET, TOPIC_CAMERA, TOPIC_CLOCK, TOPIC_FORWARD, TOPIC_GRIPPER,
-                                      TOPIC_INSTRUCTION, TOPIC_JOINT_STATES, TOPIC_STATUS, TOPIC_TRAJECTORY,
-                                      SimNode, SimNodeConfig, default_config)
+from specvla_ros.ros import topics
+from specvla_ros.ros.sim_node import SimNode, SimNodeConfig, default_config
 from specvla_ros.sim.expert import ScriptedExpert
 from specvla_ros.sim.tasks import sample_layout
 
@@ -58,13 +57,13 @@ def _positions(msg: JointState) -> np.ndarray:
 
 def test_lockstep_publishes_and_follows_commands() -> None:
     with sim_graph(41, lockstep=True, sim_clock=True, task="reach", seed=3, image_width=64, image_height=48) as (sim, probe, _):
-        images = Collector(probe, Image, TOPIC_CAMERA, qos.CAMERA)
-        joints = Collector(probe, JointState, TOPIC_JOINT_STATES, qos.JOINT_STATES)
-        status = Collector(probe, TaskStatus, TOPIC_STATUS, qos.STATUS)
-        instruction = Collector(probe, String, TOPIC_INSTRUCTION, qos.LATCHED)
-        clock = Collector(probe, Clock, TOPIC_CLOCK, 10)
-        forward = probe.create_publisher(Float64MultiArray, TOPIC_FORWARD, qos.COMMAND)
-        gripper = probe.create_publisher(Float64MultiArray, TOPIC_GRIPPER, qos.COMMAND)
+        images = Collector(probe, Image, topics.IMAGE, qos.CAMERA)
+        joints = Collector(probe, JointState, topics.JOINT_STATES, qos.JOINT_STATES)
+        status = Collector(probe, TaskStatus, topics.SIM_STATUS, qos.STATUS)
+        instruction = Collector(probe, String, topics.INSTRUCTION, qos.LATCHED)
+        clock = Collector(probe, Clock, topics.CLOCK, 10)
+        forward = probe.create_publisher(Float64MultiArray, topics.FORWARD, qos.COMMAND)
+        gripper = probe.create_publisher(Float64MultiArray, topics.GRIPPER, qos.COMMAND)
 
         got = instruction.wait_for(timeout=10.0)
         assert got is not None and got[1].data == sample_layout("reach", 3).instruction
@@ -101,9 +100,9 @@ def test_lockstep_publishes_and_follows_commands() -> None:
 
 def test_trajectory_command_with_reordered_joints_and_bad_commands_ignored() -> None:
     with sim_graph(42, lockstep=True, task="pick", seed=1, image_width=32, image_height=32) as (sim, probe, _):
-        status = Collector(probe, TaskStatus, TOPIC_STATUS, qos.STATUS)
-        traj = probe.create_publisher(JointTrajectory, TOPIC_TRAJECTORY, qos.COMMAND)
-        forward = probe.create_publisher(Float64MultiArray, TOPIC_FORWARD, qos.COMMAND)
+        status = Collector(probe, TaskStatus, topics.SIM_STATUS, qos.STATUS)
+        traj = probe.create_publisher(JointTrajectory, topics.TRAJECTORY, qos.COMMAND)
+        forward = probe.create_publisher(Float64MultiArray, topics.FORWARD, qos.COMMAND)
         assert wait_until(lambda: traj.get_subscription_count() > 0 and forward.get_subscription_count() > 0)
         q0 = sim.env.robot_state().q
         forward.publish(Float64MultiArray(data=[0.0, 1.0]))  # wrong length: ignored, no step
@@ -123,9 +122,9 @@ def test_reset_service_and_expert_closed_loop_over_topics() -> None:
     topics with the scripted expert's actions (through the gate's IK): the
     status reports success, no collision, done."""
     with sim_graph(43, lockstep=True, task="reach", seed=0, image_width=32, image_height=32) as (sim, probe, _):
-        status = Collector(probe, TaskStatus, TOPIC_STATUS, qos.STATUS)
-        instruction = Collector(probe, String, TOPIC_INSTRUCTION, qos.LATCHED)
-        client = probe.create_client(ResetEpisode, SERVICE_RESET)
+        status = Collector(probe, TaskStatus, topics.SIM_STATUS, qos.STATUS)
+        instruction = Collector(probe, String, topics.INSTRUCTION, qos.LATCHED)
+        client = probe.create_client(ResetEpisode, topics.SIM_RESET)
         assert client.wait_for_service(timeout_sec=10.0)
 
         bad = client.call(ResetEpisode.Request(task="juggle", seed=1), timeout_sec=30.0)
@@ -138,8 +137,8 @@ def test_reset_service_and_expert_closed_loop_over_topics() -> None:
         first = status.wait_for(lambda m: m.episode == 1 and m.task == "pick" and m.step == 0)
         assert first is not None and "raised 0.0 cm (needs > 5.0)" in first[1].progress  # why it is not done yet
 
-        traj = probe.create_publisher(JointTrajectory, TOPIC_TRAJECTORY, qos.COMMAND)
-        gripper = probe.create_publisher(Float64MultiArray, TOPIC_GRIPPER, qos.COMMAND)
+        traj = probe.create_publisher(JointTrajectory, topics.TRAJECTORY, qos.COMMAND)
+        gripper = probe.create_publisher(Float64MultiArray, topics.GRIPPER, qos.COMMAND)
         assert wait_until(lambda: traj.get_subscription_count() > 0 and gripper.get_subscription_count() > 0)
         kin = ArmKinematics.from_urdf()
         expert = ScriptedExpert(sim.env)
@@ -165,9 +164,9 @@ def test_reset_service_and_expert_closed_loop_over_topics() -> None:
 def test_realtime_mode_runs_the_clock_and_camera() -> None:
     with sim_graph(44, lockstep=False, sim_clock=True, real_time_factor=0.0, task="push", seed=2, image_width=32,
                    image_height=32, camera_rate=20.0) as (sim, probe, _):
-        images = Collector(probe, Image, TOPIC_CAMERA, qos.CAMERA)
-        clock = Collector(probe, Clock, TOPIC_CLOCK, 10)
-        status = Collector(probe, TaskStatus, TOPIC_STATUS, qos.STATUS)
+        images = Collector(probe, Image, topics.IMAGE, qos.CAMERA)
+        clock = Collector(probe, Clock, topics.CLOCK, 10)
+        status = Collector(probe, TaskStatus, topics.SIM_STATUS, qos.STATUS)
         # the sim advances by itself: the clock passes 1 s without any command
         assert clock.wait_for(lambda m: m.clock.sec >= 1, timeout=60.0) is not None
         assert status.wait_for(lambda m: m.step >= 5, timeout=60.0) is not None
@@ -200,10 +199,10 @@ def test_yaml_section_matches_the_node_defaults() -> None:
 def test_scene_objects_published_with_every_camera_frame() -> None:
     from specvla_msgs.msg import SceneObjects
 
-    from specvla_ros.ros.sim_node import TOPIC_SCENE_OBJECTS
+    from specvla_ros.ros import topics
 
     with sim_graph(46, lockstep=True, task="push", seed=4, image_width=32, image_height=32) as (sim, probe, _):
-        objects = Collector(probe, SceneObjects, TOPIC_SCENE_OBJECTS, qos.SCENE_OBJECTS)
+        objects = Collector(probe, SceneObjects, topics.SCENE_OBJECTS, qos.SCENE_OBJECTS)
         layout = sample_layout("push", 4)
         got = objects.wait_for(lambda m: len(m.objects) == len(layout.objects), timeout=10.0)
         assert got is not None
@@ -216,7 +215,7 @@ def test_scene_objects_published_with_every_camera_frame() -> None:
             assert abs(o.center.x - spec.xy[0]) < 0.005 and abs(o.center.y - spec.xy[1]) < 0.005
             assert min(o.size.x, o.size.y, o.size.z) > 0.03
         # a reset publishes the new episode's objects
-        client = probe.create_client(ResetEpisode, SERVICE_RESET)
+        client = probe.create_client(ResetEpisode, topics.SIM_RESET)
         assert client.wait_for_service(timeout_sec=10.0)
         t0 = time.monotonic()
         resp = client.call(ResetEpisode.Request(task="pick", seed=2), timeout_sec=30.0)

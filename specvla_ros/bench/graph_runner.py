@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from specvla_ros.ros import topics
 
 
 @dataclass
@@ -94,12 +95,12 @@ class _Observer:
         self.last_status = None
         self.active = threading.Event()
         self.record_frames = record_frames
-        self.node.create_subscription(Image, "/camera/image_raw", self._on_image, qos.CAMERA)
-        self.node.create_subscription(String, "/specvla/narration", self._on_narration, qos.STATUS)
-        self.node.create_subscription(SafetyVerdict, "/specvla_node/safety", self._on_safety, qos.STATUS)
-        self.node.create_subscription(SpecDecodeStats, "/specvla_node/spec_stats", self._on_stats, qos.STATUS)
-        self.node.create_subscription(TaskStatus, "/specvla_sim/task_status", self._on_status, qos.STATUS)
-        self.reset_client = self.node.create_client(ResetEpisode, "/specvla_sim/reset")
+        self.node.create_subscription(Image, topics.IMAGE, self._on_image, qos.CAMERA)
+        self.node.create_subscription(String, topics.NARRATION, self._on_narration, qos.STATUS)
+        self.node.create_subscription(SafetyVerdict, topics.resolved(topics.SAFETY), self._on_safety, qos.STATUS)
+        self.node.create_subscription(SpecDecodeStats, topics.resolved(topics.STATS), self._on_stats, qos.STATUS)
+        self.node.create_subscription(TaskStatus, topics.SIM_STATUS, self._on_status, qos.STATUS)
+        self.reset_client = self.node.create_client(ResetEpisode, topics.SIM_RESET)
         self._reset_type = ResetEpisode
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -156,7 +157,7 @@ class _Observer:
 
     def run_episode(self, task: str, seed: int, timeout_s: float) -> EpisodeLog:
         if not self.reset_client.wait_for_service(timeout_sec=60.0):
-            raise RuntimeError("/specvla_sim/reset did not appear within 60 s")
+            raise RuntimeError(f"{topics.SIM_RESET} did not appear within 60 s")
         log = EpisodeLog(task=task, seed=seed)
         with self.lock:
             self.episode = log

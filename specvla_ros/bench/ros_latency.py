@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from specvla_ros.ros import topics
 
 
 def _pct(values: list[float], scale: float = 1e3) -> dict[str, float]:
@@ -310,11 +311,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with rec.lock:
             rec.timing[t.header.stamp.sec * 10**9 + t.header.stamp.nanosec] = t
 
-    probe.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", on_command,
+    probe.create_subscription(JointTrajectory, topics.TRAJECTORY, on_command,
                               qos.COMMAND)
-    probe.create_subscription(SafetyVerdict, "/specvla_node/safety", on_verdict, qos.STATUS)
-    probe.create_subscription(ControlTiming, "/specvla_node/timing", on_timing, qos.STATUS)
-    estop_pub = probe.create_publisher(Bool, "/specvla/estop", qos.LATCHED)
+    probe.create_subscription(SafetyVerdict, topics.resolved(topics.SAFETY), on_verdict, qos.STATUS)
+    probe.create_subscription(ControlTiming, topics.resolved(topics.TIMING), on_timing, qos.STATUS)
+    estop_pub = probe.create_publisher(Bool, topics.ESTOP, qos.LATCHED)
     estop_pub.publish(Bool(data=False))
     from rclpy.executors import SingleThreadedExecutor
 

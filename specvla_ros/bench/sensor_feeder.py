@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES
+from specvla_ros.ros import topics
 
 #: A reachable Panda pose inside the shipped workspace.
 HOME_Q = (0.0, -0.4, 0.0, -2.2, 0.0, 1.9, 0.8)
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint-hz", type=float, default=250.0)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--camera-topic", default="/camera/image_raw")
-    parser.add_argument("--joint-topic", default="/joint_states")
+    parser.add_argument("--camera-topic", default=topics.IMAGE)
+    parser.add_argument("--joint-topic", default=topics.JOINT_STATES)
     parser.add_argument("--instruction", default="pick up the red cube",
                         help="latched on /specvla/instruction ('' = do not publish one)")
     parser.add_argument("--duration", type=float, default=0.0, help="[s] stop after this long (0 = until signalled)")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     joint_pub = node.create_publisher(JointState, args.joint_topic,
                                       QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
     if args.instruction:
-        node.create_publisher(String, "/specvla/instruction", qos.LATCHED).publish(String(data=args.instruction))
+        node.create_publisher(String, topics.INSTRUCTION, qos.LATCHED).publish(String(data=args.instruction))
     joints = JointState(name=list(PANDA_JOINT_NAMES) + list(PANDA_FINGER_JOINT_NAMES),
                         position=list(HOME_Q) + [0.02, 0.02], velocity=[0.0] * 9)
     clock = node.get_clock()

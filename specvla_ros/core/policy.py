@@ -21,6 +21,7 @@ import torch
 
 from specvla_ros.core.models.action_tokenizer import ActionTokenizer, load_norm_stats
 from specvla_ros.core.safety.collision_scene import SceneObject
+from specvla_ros.core.models.checkpoint_io import STATS_FILE
 from specvla_ros.core.models.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.models.interface import ModelLoadError, VLAModel
 from specvla_ros.core.models.loading import load_drafter, load_vla
@@ -40,7 +41,6 @@ from specvla_ros.core.types import (
 
 DRAFTERS = ("model", "eagle", "none")
 #: Dataset statistics file of a target checkpoint (OpenVLA layout).
-STATS_FILE = "dataset_statistics.json"
 _WARMUP_INSTRUCTION = "pick up the red cube"
 
 

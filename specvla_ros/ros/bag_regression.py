@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specvla_ros.ros import topics
 from specvla_ros.ros.bag_tools import (
     NODE_INPUT_TOPICS,
     BagError,
@@ -46,27 +47,18 @@ from specvla_ros.ros.bag_tools import (
     write_bag,
 )
 
-TOPIC_CAMERA = "/camera/image_raw"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_INSTRUCTION = "/specvla/instruction"
-TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
-TOPIC_FORWARD = "/forward_position_controller/commands"
-TOPIC_GRIPPER = "/gripper_controller/commands"
-TOPIC_NARRATION = "/specvla/narration"
-TOPIC_SAFETY = "/specvla_node/safety"
-TOPIC_STATS = "/specvla_node/spec_stats"
 
 #: Outputs compared, with their types. /diagnostics is not: it carries timings.
 OUTPUT_TYPES: dict[str, str] = {
-    TOPIC_TRAJECTORY: "trajectory_msgs/msg/JointTrajectory",
-    TOPIC_FORWARD: "std_msgs/msg/Float64MultiArray",
-    TOPIC_GRIPPER: "std_msgs/msg/Float64MultiArray",
-    TOPIC_SAFETY: "specvla_msgs/msg/SafetyVerdict",
-    TOPIC_STATS: "specvla_msgs/msg/SpecDecodeStats",
-    TOPIC_NARRATION: "std_msgs/msg/String",
+    topics.TRAJECTORY: "trajectory_msgs/msg/JointTrajectory",
+    topics.FORWARD: "std_msgs/msg/Float64MultiArray",
+    topics.GRIPPER: "std_msgs/msg/Float64MultiArray",
+    topics.resolved(topics.SAFETY): "specvla_msgs/msg/SafetyVerdict",
+    topics.resolved(topics.STATS): "specvla_msgs/msg/SpecDecodeStats",
+    topics.NARRATION: "std_msgs/msg/String",
 }
-_COMMAND_TOPICS = (TOPIC_TRAJECTORY, TOPIC_FORWARD, TOPIC_GRIPPER)  # published before the verdict
-REQUIRED_INPUTS = (TOPIC_CAMERA, TOPIC_JOINT_STATES, TOPIC_INSTRUCTION)
+_COMMAND_TOPICS = (topics.TRAJECTORY, topics.FORWARD, topics.GRIPPER)  # published before the verdict
+REQUIRED_INPUTS = (topics.IMAGE, topics.JOINT_STATES, topics.INSTRUCTION)
 METADATA_KEY = "specvla_regression"
 RANDOM_MODELS = "random"  # `models` value: seeded random tiny checkpoints (as the tests' fixture)
 _GROUP_SLOTS = 16  # messages of one frame sit at bag times stamp + 0..15 ns
@@ -305,12 +297,12 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
             if cls is None:
                 raise BagError(f"message type {msgtype} is not installed (build specvla_msgs: make setup)")
             subs[topic] = harness.create_subscription(cls, topic, collect(topic), qos_preset("reliable"), raw=True)
-        expected_pubs = [TOPIC_SAFETY, TOPIC_GRIPPER, TOPIC_NARRATION]
+        expected_pubs = [topics.resolved(topics.SAFETY), topics.GRIPPER, topics.NARRATION]
         _wait(lambda: all(subs[t].get_publisher_count() > 0 for t in expected_pubs), 30, "the node's publishers")
 
         def verdicts() -> list[tuple[int, int, str, bytes]]:
             with lock:
-                return [r for r in received if r[2] == TOPIC_SAFETY]
+                return [r for r in received if r[2] == topics.resolved(topics.SAFETY)]
 
         def verdict_stamp(raw: bytes) -> int:
             from specvla_msgs.msg import SafetyVerdict
@@ -336,11 +328,11 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
 
         def after_publish(topic: str, msgtype: str, stamp_ns: int, raw: bytes) -> None:
             nonlocal stale
-            if topic == TOPIC_JOINT_STATES:
+            if topic == topics.JOINT_STATES:
                 msg = deserialize_message(raw, JointState)
                 joints.update(zip(msg.name, (float(p) for p in msg.position)))
                 return
-            if topic != TOPIC_CAMERA:
+            if topic != topics.IMAGE:
                 return
             if config.max_frames and len(frame_stamps) >= config.max_frames:
                 player.stop()
@@ -392,7 +384,7 @@ def _group(received: list[tuple[int, int, str, bytes]], chosen: dict[int, tuple[
     groups: list[tuple[int, list[tuple[str, bytes]]]] = []
     pending: list[tuple[str, bytes]] = []
     for src, _, topic, raw in sorted(received):
-        if topic == TOPIC_SAFETY:
+        if topic == topics.resolved(topics.SAFETY):
             groups.append((src, pending + [(topic, raw)]))
             pending = []
         elif topic in _COMMAND_TOPICS:
@@ -529,25 +521,25 @@ def _floats_differ(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
 
 def _msg_fields(topic: str, msg: Any) -> dict[str, tuple[Any, bool]]:
     """Compared fields of one output message: name -> (value, is_action)."""
-    if topic == TOPIC_SAFETY:
+    if topic == topics.resolved(topics.SAFETY):
         return {
             "status": (int(msg.status), False), "status_name": (msg.status_name, False),
             "reason": (msg.reason, False), "raw_action": ([float(v) for v in msg.raw_action], True),
             "joint_command": ([float(v) for v in msg.joint_command], True),
             "gripper_command": ([float(msg.gripper_command)], True), "scale": ([float(msg.scale)], True),
         }
-    if topic == TOPIC_TRAJECTORY:
+    if topic == topics.TRAJECTORY:
         out: dict[str, tuple[Any, bool]] = {"joint_names": (list(msg.joint_names), False),
                                             "points": (len(msg.points), False)}
         for i, p in enumerate(msg.points):
             out[f"points[{i}].positions"] = ([float(v) for v in p.positions], True)
             out[f"points[{i}].time_from_start"] = ((p.time_from_start.sec, p.time_from_start.nanosec), False)
         return out
-    if topic in (TOPIC_GRIPPER, TOPIC_FORWARD):
+    if topic in (topics.GRIPPER, topics.FORWARD):
         return {"data": ([float(v) for v in msg.data], True)}
-    if topic == TOPIC_NARRATION:
+    if topic == topics.NARRATION:
         return {"data": (msg.data, False)}
-    if topic == TOPIC_STATS:
+    if topic == topics.resolved(topics.STATS):
         return {"mode": (msg.mode, False)}
     return {}
 

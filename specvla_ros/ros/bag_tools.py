@@ -39,6 +39,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.errors import ReaderError, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from specvla_ros.ros import topics
 
 if TYPE_CHECKING:
     from rclpy.node import Node
@@ -46,22 +47,8 @@ if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
 
 #: Inputs and outputs of the policy node (defaults of config/specvla.yaml).
-NODE_INPUT_TOPICS: tuple[str, ...] = (
-    "/camera/image_raw",
-    "/specvla/instruction",
-    "/joint_states",
-    "/specvla/estop",
-    "/specvla/scene_objects",  # specvla_msgs/SceneObjects: the gate's collision scene changes the output
-)
-NODE_OUTPUT_TOPICS: tuple[str, ...] = (
-    "/joint_trajectory_controller/joint_trajectory",
-    "/forward_position_controller/commands",  # command_interface: forward_position
-    "/gripper_controller/commands",
-    "/specvla/narration",
-    "/specvla_node/safety",
-    "/specvla_node/spec_stats",
-    "/diagnostics",
-)
+NODE_INPUT_TOPICS: tuple[str, ...] = topics.POLICY_INPUTS
+NODE_OUTPUT_TOPICS: tuple[str, ...] = topics.POLICY_OUTPUTS
 NODE_IO_TOPICS: tuple[str, ...] = NODE_INPUT_TOPICS + NODE_OUTPUT_TOPICS
 
 #: Types whose messages are large: played with sensor-data QoS and paced.
@@ -76,7 +63,7 @@ SENSOR_TYPES: frozenset[str] = frozenset(
 #: Topics whose last message must reach late joiners (latched).
 LATCHED_TOPIC_SUFFIXES: tuple[str, ...] = ("/instruction",)
 
-CLOCK_TOPIC = "/clock"
+CLOCK_TOPIC = topics.CLOCK
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 STORAGE_IDS: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 

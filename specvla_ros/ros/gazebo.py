@@ -28,13 +28,13 @@ import yaml
 
 from specvla_ros.core.safety.kinematics import DEFAULT_URDF
 from specvla_ros.ros import params
-from specvla_ros.ros.policy_node import TOPIC_FORWARD, TOPIC_GRIPPER, TOPIC_IMAGE, TOPIC_TRAJECTORY
 from specvla_ros.sim import scene
+from specvla_ros.ros import topics
 
 #: command_interface parameter -> the controller whose topic the node publishes on.
-ARM_CONTROLLERS: dict[str, str] = {"joint_trajectory": TOPIC_TRAJECTORY.split("/")[1],
-                                   "forward_position": TOPIC_FORWARD.split("/")[1]}
-GRIPPER_CONTROLLER = TOPIC_GRIPPER.split("/")[1]
+ARM_CONTROLLERS: dict[str, str] = {"joint_trajectory": topics.TRAJECTORY.split("/")[1],
+                                   "forward_position": topics.FORWARD.split("/")[1]}
+GRIPPER_CONTROLLER = topics.GRIPPER.split("/")[1]
 JOINT_STATE_BROADCASTER = "joint_state_broadcaster"
 CONTROLLER_RATE_HZ = 250
 #: The camera of a typical arm cell: VGA at 30 Hz (the node resizes to the model's input).
@@ -174,7 +174,7 @@ def _text(tag: str, text: str) -> ET.Element:
     return el
 
 
-def world_sdf(camera_topic: str = TOPIC_IMAGE, width: int = CAMERA_WIDTH, height: int = CAMERA_HEIGHT,
+def world_sdf(camera_topic: str = topics.IMAGE, width: int = CAMERA_WIDTH, height: int = CAMERA_HEIGHT,
               rate_hz: float = CAMERA_RATE_HZ) -> str:
     """The workcell as a gz sim world (table top at z = 0 where the robot stands)."""
     sdf = ET.Element("sdf", version="1.9")

@@ -58,20 +58,9 @@ from specvla_ros.core.types import DecodeStats, Observation, RobotState, SafetyS
 from specvla_ros.ros import conversions as conv
 from specvla_ros.ros import params, qos
 from specvla_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
+from specvla_ros.ros import topics
 
 # Default topic names (remap with --ros-args -r from:=to).
-TOPIC_IMAGE = "/camera/image_raw"
-TOPIC_INSTRUCTION = "/specvla/instruction"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_ESTOP = "/specvla/estop"
-TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
-TOPIC_FORWARD = "/forward_position_controller/commands"
-TOPIC_GRIPPER = "/gripper_controller/commands"
-TOPIC_NARRATION = "/specvla/narration"
-TOPIC_SAFETY = "~/safety"
-TOPIC_STATS = "~/spec_stats"
-TOPIC_TIMING = "~/timing"
-TOPIC_DIAGNOSTICS = "/diagnostics"
 
 #: Wait this long before trying again after a failed inference process restart [s].
 _RESTART_BACKOFF_S = 5.0
@@ -159,7 +148,7 @@ class PolicyNode(LifecycleNode):
         self._estop_group = MutuallyExclusiveCallbackGroup()
         self._diag = NodeDiagnostics(self.get_name())
         # Diagnostics run in every lifecycle state so a failed configure is visible.
-        self._diag_pub = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, qos.STATUS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATUS)
         self._diag_timer = self.create_timer(self._p["diagnostics_period"], self._publish_diagnostics,
                                              callback_group=self._watchdog_group)
 
@@ -255,36 +244,36 @@ class PolicyNode(LifecycleNode):
     def _create_io(self) -> None:
         opts = qos.OVERRIDES
         if self._p["command_interface"] == "joint_trajectory":
-            self._pubs["command"] = self.create_publisher(JointTrajectory, TOPIC_TRAJECTORY, qos.COMMAND,
+            self._pubs["command"] = self.create_publisher(JointTrajectory, topics.TRAJECTORY, qos.COMMAND,
                                                           qos_overriding_options=opts)
         else:
-            self._pubs["command"] = self.create_publisher(Float64MultiArray, TOPIC_FORWARD, qos.COMMAND,
+            self._pubs["command"] = self.create_publisher(Float64MultiArray, topics.FORWARD, qos.COMMAND,
                                                           qos_overriding_options=opts)
         from specvla_msgs.msg import ControlTiming, SafetyVerdict, SpecDecodeStats
 
-        self._pubs["gripper"] = self.create_publisher(Float64MultiArray, TOPIC_GRIPPER, qos.COMMAND,
+        self._pubs["gripper"] = self.create_publisher(Float64MultiArray, topics.GRIPPER, qos.COMMAND,
                                                       qos_overriding_options=opts)
-        self._pubs["narration"] = self.create_publisher(String, TOPIC_NARRATION, qos.STATUS,
+        self._pubs["narration"] = self.create_publisher(String, topics.NARRATION, qos.STATUS,
                                                         qos_overriding_options=opts)
-        self._pubs["safety"] = self.create_publisher(SafetyVerdict, TOPIC_SAFETY, qos.STATUS,
+        self._pubs["safety"] = self.create_publisher(SafetyVerdict, topics.SAFETY, qos.STATUS,
                                                      qos_overriding_options=opts)
-        self._pubs["stats"] = self.create_publisher(SpecDecodeStats, TOPIC_STATS, qos.STATUS,
+        self._pubs["stats"] = self.create_publisher(SpecDecodeStats, topics.STATS, qos.STATUS,
                                                     qos_overriding_options=opts)
-        self._pubs["timing"] = self.create_publisher(ControlTiming, TOPIC_TIMING, qos.STATUS,
+        self._pubs["timing"] = self.create_publisher(ControlTiming, topics.TIMING, qos.STATUS,
                                                      qos_overriding_options=opts)
         g = self._input_group
         if self._p["use_compressed_image"]:
-            self._subs.append(self.create_subscription(CompressedImage, TOPIC_IMAGE + "/compressed", self._on_image,
+            self._subs.append(self.create_subscription(CompressedImage, topics.IMAGE + "/compressed", self._on_image,
                                                        qos.CAMERA, callback_group=g, qos_overriding_options=opts))
         else:
-            self._subs.append(self.create_subscription(Image, TOPIC_IMAGE, self._on_image, qos.CAMERA,
+            self._subs.append(self.create_subscription(Image, topics.IMAGE, self._on_image, qos.CAMERA,
                                                        callback_group=g, qos_overriding_options=opts))
-        self._subs.append(self.create_subscription(String, TOPIC_INSTRUCTION, self._on_instruction, qos.LATCHED,
+        self._subs.append(self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED,
                                                    callback_group=g, qos_overriding_options=opts))
-        self._subs.append(self.create_subscription(JointState, TOPIC_JOINT_STATES, self._on_joint_states,
+        self._subs.append(self.create_subscription(JointState, topics.JOINT_STATES, self._on_joint_states,
                                                    qos.JOINT_STATES, callback_group=g, qos_overriding_options=opts))
         # Its own mutually exclusive group: presses and releases are handled in arrival order.
-        self._subs.append(self.create_subscription(Bool, TOPIC_ESTOP, self._on_estop, qos.LATCHED,
+        self._subs.append(self.create_subscription(Bool, topics.ESTOP, self._on_estop, qos.LATCHED,
                                                    callback_group=self._estop_group, qos_overriding_options=opts))
         if self._p["scene_objects_topic"]:
             from specvla_msgs.msg import SceneObjects

@@ -46,18 +46,9 @@ from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES
 from specvla_ros.ros import qos
 from specvla_ros.ros.params import BOOL, DOUBLE, INT, STRING, ParamSpec, descriptor
 from specvla_ros.sim.language import TASKS
+from specvla_ros.ros import topics
 
 NODE_NAME = "specvla_sim"
-TOPIC_CAMERA = "/camera/image_raw"
-TOPIC_JOINT_STATES = "/joint_states"
-TOPIC_CLOCK = "/clock"
-TOPIC_STATUS = "/specvla_sim/task_status"
-TOPIC_INSTRUCTION = "/specvla/instruction"
-TOPIC_SCENE_OBJECTS = "/specvla/scene_objects"
-TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
-TOPIC_FORWARD = "/forward_position_controller/commands"
-TOPIC_GRIPPER = "/gripper_controller/commands"
-SERVICE_RESET = "/specvla_sim/reset"
 
 #: Parameters: (spec, default). The same defaults live under specvla_sim: in config/specvla.yaml.
 SIM_PARAMS: tuple[tuple[ParamSpec, Any], ...] = (
@@ -150,19 +141,19 @@ class SimNode(Node):
         state_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE)
         over = qos.OVERRIDES
-        self._pub_image = self.create_publisher(Image, TOPIC_CAMERA, cam_qos, qos_overriding_options=over)
-        self._pub_joints = self.create_publisher(JointState, TOPIC_JOINT_STATES, state_qos,
+        self._pub_image = self.create_publisher(Image, topics.IMAGE, cam_qos, qos_overriding_options=over)
+        self._pub_joints = self.create_publisher(JointState, topics.JOINT_STATES, state_qos,
                                                  qos_overriding_options=over)
-        self._pub_clock = (self.create_publisher(Clock, TOPIC_CLOCK, state_qos) if self.cfg.sim_clock else None)
+        self._pub_clock = (self.create_publisher(Clock, topics.CLOCK, state_qos) if self.cfg.sim_clock else None)
         from specvla_msgs.msg import SceneObjects, TaskStatus
         from specvla_msgs.srv import ResetEpisode
 
-        self._pub_objects = self.create_publisher(SceneObjects, TOPIC_SCENE_OBJECTS, state_qos,
+        self._pub_objects = self.create_publisher(SceneObjects, topics.SCENE_OBJECTS, state_qos,
                                                   qos_overriding_options=over)
 
         self._TaskStatus = TaskStatus
-        self._pub_status = self.create_publisher(TaskStatus, TOPIC_STATUS, qos.STATUS, qos_overriding_options=over)
-        self._pub_instruction = (self.create_publisher(String, TOPIC_INSTRUCTION, qos.LATCHED,
+        self._pub_status = self.create_publisher(TaskStatus, topics.SIM_STATUS, qos.STATUS, qos_overriding_options=over)
+        self._pub_instruction = (self.create_publisher(String, topics.INSTRUCTION, qos.LATCHED,
                                                        qos_overriding_options=over)
                                  if self.cfg.publish_instruction else None)
         self._lock = threading.Lock()
@@ -173,13 +164,13 @@ class SimNode(Node):
         self._grip_seq = 0
         self._wake = threading.Condition(self._lock)
         self._resets: queue.Queue = queue.Queue()
-        self.create_subscription(JointTrajectory, TOPIC_TRAJECTORY, self._on_trajectory, qos.COMMAND,
+        self.create_subscription(JointTrajectory, topics.TRAJECTORY, self._on_trajectory, qos.COMMAND,
                                  qos_overriding_options=over)
-        self.create_subscription(Float64MultiArray, TOPIC_FORWARD, self._on_forward, qos.COMMAND,
+        self.create_subscription(Float64MultiArray, topics.FORWARD, self._on_forward, qos.COMMAND,
                                  qos_overriding_options=over)
-        self.create_subscription(Float64MultiArray, TOPIC_GRIPPER, self._on_gripper, qos.COMMAND,
+        self.create_subscription(Float64MultiArray, topics.GRIPPER, self._on_gripper, qos.COMMAND,
                                  qos_overriding_options=over)
-        self.create_service(ResetEpisode, SERVICE_RESET, self._on_reset,
+        self.create_service(ResetEpisode, topics.SIM_RESET, self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.episode = 0
         self._sim_time_offset = 0.0  # sim clock keeps running across resets

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from specvla_ros.core.models.checkpoint_io import STATS_FILE
 from specvla_ros.sim.language import CLOSE, HOLD  # no mujoco import: --help stays fast
 
 DATASET_KEY = "sim_panda"
-STATS_FILE = "dataset_statistics.json"
 
 
 @dataclass

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvla_ros.core.models.checkpoint_io import STATS_FILE
 from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 from specvla_ros.core.models.proprio_features import TCP_CENTRE, TCP_SCALE
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.types import ACTION_DIM
 
 DATASET_KEY = "sim_panda"
-STATS_FILE = "dataset_statistics.json"
 #: label value ignored by the losses (torch's cross_entropy default)
 IGNORE = -100
 

@@ -49,12 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES, Observation
+from specvla_ros.ros import topics
 
 LOG = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 TOKEN_MODES = ("demo", "greedy")
-DEFAULT_TOPICS = {"camera": "/camera/image_raw", "instruction": "/specvla/instruction", "joints": "/joint_states"}
+DEFAULT_TOPICS = {"camera": topics.IMAGE, "instruction": topics.INSTRUCTION, "joints": topics.JOINT_STATES}
 
 
 @dataclass
