@@ -26,7 +26,8 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -44,68 +45,92 @@ from trajectory_msgs.msg import JointTrajectory
 
 from specvla_ros.core.types import PANDA_FINGER_JOINT_NAMES, PANDA_JOINT_NAMES
 from specvla_ros.ros import qos
-from specvla_ros.ros.params import BOOL, DOUBLE, INT, STRING, ParamSpec, descriptor
+from specvla_ros.ros.params import (
+    BOOL, DOUBLE, INT, STRING, ParamSpec, default_config_path, descriptor, load_node_params,
+)
 from specvla_ros.sim.language import TASKS
 from specvla_ros.ros import topics
 
 NODE_NAME = "specvla_sim"
 
-#: Parameters: (spec, default). The same defaults live under specvla_sim: in config/specvla.yaml.
-SIM_PARAMS: tuple[tuple[ParamSpec, Any], ...] = (
-    (ParamSpec("task", STRING, "task family of the first episode (restart; later ones via ~/reset)",
-               choices=TASKS), "pick"),
-    (ParamSpec("seed", INT, "layout seed of the first episode (restart)", min=0), 0),
-    (ParamSpec("image_width", INT, "camera image width [px] (restart)", min=8, max=640), 128),
-    (ParamSpec("image_height", INT, "camera image height [px] (restart)", min=8, max=480), 128),
-    (ParamSpec("camera_rate", DOUBLE, "camera publishing rate in sim time [Hz] (restart)",
-               min=0.5, max=60.0), 10.0),
-    (ParamSpec("joint_state_rate", DOUBLE, "/joint_states publishing rate in sim time [Hz] (restart)",
-               min=1.0, max=500.0), 50.0),
-    (ParamSpec("physics_rate", DOUBLE, "rate the real-time loop advances physics at [Hz]; each "
-               "iteration runs 1/physics_rate s of 2 ms MuJoCo steps (restart)", min=10.0, max=500.0), 100.0),
-    (ParamSpec("real_time_factor", DOUBLE, "sim seconds per wall second in real-time mode; "
-               "0 = as fast as the CPU allows (restart)", min=0.0, max=100.0), 1.0),
-    (ParamSpec("lockstep", BOOL, "advance physics one control_period per received arm command "
-               "instead of in real time (restart)"), False),
-    (ParamSpec("control_period", DOUBLE, "sim time per control step [s]: lockstep advance per "
-               "command; step counting in real time (restart)", min=0.01, max=2.0), 0.2),
-    (ParamSpec("lockstep_gripper_wait", DOUBLE, "lockstep: after an arm command, wait this long "
-               "for the step's gripper command before stepping [s] (restart)", min=0.0, max=1.0), 0.05),
-    (ParamSpec("max_episode_steps", INT, "control steps after which an episode is done; "
-               "0 = the task's default budget (restart)", min=0, max=100000), 0),
-    (ParamSpec("publish_instruction", BOOL, "publish the task instruction on /specvla/instruction "
-               "(latched) at every reset (restart)"), True),
-    (ParamSpec("sim_clock", BOOL, "publish the simulation time on /clock (run other nodes with "
-               "use_sim_time) and stamp messages with it; off = wall-clock stamps (restart)"), False),
-    (ParamSpec("status_rate", DOUBLE, "task status publishing rate in sim time [Hz] (restart)",
-               min=0.5, max=100.0), 5.0),
-    (ParamSpec("camera_frame_id", STRING, "frame_id of the camera images (restart)"), "camera"),
+#: Parameters; their defaults are the specvla_sim: section of config/specvla.yaml (``sim_defaults``).
+SIM_SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec("task", STRING, "task family of the first episode (restart; later ones via ~/reset)",
+              choices=TASKS),
+    ParamSpec("seed", INT, "layout seed of the first episode (restart)", min=0),
+    ParamSpec("image_width", INT, "camera image width [px] (restart)", min=8, max=640),
+    ParamSpec("image_height", INT, "camera image height [px] (restart)", min=8, max=480),
+    ParamSpec("camera_rate", DOUBLE, "camera publishing rate in sim time [Hz] (restart)",
+              min=0.5, max=60.0),
+    ParamSpec("joint_state_rate", DOUBLE, "/joint_states publishing rate in sim time [Hz] (restart)",
+              min=1.0, max=500.0),
+    ParamSpec("physics_rate", DOUBLE, "rate the real-time loop advances physics at [Hz]; each "
+              "iteration runs 1/physics_rate s of 2 ms MuJoCo steps (restart)", min=10.0, max=500.0),
+    ParamSpec("real_time_factor", DOUBLE, "sim seconds per wall second in real-time mode; "
+              "0 = as fast as the CPU allows (restart)", min=0.0, max=100.0),
+    ParamSpec("lockstep", BOOL, "advance physics one control_period per received arm command "
+              "instead of in real time (restart)"),
+    ParamSpec("control_period", DOUBLE, "sim time per control step [s]: lockstep advance per "
+              "command; step counting in real time (restart)", min=0.01, max=2.0),
+    ParamSpec("lockstep_gripper_wait", DOUBLE, "lockstep: after an arm command, wait this long "
+              "for the step's gripper command before stepping [s] (restart)", min=0.0, max=1.0),
+    ParamSpec("max_episode_steps", INT, "control steps after which an episode is done; "
+              "0 = the task's default budget (restart)", min=0, max=100000),
+    ParamSpec("publish_instruction", BOOL, "publish the task instruction on /specvla/instruction "
+              "(latched) at every reset (restart)"),
+    ParamSpec("sim_clock", BOOL, "publish the simulation time on /clock (run other nodes with "
+              "use_sim_time) and stamp messages with it; off = wall-clock stamps (restart)"),
+    ParamSpec("status_rate", DOUBLE, "task status publishing rate in sim time [Hz] (restart)",
+              min=0.5, max=100.0),
+    ParamSpec("camera_frame_id", STRING, "frame_id of the camera images (restart)"),
 )
+
+
+@lru_cache(maxsize=1)
+def sim_defaults() -> dict[str, Any]:
+    """The simulator's parameter defaults: the specvla_sim: section of the shipped config/specvla.yaml.
+
+    Raises:
+        ValueError: the section lacks a parameter, has an unknown one, or a default breaks its spec.
+    """
+    path = default_config_path()
+    values = load_node_params(path, NODE_NAME)
+    names = {spec.name for spec in SIM_SPECS}
+    problems = [f"missing {n}" for n in sorted(names - set(values))]
+    problems += [f"unknown parameter {n}" for n in sorted(set(values) - names)]
+    problems += [r for spec in SIM_SPECS if spec.name in values and (r := spec.check(values[spec.name]))]
+    if problems:
+        raise ValueError(f"{path} (specvla_sim): " + "; ".join(problems))
+    return {spec.name: float(values[spec.name]) if spec.type == DOUBLE else values[spec.name] for spec in SIM_SPECS}
+
+
+def _default(name: str) -> Any:
+    return field(default_factory=lambda: sim_defaults()[name])
 
 
 @dataclass
 class SimNodeConfig:
-    """Validated parameter values of the node (see SIM_PARAMS for meanings and units)."""
+    """Validated parameter values of the node (see SIM_SPECS for meanings and units; defaults from the YAML)."""
 
-    task: str = "pick"
-    seed: int = 0
-    image_width: int = 128
-    image_height: int = 128
-    camera_rate: float = 10.0
-    joint_state_rate: float = 50.0
-    physics_rate: float = 100.0
-    real_time_factor: float = 1.0
-    lockstep: bool = False
-    control_period: float = 0.2
-    lockstep_gripper_wait: float = 0.05
-    max_episode_steps: int = 0
-    publish_instruction: bool = True
-    sim_clock: bool = False
-    status_rate: float = 5.0
-    camera_frame_id: str = "camera"
+    task: str = _default("task")
+    seed: int = _default("seed")
+    image_width: int = _default("image_width")
+    image_height: int = _default("image_height")
+    camera_rate: float = _default("camera_rate")
+    joint_state_rate: float = _default("joint_state_rate")
+    physics_rate: float = _default("physics_rate")
+    real_time_factor: float = _default("real_time_factor")
+    lockstep: bool = _default("lockstep")
+    control_period: float = _default("control_period")
+    lockstep_gripper_wait: float = _default("lockstep_gripper_wait")
+    max_episode_steps: int = _default("max_episode_steps")
+    publish_instruction: bool = _default("publish_instruction")
+    sim_clock: bool = _default("sim_clock")
+    status_rate: float = _default("status_rate")
+    camera_frame_id: str = _default("camera_frame_id")
 
     def __post_init__(self) -> None:
-        for spec, _ in SIM_PARAMS:
+        for spec in SIM_SPECS:
             value = getattr(self, spec.name)
             if spec.type == DOUBLE and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -116,7 +141,7 @@ class SimNodeConfig:
 
 
 def default_config() -> dict[str, Any]:
-    return {spec.name: default for spec, default in SIM_PARAMS}
+    return dict(sim_defaults())
 
 
 def _stamp(seconds: float) -> TimeMsg:
@@ -130,9 +155,9 @@ class SimNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         values = {}
-        for spec, default in SIM_PARAMS:
+        for spec in SIM_SPECS:
             if not self.has_parameter(spec.name):
-                self.declare_parameter(spec.name, default, descriptor(spec))
+                self.declare_parameter(spec.name, sim_defaults()[spec.name], descriptor(spec))
             values[spec.name] = self.get_parameter(spec.name).value
         self.cfg = SimNodeConfig(**values)  # raises ValueError naming a bad value
         cam_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -453,7 +478,7 @@ def main(args: list[str] | None = None) -> None:
 
     if node_params.help_requested(list(sys.argv[1:] if args is None else args)):
         print(node_params.usage("specvla_sim", __doc__.split("\n\n")[0].replace("\n", " "),
-                                [spec for spec, _ in SIM_PARAMS], {spec.name: default for spec, default in SIM_PARAMS}))
+                                list(SIM_SPECS), sim_defaults()))
         sys.exit(0)
     exit_code = 0
     rclpy.init(args=args)
