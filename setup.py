@@ -35,7 +35,7 @@ setup(
             "specvla_bringup = specvla_ros.ros.bringup:main",
             "specvla_eval = specvla_ros.bench.closed_loop_eval:main",
             "specvla_train = specvla_ros.train.cli:main",
-            "specvla_bag = specvla_ros.ros.bag_cli:main",
+            "specvla_bag = specvla_ros.ros.bag.cli:main",
         ],
     },
 )

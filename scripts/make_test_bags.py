@@ -46,7 +46,8 @@ def record_sim_inputs(out: Path, frames: int, domain_id: int) -> None:
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
     from builtin_interfaces.msg import Duration
 
-    from specvla_ros.ros.bag_tools import BagRecorder, RecordConfig, qos_preset
+    from specvla_ros.ros.bag.qos import qos_preset
+    from specvla_ros.ros.bag.recorder import BagRecorder, RecordConfig
     from specvla_ros.ros.sim_node import SimNode
 
     context = Context()
@@ -100,7 +101,7 @@ def record_sim_inputs(out: Path, frames: int, domain_id: int) -> None:
 
 
 def make_golden(inputs: Path, out: Path, models: str, mode: str, domain_id: int) -> None:
-    from specvla_ros.ros.bag_regression import ReplayConfig, replay, write_outputs
+    from specvla_ros.ros.bag.regression import ReplayConfig, replay, write_outputs
 
     result = replay(ReplayConfig(input_bag=inputs, models=models, mode=mode, domain_id=domain_id))
     if result.stale_ticks:

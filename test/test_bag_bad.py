@@ -22,8 +22,11 @@ from test_bag_helpers import (
     wait_until,
 )
 
-from specvla_ros.ros import bag_cli
-from specvla_ros.ros.bag_tools import BagError, BagPlayer, PlayConfig, bag_info, make_typestore, qos_preset, write_bag
+from specvla_ros.ros.bag import cli as bag_cli
+from specvla_ros.ros.bag.io import BagError, bag_info, write_bag
+from specvla_ros.ros.bag.player import BagPlayer, PlayConfig
+from specvla_ros.ros.bag.qos import qos_preset
+from specvla_ros.ros.bag.types import make_typestore
 
 pytestmark = pytest.mark.timeout(60)
 STORAGES = ("mcap", "sqlite3")

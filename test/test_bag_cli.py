@@ -27,14 +27,15 @@ from test_bag_helpers import (
     wait_until,
 )
 
-from specvla_ros.ros.bag_tools import SHM_PROFILE_PATH, bag_info, qos_preset, write_bag
+from specvla_ros.ros.bag.io import bag_info, write_bag
+from specvla_ros.ros.bag.qos import SHM_PROFILE_PATH, qos_preset
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def _cli() -> list[str]:
     exe = shutil.which("specvla_bag", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "specvla_ros.ros.bag_cli"]
+    return [exe] if exe else [sys.executable, "-m", "specvla_ros.ros.bag.cli"]
 
 
 def _env(domain: int) -> dict[str, str]:

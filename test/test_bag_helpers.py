@@ -174,7 +174,7 @@ def synthetic_messages(frames: int = 6, period_ns: int = 50_000_000) -> list[tup
 
 def bag_messages(path: str | Path) -> list[tuple[str, int, bytes]]:
     """(topic, timestamp, raw) in the order a reader yields them."""
-    from specvla_ros.ros.bag_tools import iter_messages, open_bag
+    from specvla_ros.ros.bag.io import iter_messages, open_bag
 
     with open_bag(path) as reader:
         return [(c.topic, t, bytes(raw)) for c, t, raw in iter_messages(reader, path)]

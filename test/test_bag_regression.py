@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_bag_helpers import T0_NS, image_msg, serialize, stamp_msg, string_msg
 
-from specvla_ros.ros import bag_cli, topics
-from specvla_ros.ros.bag_regression import (
+from specvla_ros.ros import topics
+from specvla_ros.ros.bag import cli as bag_cli
+from specvla_ros.ros.bag.regression import (
     METADATA_KEY,
     OUTPUT_TYPES,
     ReplayConfig,
@@ -20,7 +21,8 @@ from specvla_ros.ros.bag_regression import (
     replay,
     write_outputs,
 )
-from specvla_ros.ros.bag_tools import BagError, bag_info, make_typestore, open_bag, write_bag
+from specvla_ros.ros.bag.io import BagError, bag_info, open_bag, write_bag
+from specvla_ros.ros.bag.types import make_typestore
 
 pytestmark = pytest.mark.timeout(240)
 FRAMES = 4

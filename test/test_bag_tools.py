@@ -23,19 +23,12 @@ from test_bag_helpers import (
     wait_until,
 )
 
-from specvla_ros.ros import bag_cli
-from specvla_ros.ros.bag_tools import (
-    BagPlayer,
-    BagRecorder,
-    PlayConfig,
-    RecordConfig,
-    bag_info,
-    default_play_qos_name,
-    make_typestore,
-    parse_mapping,
-    qos_preset,
-    write_bag,
-)
+from specvla_ros.ros.bag import cli as bag_cli
+from specvla_ros.ros.bag.io import bag_info, write_bag
+from specvla_ros.ros.bag.player import BagPlayer, PlayConfig
+from specvla_ros.ros.bag.qos import default_play_qos_name, parse_mapping, qos_preset
+from specvla_ros.ros.bag.recorder import BagRecorder, RecordConfig
+from specvla_ros.ros.bag.types import make_typestore
 
 pytestmark = pytest.mark.timeout(60)
 STORAGES = ("mcap", "sqlite3")
@@ -100,7 +93,7 @@ def test_default_qos_choices() -> None:
     # What the recorded publishers offered wins (as in `ros2 bag play`).
     from rclpy.qos import qos_profile_sensor_data
 
-    from specvla_ros.ros.bag_tools import qos_to_rosbags
+    from specvla_ros.ros.bag.qos import qos_to_rosbags
 
     reliable, best_effort, latched = (qos_to_rosbags(qos_preset(n)) for n in ("reliable", "sensor_data", "latched"))
     assert default_play_qos_name("/camera/image_raw", "sensor_msgs/msg/Image", [reliable]) == "reliable"
@@ -239,7 +232,7 @@ def test_record_refuses_existing_output(tmp_path) -> None:
 
 
 def test_shm_profile_is_set_only_when_the_user_has_none(tmp_path) -> None:
-    from specvla_ros.ros.bag_tools import SHM_PROFILE_PATH, use_shm_profile
+    from specvla_ros.ros.bag.qos import SHM_PROFILE_PATH, use_shm_profile
 
     assert SHM_PROFILE_PATH.is_file() and "<segment_size>33554432</segment_size>" in SHM_PROFILE_PATH.read_text()
     env: dict[str, str] = {}
@@ -250,10 +243,10 @@ def test_shm_profile_is_set_only_when_the_user_has_none(tmp_path) -> None:
 
 def test_node_io_topics_match_the_policy_node() -> None:
     """`record --node-io` and the regression harness follow the node's topic names."""
-    from specvla_ros.ros import bag_regression as reg
+    from specvla_ros.ros.bag import regression as reg
     from specvla_ros.ros import params
     from specvla_ros.ros import topics
-    from specvla_ros.ros.bag_tools import NODE_INPUT_TOPICS, NODE_IO_TOPICS
+    from specvla_ros.ros.bag.io import NODE_INPUT_TOPICS, NODE_IO_TOPICS
 
     private = [f"/{params.NODE_NAME}/{t[2:]}" for t in (topics.SAFETY, topics.STATS)]
     scene_topic = params.defaults()["scene_objects_topic"]

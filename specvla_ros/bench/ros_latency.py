@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["ROS_DOMAIN_ID"] = str(args.domain_id)
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="specvla_bench_log_"))
     if args.shm:
-        from specvla_ros.ros.bag_tools import use_shm_profile
+        from specvla_ros.ros.bag.qos import use_shm_profile
 
         use_shm_profile()  # inherited by the node and the feeder
     import rclpy

@@ -36,16 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from specvla_ros.ros import topics
-from specvla_ros.ros.bag_tools import (
-    NODE_INPUT_TOPICS,
-    BagError,
-    BagPlayer,
-    PlayConfig,
-    bag_info,
-    make_typestore,
-    parse_mapping,
-    write_bag,
-)
+from specvla_ros.ros.bag.io import NODE_INPUT_TOPICS, BagError, bag_info, write_bag
+from specvla_ros.ros.bag.player import BagPlayer, PlayConfig
+from specvla_ros.ros.bag.qos import parse_mapping
+from specvla_ros.ros.bag.types import make_typestore
 
 
 #: Outputs compared, with their types. /diagnostics is not: it carries timings.
@@ -223,7 +217,8 @@ def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draf
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, JointState
 
-    from specvla_ros.ros.bag_tools import import_msg_class, qos_preset
+    from specvla_ros.ros.bag.qos import qos_preset
+    from specvla_ros.ros.bag.types import import_msg_class
     from specvla_ros.ros.policy_node import PolicyNode
 
     overrides: dict[str, Any] = {
@@ -483,7 +478,7 @@ def load_outputs(path: str | Path) -> OutputBag:
     from rosbags.highlevel import AnyReader
     from rosbags.highlevel.anyreader import AnyReaderError
 
-    from specvla_ros.ros.bag_tools import iter_messages, open_bag
+    from specvla_ros.ros.bag.io import iter_messages, open_bag
 
     with open_bag(path) as reader:  # clear errors for missing/corrupt bags
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
@@ -651,7 +646,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m specvla_ros.ros.bag_regression` (same as `specvla_bag regress`)."""
+    """`python -m specvla_ros.ros.bag.regression` (same as `specvla_bag regress`)."""
     parser = argparse.ArgumentParser(prog="specvla_bag regress", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -25,18 +25,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from specvla_ros.ros.bag_tools import (
-    NODE_IO_TOPICS,
-    BagError,
-    BagPlayer,
-    BagRecorder,
-    PlayConfig,
-    RecordConfig,
-    bag_info,
-    format_info,
-    parse_mapping,
-    use_shm_profile,
-)
+from specvla_ros.ros.bag.io import NODE_IO_TOPICS, BagError, bag_info, format_info
+from specvla_ros.ros.bag.player import BagPlayer, PlayConfig
+from specvla_ros.ros.bag.qos import parse_mapping, use_shm_profile
+from specvla_ros.ros.bag.recorder import BagRecorder, RecordConfig
 
 PROG = "specvla_bag"
 
@@ -88,7 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--qos", nargs="+", default=[], metavar="TOPIC:=PRESET", help="subscription QoS per topic")
     rec.add_argument("--no-shm", action="store_true", help="do not load the shipped Fast DDS shared-memory profile")
 
-    from specvla_ros.ros.bag_regression import add_arguments
+    from specvla_ros.ros.bag.regression import add_arguments
 
     reg = sub.add_parser("regress", help="replay an input bag through the policy node and compare with a golden bag "
                          "(exit 1 on differences, 2 on errors)")
@@ -217,7 +209,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_regress(args: argparse.Namespace) -> int:
-    from specvla_ros.ros.bag_regression import run_cli
+    from specvla_ros.ros.bag.regression import run_cli
 
     return run_cli(args)
 
