@@ -38,7 +38,7 @@ test: setup
 	$(PY) -m pytest -q test
 
 demo: setup
-	$(PY) -m specvla_ros.bench.demo
+	$(PY) -m specvla_ros.apps.demo
 
 bench: setup
 	$(VENV)/bin/specvla_bench

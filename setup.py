@@ -33,7 +33,7 @@ setup(
             "specvla_policy_server = specvla_ros.core.serving.server:main",
             "specvla_sim = specvla_ros.ros.sim_node:main",
             "specvla_bringup = specvla_ros.ros.bringup:main",
-            "specvla_eval = specvla_ros.bench.closed_loop_eval:main",
+            "specvla_eval = specvla_ros.apps.closed_loop_eval:main",
             "specvla_train = specvla_ros.train.cli:main",
             "specvla_bag = specvla_ros.ros.bag.cli:main",
         ],

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from specvla_ros.bench import closed_loop_eval as ev
+from specvla_ros.apps import closed_loop_eval as ev
 
 
 def test_config_validation():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from specvla_ros.bench.demo import format_table, write_gif
-from specvla_ros.bench.graph_runner import EpisodeLog
+from specvla_ros.apps.demo import format_table, write_gif
+from specvla_ros.apps.graph_runner import EpisodeLog
 
 
 def _durations(path) -> list[int]:

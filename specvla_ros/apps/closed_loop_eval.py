@@ -228,7 +228,7 @@ def _node_overrides(cfg: EvalConfig, mode: str) -> dict:
 
 def evaluate_ros(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> list[EpisodeResult]:
     """Every (mode, task, episode) with the real nodes in the loop: one graph per mode."""
-    from specvla_ros.bench.graph_runner import SimGraph
+    from specvla_ros.apps.graph_runner import SimGraph
 
     results: list[EpisodeResult] = []
     for mode in cfg.modes:

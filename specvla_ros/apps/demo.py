@@ -6,7 +6,7 @@ node resets the simulator for a few episodes, watches the topics a user would
 watch, prints a table and writes a GIF of the camera view with the narration
 overlaid.
 
-    python -m specvla_ros.bench.demo --episodes 3 --out out/demo
+    python -m specvla_ros.apps.demo --episodes 3 --out out/demo
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specvla_ros.bench.graph_runner import EpisodeLog, SimGraph
+from specvla_ros.apps.graph_runner import EpisodeLog, SimGraph
 
 TASK_CYCLE = ("reach", "push", "pick")
 DEMO_SEED_BASE = 2_000_000  # layouts not used for training
