@@ -18,7 +18,7 @@ PROMPTS = ["pick up the red cube", "push the blue block to the target", "move to
 
 
 #: the decoder's free drafts (on by default) off, for tests of one drafter mechanism at a time
-PLAIN = dict(history_actions=False, lookahead=False, whole_narration=False)
+PLAIN = dict(history_actions=None, lookahead=None, whole_narration=None)  # the drafter's own settings
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +407,27 @@ def test_decode_config_turns_on_free_drafts(kind, tiny_checkpoints, target):
         assert got.token_ids == base.decode(o, mask).token_ids
         if i == 1:  # the same image again: the prefill pass verified last decision's whole output
             assert got.stats.target_passes == 1 and got.stats.accepted == len(got.token_ids) - 1
+
+
+def test_decode_config_switches_free_drafts_off_and_none_keeps_the_drafters_own(noisy_copy, target):
+    """Every free-draft flag turns its source off as well as on; None leaves the drafter's setting;
+    off means no free tokens and no prefill guess, and greedy output is unchanged."""
+    drafter = ModelDrafter(noisy_copy, draft_len=2, reuse_action_dims=range(7), lookahead=True)
+    drafter.whole_narration = True
+    SpeculativeDecoder(target, drafter, DecodeConfig(history_actions=None, lookahead=None, whole_narration=None))
+    assert drafter.reuse_action_dims == tuple(range(7)) and drafter.lookahead and drafter.whole_narration
+    off = SpeculativeDecoder(target, drafter, DecodeConfig(history_actions=False, lookahead=False,
+                                                           whole_narration=False, history_narration=False))
+    assert drafter.reuse_action_dims == () and not drafter.lookahead and not drafter.whole_narration
+    assert not drafter.reuse_narration and not off.config.prefill_guess
+    base = SpeculativeDecoder(target, None, DecodeConfig())
+    for i in range(3):  # the same frame: history would draft everything, but every source is off
+        o = obs(0, PROMPTS[0], i + 1)
+        got = off.decode(o)
+        assert got.token_ids == base.decode(o).token_ids
+        assert drafter.reused == 0 and drafter.looked_ahead == 0 and got.stats.target_passes > 1
+    with pytest.raises(ValueError, match="history_actions"):
+        DecodeConfig(history_actions="yes")
 
 
 @pytest.mark.parametrize("relax_bins", [0, 5])

@@ -117,7 +117,19 @@ class OracleDrafter(AdaptiveDraftLength):
     """Proposes a known token sequence (the target's greedy output) with no model: every
     draft is accepted and drafting costs nothing, so it measures the loop's ceiling."""
 
+    kind = "oracle"
     needs_target_hidden = False
+    module = None
+    reused = looked_ahead = 0
+
+    def configure(self, settings) -> None:  # noqa: ANN001 - DraftSettings; no free sources to switch
+        self.set_length(settings)
+
+    def previous_output(self, grammar) -> list[int]:  # noqa: ANN001
+        return []
+
+    def finish(self) -> None:
+        pass
 
     def __init__(self, draft_len: int, max_draft_len: int) -> None:
         super().__init__(draft_len, max_draft_len, adaptive=True)

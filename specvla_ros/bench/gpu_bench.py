@@ -83,7 +83,20 @@ class OracleDrafter:
     decode with it measures the verify side alone: ceil(8 / (k + 1)) target passes.
     """
 
+    kind = "oracle"
     needs_target_hidden = False
+    module = None
+    reused = looked_ahead = 0
+
+    def configure(self, settings) -> None:  # noqa: ANN001 - DraftSettings; k stays fixed (update is a no-op)
+        self.num_draft_tokens = self.initial = settings.draft_len
+        self.max_draft_len = settings.max_draft_len
+
+    def previous_output(self, grammar) -> list[int]:  # noqa: ANN001
+        return []
+
+    def finish(self) -> None:
+        pass
 
     def __init__(self, draft_len: int, max_draft_len: int) -> None:
         self.num_draft_tokens = self.initial = draft_len

@@ -103,12 +103,9 @@ class Policy:
             self._use_norm_stats(config.unnorm_key)
         self.drafter = None
         if config.speculative:
-            d = config.decode
-            self.drafter = load_drafter(config.draft_dir, self.target, d.draft_len, d.max_draft_len,  # type: ignore[arg-type]
-                                        d.adaptive_draft)
-            kind = "eagle" if hasattr(self.drafter, "head") else "model"
-            if kind != config.drafter:
-                raise ValueError(f"drafter={config.drafter!r} but {config.draft_dir} holds a {kind!r} draft")
+            self.drafter = load_drafter(config.draft_dir, self.target)  # configured by the decoder
+            if self.drafter.kind != config.drafter:
+                raise ValueError(f"drafter={config.drafter!r} but {config.draft_dir} holds a {self.drafter.kind!r} draft")
         self.decoder = SpeculativeDecoder(self.target, self.drafter, config.decode)
         self.gate = SafetyGate(load_safety_config(config.safety_config))
         if self.gate.action_dim != ACTION_DIM:
@@ -132,9 +129,7 @@ class Policy:
     @property
     def info(self) -> dict:
         target_params, target_bytes = _param_stats(self.target)
-        draft_module = getattr(self.drafter, "model", None)
-        if draft_module is None:
-            draft_module = getattr(self.drafter, "head", None)
+        draft_module = self.drafter.module if self.drafter is not None else None
         draft_params, draft_bytes = _param_stats(draft_module) if draft_module is not None else (0, 0)
         return {
             "device": str(self.target.device),

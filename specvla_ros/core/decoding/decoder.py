@@ -1,16 +1,18 @@
 """Speculative decoder: one loop for every accept rule.
 
-Per decision (``SpeculativeDecoder.decode``):
+Per decision (``SpeculativeDecoder.decode``), in stages:
 
-    vision  = target.encode_vision(image)       # cached per Observation.frame_id, shared with the draft
-    prefill = target.prefill(vision, ...)       # the first token comes from the prefix's last logits
-    drafter.begin(...)
-    until the grammar is done (narration, EON, exactly 7 action tokens):
-        drafts, q = drafter.propose(k)          # k = drafter's adaptive length, capped by what is left
-        out = target.forward([last, *drafts])   # ONE verify pass: logits (k+1, V)
-        n, next = rule(out.logits + grammar bias, drafts, q)
-        target cache.truncate(kept)             # roll back rejected positions, no recompute
-        drafter.accept(n, next, out.hidden); drafter.update(n, k)
+    vision:  target.encode_vision(image)         # cached per Observation.frame_id, shared with the draft
+    prefill: target.prefill(vision, ...)         # the first token comes from the prefix's last logits
+             (or prefill_with_guess: the previous decision's output verified in the same pass);
+             drafter.begin(...)
+    rounds:  until the grammar is done (narration, EON, exactly 7 action tokens):
+               drafts, q = drafter.propose(k)        # k = drafter's adaptive length, capped by what is left
+               out = target.forward([last, *drafts]) # ONE verify pass: logits (k+1, V)
+               n, next = rule(out.logits + grammar bias, drafts, q)
+               target cache.truncate(kept)           # roll back rejected positions, no recompute
+               drafter.accept(n, next, out.hidden); drafter.update(n, k)
+    result:  drafter.finish(); tokens -> narration, action
 
 Accept rules (``DecodeConfig.mode``):
 - "greedy": accept while draft == masked target argmax; emit the target's token at the
@@ -28,13 +30,13 @@ autoregressive baseline through the same loop (k = 0).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from specvla_ros.core.decoding.drafters import DraftContext, Drafter
-from specvla_ros.core.models.interface import VisionFeatures, VLAModel
+from specvla_ros.core.decoding.drafters import DraftContext, Drafter, DraftSettings
+from specvla_ros.core.models.interface import KVCache, StepOutput, VisionFeatures, VLAModel
 from specvla_ros.core.decoding.grammar import OutputGrammar
 from specvla_ros.core.types import ACTION_DIM, DecodeStats, Observation
 
@@ -50,11 +52,13 @@ class DecodeConfig:
     draft_len: int = 4
     max_draft_len: int = 8
     adaptive_draft: bool = True
-    # free drafts (no model pass; on by default: greedy output stays exactly the target's and
-    # sampling keeps its distribution; exact 1.38x -> 2.12x on simulator frames with the shipped pair)
-    history_actions: bool = True  # the drafter also proposes the previous decision's action tokens
-    lookahead: bool = True  # ... and, past a rejected draft, the target's own predictions from that pass
-    whole_narration: bool = True  # the draft model drafts the narration through [EON] in one proposal (k: actions)
+    # Free drafts (no model pass; greedy output stays exactly the target's and sampling keeps its
+    # distribution). True switches a source on, False off, None keeps the drafter's own setting.
+    history_actions: bool | None = True  # propose the previous decision's action tokens; in greedy and
+    #   relaxed mode also verify its whole output in the target's prefill pass
+    lookahead: bool | None = True  # past a rejected draft, the target's own predictions from that pass
+    whole_narration: bool | None = True  # the draft model drafts the narration through [EON] in one proposal
+    history_narration: bool | None = None  # propose the rest of the previous decision's narration
     max_narration_tokens: int = 12
     temperature: float = 1.0
     seed: int = 0
@@ -72,6 +76,18 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.max_narration_tokens must be >= 0, got {self.max_narration_tokens}")
         if not (self.temperature > 0.0 and np.isfinite(self.temperature)):
             raise ValueError(f"DecodeConfig.temperature must be a finite number > 0, got {self.temperature}")
+        self.draft_settings()  # validates the source flags
+
+    def draft_settings(self) -> DraftSettings:
+        """What the drafter is configured with (once, when the decoder is built)."""
+        return DraftSettings(draft_len=self.draft_len, max_draft_len=self.max_draft_len, adaptive=self.adaptive_draft,
+                             history_narration=self.history_narration, history_actions=self.history_actions,
+                             lookahead=self.lookahead, whole_narration=self.whole_narration)
+
+    @property
+    def prefill_guess(self) -> bool:
+        """Verify the previous output in the prefill pass (sampling would need its q: greedy, relaxed only)."""
+        return self.history_actions is True and self.mode in ("greedy", "relaxed")
 
 
 @dataclass
@@ -84,6 +100,30 @@ class DecodeResult:
     action: np.ndarray  # (7,) float64, robot units
     stats: DecodeStats
     token_ids: list[int]  # everything emitted: narration, EON, 7 action tokens
+
+
+@dataclass
+class _Run:
+    """The state of one decision while it is decoded."""
+
+    grammar: OutputGrammar
+    stats: DecodeStats
+    t_start: float
+    t_mark: float = 0.0
+    cache: KVCache | None = None
+    tokens: list[int] = field(default_factory=list)
+    state: int = 0
+
+    def __post_init__(self) -> None:
+        self.state = self.grammar.initial_state
+
+
+@dataclass
+class _Verified:
+    """Draft tokens a target pass has already verified (the guess in the prefill pass) and its output."""
+
+    drafts: list[int]
+    output: StepOutput
 
 
 # --- accept rules (pure functions; tested directly) ----------------------------------------
@@ -142,14 +182,10 @@ def rejection_accept(
 # --- the decoder ---------------------------------------------------------------------------
 
 def text_allowed_mask(target: VLAModel) -> np.ndarray:
-    """Ids a narration position may emit: the tokenizer's text ids, else every non-action id."""
+    """Ids a narration position may emit: the tokenizer's text ids."""
     vocab = target.vocab_size
     allowed = np.zeros(vocab, dtype=bool)
-    tok = target.text_tokenizer
-    if hasattr(tok, "text_token_ids"):
-        allowed[np.asarray(tok.text_token_ids(), dtype=np.int64)] = True
-    else:
-        allowed[: target.action_tokenizer.action_token_begin] = True
+    allowed[np.asarray(target.text_tokenizer.text_token_ids(), dtype=np.int64)] = True
     return allowed
 
 
@@ -167,18 +203,7 @@ class SpeculativeDecoder:
         self.drafter = drafter
         self.config = config or DecodeConfig()
         if drafter is not None:
-            drafter.initial = self.config.draft_len  # type: ignore[attr-defined]
-            drafter.num_draft_tokens = self.config.draft_len
-            drafter.max_draft_len = self.config.max_draft_len
-            if hasattr(drafter, "adaptive"):
-                drafter.adaptive = self.config.adaptive_draft
-            # free drafts (drafters.HistoryReuse): True turns them on; False keeps the drafter's own setting
-            if self.config.history_actions and hasattr(drafter, "reuse_action_dims"):
-                drafter.reuse_action_dims = tuple(range(ACTION_DIM))
-            if self.config.lookahead and hasattr(drafter, "lookahead"):
-                drafter.lookahead = True
-            if self.config.whole_narration and hasattr(drafter, "whole_narration"):
-                drafter.whole_narration = True
+            drafter.configure(self.config.draft_settings())
         self.generator = torch.Generator(device=target.device)
         self.generator.manual_seed(self.config.seed)
         self._text_allowed = text_allowed_mask(target)
@@ -214,126 +239,124 @@ class SpeculativeDecoder:
     @torch.inference_mode()
     def decode(self, obs: Observation, action_bin_mask: np.ndarray | None = None) -> DecodeResult:
         """Observation -> narration + 7 action tokens (raises ValueError on an empty mask row)."""
-        cfg = self.config
-        sample = cfg.mode == "sample"
-        relax = cfg.relax_bins if cfg.mode == "relaxed" else 0
         grammar = self._default_grammar if action_bin_mask is None else self._make_grammar(action_bin_mask)
-        bias = grammar.bias
-        stats = DecodeStats(mode=cfg.mode)
-        drafter = self.drafter
-        t_start = self._clock()
+        run = _Run(grammar=grammar, stats=DecodeStats(mode=self.config.mode), t_start=self._clock())
+        vision = self._vision_stage(obs, run)
+        verified = self._prefill_stage(obs, vision, run)
+        while not grammar.is_done(run.state):
+            self._round(run, verified)
+            verified = None
+        return self._result_stage(run)
 
-        vision, stats.vision_cached = self.vision_features(obs)
-        t_vis = self._clock()
-        stats.vision_time_s = t_vis - t_start
+    def _vision_stage(self, obs: Observation, run: _Run) -> VisionFeatures:
+        vision, run.stats.vision_cached = self.vision_features(obs)
+        run.t_mark = self._clock()
+        run.stats.vision_time_s = run.t_mark - run.t_start
+        return vision
 
+    def _prefill_stage(self, obs: Observation, vision: VisionFeatures, run: _Run) -> _Verified | None:
+        """Run the prefix (with the previous output as a guess when the target and mode allow it), emit
+        the first token and start the drafter -> the guess tokens verified in this pass, if any."""
+        drafter, grammar, stats = self.drafter, run.grammar, run.stats
         need_hidden = drafter is not None and drafter.needs_target_hidden
-        guess = self._history_guess(grammar)
-        pre_round = None  # (drafts, their verify output) when the prefill pass verified the history guess
+        guess = (drafter.previous_output(grammar) if drafter is not None and self.config.prefill_guess
+                 and self.target.can_prefill_with_guess else [])
         if guess:
-            cache, out, guess_out = self.target.prefill_with_guess(  # type: ignore[attr-defined]
+            run.cache, out, guess_out = self.target.prefill_with_guess(
                 vision, obs.instruction, obs.proprio, guess, return_all_hidden=need_hidden)
-        elif need_hidden:
-            cache, out = self.target.prefill(vision, obs.instruction, obs.proprio, return_all_hidden=True)  # type: ignore[call-arg]
         else:
-            cache, out = self.target.prefill(vision, obs.instruction, obs.proprio)
-        state = grammar.initial_state
-        first_logits = out.logits[-1] + bias[grammar.row(state)]
-        if sample:
-            first = int(torch.multinomial(torch.softmax(first_logits / cfg.temperature, -1), 1, generator=self.generator))
-        else:
-            first = int(first_logits.argmax())
-        tokens = [first]
-        state = grammar.advance(state, first)
+            run.cache, out = self.target.prefill(vision, obs.instruction, obs.proprio, return_all_hidden=need_hidden)
+        first = self._first_token(out.logits[-1] + grammar.bias[grammar.row(run.state)])
+        run.tokens = [first]
+        run.state = grammar.advance(run.state, first)
         stats.target_passes = 1
-        if guess:
-            if guess[0] == first and len(guess) > 1:
-                pre_round = (guess[1:], guess_out)
-            else:  # the guess went wrong at once: keep the prefix only
-                cache.truncate(len(cache) - len(guess))
+        verified = None
+        if guess and guess[0] == first and len(guess) > 1:
+            verified = _Verified(guess[1:], guess_out)
+        elif guess:  # the guess went wrong at once: keep the prefix only
+            run.cache.truncate(len(run.cache) - len(guess))
         t_pre = self._clock()
-        stats.prefill_time_s = t_pre - t_vis
-
+        stats.prefill_time_s = t_pre - run.t_mark
         if drafter is not None:
             drafter.begin(DraftContext(self.target, vision, obs.instruction, obs.proprio, first,
-                                       out.hidden if need_hidden else None))
-            if pre_round is not None:
-                drafter.adopt_drafts(pre_round[0])  # type: ignore[attr-defined]
-            t_b = self._clock()
-            stats.draft_time_s += t_b - t_pre
+                                       out.hidden if need_hidden else None,
+                                       verified.drafts if verified is not None else []))
+            stats.draft_time_s += self._clock() - t_pre
+        return verified
 
-        device = self.target.device
-        while not grammar.is_done(state):
-            q = None
-            drafts: list[int] = []
-            if pre_round is not None:  # verified in the prefill pass already
-                drafts, out = pre_round
-                pre_round = None
-                inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
-            else:
-                k = min(drafter.num_draft_tokens, grammar.remaining(state)) if drafter is not None else 0
-                t0 = self._clock()
-                if k > 0:
-                    drafts, q = drafter.propose(k, grammar, state, sample, cfg.temperature, self.generator)
-                t1 = self._clock()
-                stats.draft_time_s += t1 - t0
-                inp = torch.tensor([tokens[-1], *drafts], dtype=torch.long, device=device)
-                out = self.target.forward(inp, cache)
-                t2 = self._clock()
-                stats.verify_time_s += t2 - t1
-                stats.target_passes += 1
+    def _first_token(self, logits: torch.Tensor) -> int:
+        if self.config.mode == "sample":
+            return int(torch.multinomial(torch.softmax(logits / self.config.temperature, -1), 1,
+                                         generator=self.generator))
+        return int(logits.argmax())
 
-            # grammar rows of the k+1 verified positions (states follow the drafts)
-            states = [state]
-            for d in drafts:
-                states.append(grammar.advance(states[-1], d))
-            n_draft = len(drafts)
-            # a position after the grammar's end is never used; give it any valid row
-            rows = [grammar.row(min(s, grammar.done_state - 1)) for s in states]
-            logits = out.logits + bias[rows]
-            draft_t = inp[1:]
-            if sample:
-                p = torch.softmax(logits / cfg.temperature, dim=-1)
-                n, nxt = rejection_accept(p, q if q is not None else p[:0], draft_t, self.generator)
-            else:
-                relax_pos = None
-                if relax > 0 and n_draft:
-                    relax_pos = self._is_action_row[rows[:n_draft]]
-                n, nxt = greedy_accept(logits, draft_t, relax_pos, relax)
-            finished = n == n_draft and grammar.is_done(states[n_draft])
-            next_token = None if finished else nxt
-            # keep [last, drafts[:n]] in the target cache; the next token is fed next round
-            cache.truncate(len(cache) - (n_draft - n))
-            tokens.extend(drafts[:n])
-            state = states[n]
-            if next_token is not None:
-                tokens.append(next_token)
-                state = grammar.advance(state, next_token)
-            stats.drafted += n_draft
-            stats.accepted += n
-            if drafter is not None:
-                drafter.accept(n, next_token, out.hidden)
-                drafter.update(n, n_draft)
-
+    def _round(self, run: _Run, verified: _Verified | None) -> None:
+        """One draft + verify + accept round (drafts verified in the prefill pass need no new pass)."""
+        drafter, grammar, stats = self.drafter, run.grammar, run.stats
+        q = None
+        if verified is not None:
+            drafts, out = verified.drafts, verified.output
+        else:
+            k = min(drafter.num_draft_tokens, grammar.remaining(run.state)) if drafter is not None else 0
+            drafts = []
+            t0 = self._clock()
+            if k > 0:
+                drafts, q = drafter.propose(k, grammar, run.state, self.config.mode == "sample",
+                                            self.config.temperature, self.generator)
+            t1 = self._clock()
+            stats.draft_time_s += t1 - t0
+            out = self.target.forward(torch.tensor([run.tokens[-1], *drafts], dtype=torch.long,
+                                                   device=self.target.device), run.cache)
+            stats.verify_time_s += self._clock() - t1
+            stats.target_passes += 1
+        n, next_token, states = self._verify(run, drafts, q, out.logits)
+        # keep [last, drafts[:n]] in the target cache; the next token is fed next round
+        run.cache.truncate(len(run.cache) - (len(drafts) - n))
+        run.tokens.extend(drafts[:n])
+        run.state = states[n]
+        if next_token is not None:
+            run.tokens.append(next_token)
+            run.state = grammar.advance(run.state, next_token)
+        stats.drafted += len(drafts)
+        stats.accepted += n
         if drafter is not None:
-            stats.draft_passes = drafter.passes
-        t_end = self._clock()
-        stats.total_time_s = t_end - t_start
-        stats.emitted = len(tokens)
+            drafter.accept(n, next_token, out.hidden)
+            drafter.update(n, len(drafts))
+
+    def _verify(self, run: _Run, drafts: list[int], q: torch.Tensor | None,
+                logits: torch.Tensor) -> tuple[int, int | None, list[int]]:
+        """The accept rule over the k+1 verified positions -> (accepted, next token or None when the
+        drafts completed the grammar, grammar state after each draft)."""
+        grammar, cfg = run.grammar, self.config
+        states = [run.state]
+        for d in drafts:
+            states.append(grammar.advance(states[-1], d))
+        n_draft = len(drafts)
+        # a position after the grammar's end is never used; give it any valid row
+        rows = [grammar.row(min(st, grammar.done_state - 1)) for st in states]
+        logits = logits + grammar.bias[rows]
+        draft_t = torch.tensor(drafts, dtype=torch.long, device=logits.device)
+        if cfg.mode == "sample":
+            p = torch.softmax(logits / cfg.temperature, dim=-1)
+            n, nxt = rejection_accept(p, q if q is not None else p[:0], draft_t, self.generator)
+        else:
+            relax = cfg.relax_bins if cfg.mode == "relaxed" else 0
+            relax_pos = self._is_action_row[rows[:n_draft]] if relax > 0 and n_draft else None
+            n, nxt = greedy_accept(logits, draft_t, relax_pos, relax)
+        finished = n == n_draft and grammar.is_done(states[n_draft])
+        return n, None if finished else nxt, states
+
+    def _result_stage(self, run: _Run) -> DecodeResult:
+        stats = run.stats
+        if self.drafter is not None:
+            self.drafter.finish()
+            stats.draft_passes = self.drafter.passes
+        stats.total_time_s = self._clock() - run.t_start
+        stats.emitted = len(run.tokens)
         # overhead: everything that is not a model call (rules, bookkeeping, output assembly)
         stats.overhead_time_s = max(0.0, stats.total_time_s - stats.vision_time_s - stats.prefill_time_s
                                     - stats.draft_time_s - stats.verify_time_s)
-        return self._result(tokens, grammar, stats)
-
-    def _history_guess(self, grammar: OutputGrammar) -> list[int]:
-        """Last decision's output to verify in the prefill pass (greedy or relaxed mode with
-        ``history_actions``, a drafter that keeps history and a target that can prefill with a
-        guess: TinyVLA), else []. Sampling needs the draft's q for each guessed token, so not there."""
-        d = self.drafter
-        if not (self.config.mode in ("greedy", "relaxed") and self.config.history_actions and hasattr(d, "history_guess")
-                and hasattr(self.target, "prefill_with_guess")):
-            return []
-        return d.history_guess(grammar)  # type: ignore[union-attr]
+        return self._result(run.tokens, run.grammar, stats)
 
     def _result(self, tokens: list[int], grammar: OutputGrammar, stats: DecodeStats) -> DecodeResult:
         # last line of defence: only NaN logits can slip a token past the bias table

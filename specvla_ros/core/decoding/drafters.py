@@ -3,12 +3,16 @@
 Shaped like transformers' ``CandidateGenerator`` (``get_candidates`` ->
 ``propose``, ``update_candidate_strategy`` -> ``update``). One decision runs:
 
-    drafter.begin(ctx)                        # after the target's prefill chose the first token
-    loop:
-        tokens, probs = drafter.propose(k, grammar, state, sample, temperature, generator)
-        ... target verifies [last, *tokens] ...
-        drafter.accept(n_accepted, next_token, target_hidden)   # roll own cache back
-        drafter.update(n_accepted, len(tokens))                 # adapt k
+    drafter.configure(settings)               # once, from DecodeConfig.draft_settings()
+    per decision:
+        guess = drafter.previous_output(grammar)  # optional: verified in the target's prefill pass
+        drafter.begin(ctx)                    # after the prefill chose the first token (ctx.verified_guess)
+        loop:
+            tokens, probs = drafter.propose(k, grammar, state, sample, temperature, generator)
+            ... target verifies [last, *tokens] ...
+            drafter.accept(n_accepted, next_token, target_hidden)   # roll own cache back
+            drafter.update(n_accepted, len(tokens))                 # adapt k
+        drafter.finish()                      # the output becomes the history of the next decision
 
 Both drafters follow the same output grammar (bias rows) as the target, so
 every proposed token is allowed where it stands.
@@ -20,16 +24,17 @@ Implementations:
   position j is ``fc([embed(x_j), h_{j-1}])`` with ``h`` the target's last hidden
   state (post-norm); it predicts ``h_j`` and uses the target's LM head.
 
-Both first propose what the previous decision emitted where it applies (``HistoryReuse``):
-the rest of its narration when this decision has begun the same way (``reuse_narration``,
-on by default) and its action tokens of chosen dimensions (``reuse_action_dims``, none by
-default). No model cost for those tokens, and greedy output stays exactly the target's.
+Free candidate sources, no model cost (``HistoryReuse``, switched by ``DraftSettings``):
+the previous decision's output — the rest of its narration when this decision has begun
+the same way (``reuse_narration``, on by default) and its action tokens of chosen
+dimensions (``reuse_action_dims``, none by default) — and lookahead (the target's own
+predictions past a rejected draft). Greedy output stays exactly the target's.
 
 The EAGLE head itself (a model, with its training API) is ``models.eagle_head``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -37,7 +42,7 @@ import torch
 
 from specvla_ros.core.decoding.grammar import OutputGrammar
 from specvla_ros.core.models.eagle_head import EagleHead
-from specvla_ros.core.models.interface import VisionFeatures
+from specvla_ros.core.models.interface import VisionFeatures, VLAModel
 from specvla_ros.core.models.kv_cache import CACHE_MARGIN, StaticKVCache
 from specvla_ros.core.models.tiny_vla import TinyVLA
 from specvla_ros.core.types import ACTION_DIM
@@ -51,24 +56,66 @@ class DraftContext:
     vision: the frame's shared vision features.
     first_token: the token the target's prefill chose (already emitted).
     target_prefix_hidden: (P, d) target hidden states of the whole prefix (EAGLE only).
+    verified_guess: the ``previous_output`` tokens after the first one, verified in the prefill
+        pass: ``accept`` follows as after a ``propose`` that drafted them.
     """
 
-    target: object
+    target: VLAModel
     vision: VisionFeatures
     instruction: str
     proprio: np.ndarray
     first_token: int
     target_prefix_hidden: torch.Tensor | None = None
+    verified_guess: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """How a drafter drafts, from ``DecodeConfig.draft_settings()``: its draft length rule and its
+    free candidate sources. A source flag True switches the source on, False off, None keeps
+    the drafter's own setting."""
+
+    draft_len: int = 4
+    max_draft_len: int = 8
+    adaptive: bool = True
+    history_narration: bool | None = None  # propose the rest of the previous decision's narration
+    history_actions: bool | None = None  # propose the previous decision's action tokens (every dimension)
+    lookahead: bool | None = None  # propose the target's own predictions past a rejected draft
+    whole_narration: bool | None = None  # the model drafts a narration through [EON] in one proposal
+
+    def __post_init__(self) -> None:
+        if self.max_draft_len < 1 or not 1 <= self.draft_len <= self.max_draft_len:
+            raise ValueError(f"draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
+        for name in ("history_narration", "history_actions", "lookahead", "whole_narration"):
+            if getattr(self, name) not in (True, False, None):
+                raise ValueError(f"DraftSettings.{name} must be true, false or None, got {getattr(self, name)!r}")
 
 
 @runtime_checkable
 class Drafter(Protocol):
     """Proposes draft tokens; see the module docstring for the call order."""
 
+    kind: str  # "model", "eagle", ... (reports)
     num_draft_tokens: int  # current k
     max_draft_len: int
     needs_target_hidden: bool  # the decoder must pass full prefix hidden states in DraftContext
     passes: int  # draft forward passes run since begin()
+    reused: int  # tokens proposed from the previous decision since begin()
+    looked_ahead: int  # tokens proposed from the target's lookahead since begin()
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The network that drafts (parameter counts), or None."""
+        ...
+
+    def configure(self, settings: DraftSettings) -> None:
+        """Apply the draft length rule and switch the free sources (see ``DraftSettings``)."""
+        ...
+
+    def previous_output(self, grammar: OutputGrammar) -> list[int]:
+        """The previous decision's whole output as far as ``grammar`` allows it ([] when the drafter keeps
+        no history or narration reuse is off): a guess the target can verify in its prefill pass."""
+        ...
 
     def begin(self, ctx: DraftContext) -> None: ...
 
@@ -87,17 +134,22 @@ class Drafter(Protocol):
 
     def update(self, num_accepted: int, num_proposed: int) -> None: ...
 
+    def finish(self) -> None:
+        """The decision is complete: its output becomes the next decision's history."""
+        ...
+
 
 class AdaptiveDraftLength:
     """transformers' heuristic: k += 2 after a fully accepted draft, k -= 1 otherwise, in [1, max]."""
 
     def __init__(self, draft_len: int, max_draft_len: int, adaptive: bool) -> None:
-        if not 1 <= draft_len <= max_draft_len:
-            raise ValueError(f"draft_len must be in [1, max_draft_len={max_draft_len}], got {draft_len}")
-        self.initial = draft_len
-        self.num_draft_tokens = draft_len
-        self.max_draft_len = max_draft_len
-        self.adaptive = adaptive
+        self.set_length(DraftSettings(draft_len=draft_len, max_draft_len=max_draft_len, adaptive=adaptive))
+
+    def set_length(self, settings: DraftSettings) -> None:
+        self.initial = settings.draft_len
+        self.num_draft_tokens = settings.draft_len
+        self.max_draft_len = settings.max_draft_len
+        self.adaptive = settings.adaptive
 
     def update(self, num_accepted: int, num_proposed: int) -> None:
         if not self.adaptive or num_proposed == 0:
@@ -106,6 +158,13 @@ class AdaptiveDraftLength:
             self.num_draft_tokens = min(self.num_draft_tokens + 2, self.max_draft_len)
         else:
             self.num_draft_tokens = max(1, self.num_draft_tokens - 1)
+
+
+def _action_dims(dims: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(sorted({int(d) for d in dims}))
+    if any(not 0 <= d < ACTION_DIM for d in out):
+        raise ValueError(f"reuse_action_dims must lie in [0, {ACTION_DIM}), got {list(dims)}")
+    return out
 
 
 def _pick(
@@ -119,7 +178,7 @@ def _pick(
     return torch.multinomial(q, 1, generator=generator), q
 
 
-class HistoryReuse:
+class HistoryReuse(AdaptiveDraftLength):
     """Drafts from the previous decision (shared by both drafters; no model cost).
 
     At 10 Hz the robot says the same phrase for many frames in a row, so with
@@ -149,11 +208,8 @@ class HistoryReuse:
 
     def _init_reuse(self, eon_token_id: int, reuse_narration: bool, reuse_action_dims: Sequence[int] = (),
                     lookahead: bool = False) -> None:
-        dims = tuple(sorted({int(d) for d in reuse_action_dims}))
-        if any(not 0 <= d < ACTION_DIM for d in dims):
-            raise ValueError(f"reuse_action_dims must lie in [0, {ACTION_DIM}), got {list(reuse_action_dims)}")
         self.reuse_narration = reuse_narration
-        self.reuse_action_dims = dims
+        self.reuse_action_dims = _action_dims(reuse_action_dims)
         self._eon_id = int(eon_token_id)
         self._last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
         self._last_eon = -1  # index of [EON] in _last_seq
@@ -175,16 +231,36 @@ class HistoryReuse:
         self._committed = []
         return kept
 
-    def _start_decision(self, first_token: int) -> None:
+    def configure(self, settings: DraftSettings) -> None:
+        """Draft length rule and free sources from ``settings`` (None keeps this drafter's own)."""
+        self.set_length(settings)
+        if settings.history_narration is not None:
+            self.reuse_narration = settings.history_narration
+        if settings.history_actions is not None:
+            self.reuse_action_dims = tuple(range(ACTION_DIM)) if settings.history_actions else ()
+        if settings.lookahead is not None:
+            self.lookahead = settings.lookahead
+        if settings.whole_narration is not None:
+            self.whole_narration = settings.whole_narration
+
+    def finish(self) -> None:
         self._roll_history()
-        self._committed = [int(first_token)]
+
+    def _start_decision(self, ctx: DraftContext) -> None:
+        self._roll_history()  # a decision that did not finish leaves no history
+        self._committed = [int(ctx.first_token)]
         self.reused = self.looked_ahead = 0
         self._la_hidden = self._la_logits = None
 
-    def history_guess(self, grammar: OutputGrammar) -> list[int]:
+    def _adopt_guess(self, ctx: DraftContext) -> None:
+        """The guess past the first token was verified in the prefill pass: ``accept`` follows as after
+        a ``propose`` that drafted it."""
+        self._drafts, self._n_spec = list(ctx.verified_guess), 0
+        self.reused += len(ctx.verified_guess)
+
+    def previous_output(self, grammar: OutputGrammar) -> list[int]:
         """The previous decision's whole output (as far as this grammar allows it), to verify in the
         target's prefill pass before the first token is known; [] without narration reuse or history."""
-        self._roll_history()
         if not self.reuse_narration:
             return []
         state, out = grammar.initial_state, []
@@ -194,12 +270,6 @@ class HistoryReuse:
             out.append(tok)
             state = grammar.advance(state, tok)
         return out
-
-    def adopt_drafts(self, drafts: list[int]) -> None:
-        """Right after ``begin``: ``drafts`` (the history guess past the first token) were verified in the
-        prefill pass; ``accept`` follows as after ``propose``."""
-        self._drafts, self._n_spec = list(drafts), 0
-        self.reused += len(drafts)
 
     def _note_verify(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor,
                      lm_head) -> None:  # noqa: ANN001 - the target's LM head (a module) or None
@@ -295,7 +365,7 @@ def _ids(tokens: list, device: torch.device) -> torch.Tensor:
                       for t in tokens]).to(device=device, dtype=torch.long)
 
 
-class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
+class ModelDrafter(HistoryReuse):
     """Independent small VLA drafting from the target's shared vision features.
 
     With ``reuse_narration`` / ``reuse_action_dims`` positions are first drafted from the
@@ -304,6 +374,7 @@ class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
     prediction.
     """
 
+    kind = "model"
     needs_target_hidden = False
 
     def __init__(self, model: TinyVLA, draft_len: int = 4, max_draft_len: int = 8, adaptive: bool = True,
@@ -322,9 +393,13 @@ class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
         self._feed: list = []  # tokens the model reads before its next prediction
         self._feed_committed = 0  # how many of them (at the front) are committed tokens
 
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
     def begin(self, ctx: DraftContext) -> None:
-        self._start_decision(ctx.first_token)
-        self._target_lm_head = getattr(ctx.target, "lm_head", None)
+        self._start_decision(ctx)
+        self._target_lm_head = ctx.target.lm_head
         self._ctx = ctx
         self.cache = None  # the prefix is run when the model is first needed (history may draft it all)
         self._prefix_len = 0
@@ -332,6 +407,8 @@ class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
         self._drafts, self._n_spec = [], 0
         self.passes = 0
         self.num_draft_tokens = self.initial
+        if ctx.verified_guess:
+            self._adopt_guess(ctx)
 
     @torch.inference_mode()
     def propose(
@@ -376,7 +453,7 @@ class ModelDrafter(HistoryReuse, AdaptiveDraftLength):
         self._drafts, self._n_spec = [], 0
 
 
-class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
+class EagleDrafter(HistoryReuse):
     """EAGLE-style drafting from the target's hidden states, embeddings and LM head.
 
     The target must expose ``embed_tokens(ids)``, ``prefix_embeds(vision, instruction, proprio)``
@@ -391,7 +468,12 @@ class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
     this frame's target features once verified, so only the drafts depend on the stand-ins.
     """
 
+    kind = "eagle"
     needs_target_hidden = True
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.head
 
     def __init__(self, head: EagleHead, target: TinyVLA, draft_len: int = 4, max_draft_len: int = 8,
                  adaptive: bool = True, reuse_narration: bool = True, reuse_action_dims: Sequence[int] = (),
@@ -418,7 +500,7 @@ class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
     def begin(self, ctx: DraftContext) -> None:
         if ctx.target_prefix_hidden is None:
             raise ValueError("EagleDrafter needs the target's prefix hidden states (target_prefix_hidden)")
-        self._start_decision(ctx.first_token)
+        self._start_decision(ctx)
         self._ctx = ctx
         self.cache = None  # the prefix is run when the head is first needed (history may draft it all)
         hidden = ctx.target_prefix_hidden.to(self.head.dtype)
@@ -428,6 +510,8 @@ class EagleDrafter(HistoryReuse, AdaptiveDraftLength):
         self._feats = [hidden[-1:]]
         self._drafts, self._n_spec = [], 0
         self.num_draft_tokens = self.initial
+        if ctx.verified_guess:
+            self._adopt_guess(ctx)
 
     @torch.inference_mode()
     def propose(

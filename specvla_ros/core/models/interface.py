@@ -88,6 +88,10 @@ class TextTokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def text_token_ids(self) -> list[int]:
+        """Ids a narration position may emit (EON and action ids excluded; empty: no narration)."""
+        ...
+
 
 @runtime_checkable
 class VLAModel(Protocol):
@@ -99,19 +103,36 @@ class VLAModel(Protocol):
     dtype: torch.dtype
     #: How frames of another size are brought to the model's input size (``frame_resize``).
     image_resize: ResizeMethod
+    #: Whether ``prefill_with_guess`` works (one pass over the prefix and guessed output tokens).
+    can_prefill_with_guess: bool
 
     @property
     def vocab_size(self) -> int: ...
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        """Hidden states (..., d) -> logits (..., vocab_size) (lookahead and EAGLE drafts read it)."""
+        ...
 
     def encode_vision(self, image: np.ndarray) -> VisionFeatures:
         """HxWx3 uint8 RGB (model input size) -> patch features; computed once per frame."""
         ...
 
-    def prefill(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray) -> tuple[KVCache, StepOutput]:
+    def prefill(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray,
+                return_all_hidden: bool = False) -> tuple[KVCache, StepOutput]:
         """Build the prefix (vision tokens, prompt, proprioception) and run it.
 
         Returns a fresh cache holding the prefix and the outputs of its LAST position
-        (n = 1), whose logits predict the first generated token.
+        (n = 1), whose logits predict the first generated token; with ``return_all_hidden``
+        the hidden states of every prefix position (an EAGLE head reads them).
+        """
+        ...
+
+    def prefill_with_guess(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray, guess: list[int],
+                           return_all_hidden: bool = False) -> tuple[KVCache, StepOutput, StepOutput]:
+        """``prefill`` and a verify pass over ``guess`` in one pass -> (cache, prefix output, guess output).
+
+        Only called when ``can_prefill_with_guess``.
         """
         ...
 

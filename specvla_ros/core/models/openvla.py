@@ -212,6 +212,8 @@ class OpenVLA(nn.Module):
 
     #: OpenVLA's processor resizes the uint8 frame with Pillow's bicubic.
     image_resize: ResizeMethod = "pil_bicubic"
+    #: Not implemented for the adapter: history drafts are verified in the first verify pass instead.
+    can_prefill_with_guess = False
 
     def __init__(self, towers: list[ViTFeaturizer], projector: PrismaticProjector, llm: nn.Module,
                  llm_config: LlamaConfig, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,
@@ -329,6 +331,10 @@ class OpenVLA(nn.Module):
         if not return_all_hidden:
             out = StepOutput(logits=out.logits, hidden=out.hidden[-1:])
         return cache, out
+
+    def prefill_with_guess(self, vision: VisionFeatures, instruction: str, proprio: np.ndarray | None,
+                           guess: list[int], return_all_hidden: bool = False) -> tuple[LlamaKVCache, StepOutput, StepOutput]:
+        raise NotImplementedError("OpenVLA adapter: can_prefill_with_guess is False")
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, cache: LlamaKVCache) -> StepOutput:  # type: ignore[override]

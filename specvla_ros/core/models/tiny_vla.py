@@ -327,6 +327,7 @@ class TinyVLA(nn.Module):
 
     #: Trained on frames rendered at the input size; any antialiased shrink serves.
     image_resize: ResizeMethod = "area"
+    can_prefill_with_guess = True
 
     def __init__(self, cfg: TinyVLAConfig, text_tokenizer: VLATextTokenizer, norm_stats: ActionNormStats | None = None) -> None:
         super().__init__()
