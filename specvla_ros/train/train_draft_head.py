@@ -73,7 +73,7 @@ class DraftHeadTrainConfig:
     grad_clip: float = 1.0
     feature_weight: float = 1.0
     token_weight: float = 1.0
-    tokens: str = "greedy"  # self-distillation: measured ~4x the acceptance of "demo" (README)
+    tokens: str = "greedy"  # self-distillation: the head learns what the target emits (docs/training.md)
     max_narration_tokens: int = 12
     max_samples: int = 0  # 0 = every frame
     eval_frames: int = 0  # frames held out (the last ones) to measure acceptance after training

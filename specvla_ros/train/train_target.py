@@ -67,7 +67,7 @@ class TargetTrainConfig:
     time_budget_min: float = 0.0  # 0 = no time limit
     max_episodes: int | None = None
     seed: int = 0
-    threads: int = 1  # one thread: two OpenMP threads on a busy shared 2-core CPU stall each other (5-10x slower)
+    threads: int = 1  # one thread: two OpenMP threads on a busy shared 2-core CPU stall each other
     bf16: bool = True  # CPU autocast to bfloat16 (several times faster on AVX512-BF16 CPUs)
     storage_dtype: str = "float16"  # final weights
     # auxiliary losses (training only): object positions from the vision features, the named

@@ -57,8 +57,8 @@ DEFAULT_UNNORM_KEY = "sim_panda"
 PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
 #: Keypoint stem resolution: a 128 px image gives 32x32 heat maps (4 px cells, sub-cell by soft-argmax).
 KEYPOINT_STRIDE = 4
-#: Scale of the named-keypoint selection logits: at lr 4e-4 the unscaled layer still split the
-#: token over ~3 keypoints (max weight 0.33) after 300 steps, though its argmax was already right.
+#: Scale of the named-keypoint selection logits: unscaled, the softmax stays spread over several
+#: keypoints long after its argmax is right, so the token mixes them.
 SELECTION_GAIN = 16.0
 #: Initial scale of each keypoint token's identity embedding.
 IDENTITY_STD = 0.5
