@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,8 @@ from typing import Any
 from specvla_ros.ros import topics
 from specvla_ros.ros.bag.io import NODE_INPUT_TOPICS, BagError, bag_info, write_bag
 from specvla_ros.ros.bag.player import BagPlayer, PlayConfig
-from specvla_ros.ros.bag.qos import parse_mapping
-from specvla_ros.ros.bag.types import make_typestore
+from specvla_ros.ros.bag.qos import parse_mapping, qos_preset
+from specvla_ros.ros.bag.types import import_msg_class, make_typestore
 
 
 #: Outputs compared, with their types. /diagnostics is not: it carries timings.
@@ -209,162 +209,197 @@ def replay(config: ReplayConfig) -> ReplayResult:
 
 def _replay(config: ReplayConfig, input_topics: list[str], target_dir: str, draft_dir: str,
             fingerprint: str) -> ReplayResult:
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.serialization import deserialize_message
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import Image, JointState
+    return _LockstepReplay(config, input_topics, target_dir, draft_dir, fingerprint).run()
 
-    from specvla_ros.ros.bag.qos import qos_preset
-    from specvla_ros.ros.bag.types import import_msg_class
-    from specvla_ros.ros.policy_node import PolicyNode
 
-    overrides: dict[str, Any] = {
-        "autostart": False,
-        "target_dir": target_dir,
-        "draft_dir": draft_dir,
-        "drafter": config.drafter,
-        "decode.mode": config.mode,
-        "decode.relax_bins": config.relax_bins,
-        "narration_every_step": True,  # one narration per decision, so each frame's text is compared
-        "warmup_steps": 0,
-        # Lockstep: wall-clock age and deadline checks must not depend on the machine's load.
-        "max_input_age": 60.0,
-        "decision_deadline": 60.0,
-    }
-    overrides.update(config.params)
-    settings = {
-        "models": config.models, "fingerprint": fingerprint, "mode": config.mode, "drafter": config.drafter,
-        "relax_bins": config.relax_bins, "params": {k: v for k, v in config.params.items()},
-    }
-    context = Context()
-    # Keep the replay's /clock and inputs inside this process: a robot stack on
-    # the same domain must never see them.
-    saved_range = os.environ.get(_DISCOVERY_ENV)
-    os.environ[_DISCOVERY_ENV] = "OFF"
-    rclpy.init(context=context, domain_id=config.domain_id)
-    executor = SingleThreadedExecutor(context=context)  # the node ticks on its own thread
-    node = harness = spinner = None
-    started = time.monotonic()
-    try:
-        node = PolicyNode(context=context, parameter_overrides=[Parameter("use_sim_time", value=True)] + [
-            Parameter(k, value=v) for k, v in overrides.items()])
-        harness = rclpy.create_node("specvla_replay", context=context)
-        _restore_env(_DISCOVERY_ENV, saved_range)
-        executor.add_node(node)
-        executor.add_node(harness)
-        spinner = threading.Thread(target=executor.spin, name="specvla_replay_executor", daemon=True)
-        spinner.start()
-        period_ns = int(round(float(node.get_parameter("control_period").value) * 1e9))
+class _LockstepReplay:
+    """The policy node and a harness node in one private graph; the harness owns /clock and
+    advances it one control period at a time, after each camera frame, until the node has
+    decided on that frame."""
 
-        clock_pub = harness.create_publisher(Clock, "/clock", qos_preset("reliable"))
+    def __init__(self, config: ReplayConfig, input_topics: list[str], target_dir: str, draft_dir: str,
+                 fingerprint: str) -> None:
+        self.config = config
+        self.input_topics = input_topics
+        self.overrides: dict[str, Any] = {
+            "autostart": False,
+            "target_dir": target_dir,
+            "draft_dir": draft_dir,
+            "drafter": config.drafter,
+            "decode.mode": config.mode,
+            "decode.relax_bins": config.relax_bins,
+            "narration_every_step": True,  # one narration per decision, so each frame's text is compared
+            "warmup_steps": 0,
+            # Lockstep: wall-clock age and deadline checks must not depend on the machine's load.
+            "max_input_age": 60.0,
+            "decision_deadline": 60.0,
+            **config.params,
+        }
+        self.settings = {
+            "models": config.models, "fingerprint": fingerprint, "mode": config.mode, "drafter": config.drafter,
+            "relax_bins": config.relax_bins, "params": dict(config.params),
+        }
+        self._lock = threading.Lock()
+        self.received: list[tuple[int, int, str, bytes]] = []  # (source ts, arrival, topic, raw)
+        self.chosen: dict[int, tuple[int, int, int]] = {}  # verdict source ts -> (frame index, frame stamp, tick ns)
+        self.joints: dict[str, float] = {}
+        self.frame_stamps: list[int] = []
+        self.ticks = 0
+        self.stale = 0
+        self.clock0 = 0
+        self.period_ns = 0
+        self.node: Any = None
+        self.harness: Any = None
+        self.player: BagPlayer | None = None
 
-        def set_clock(ns: int) -> None:
-            msg = Clock()
-            msg.clock.sec, msg.clock.nanosec = divmod(ns, 10**9)
-            clock_pub.publish(msg)
+    # ------------------------------------------------------------------ the run
+    def run(self) -> ReplayResult:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
 
-        clock0 = bag_info(config.input_bag).start_ns
-        _wait(lambda: clock_pub.get_subscription_count() > 0, 30, "the node's /clock subscription")
-        set_clock(clock0)
-        _wait(lambda: node.get_clock().now().nanoseconds == clock0, 30, "the node to take the sim clock")
+        started = time.monotonic()
+        context = Context()
+        # Keep the replay's /clock and inputs inside this process: a robot stack on
+        # the same domain must never see them.
+        saved_range = os.environ.get(_DISCOVERY_ENV)
+        os.environ[_DISCOVERY_ENV] = "OFF"
+        rclpy.init(context=context, domain_id=self.config.domain_id)
+        executor = SingleThreadedExecutor(context=context)  # the node ticks on its own thread
+        spinner = None
+        try:
+            self._create_nodes(context)
+            _restore_env(_DISCOVERY_ENV, saved_range)
+            executor.add_node(self.node)
+            executor.add_node(self.harness)
+            spinner = threading.Thread(target=executor.spin, name="specvla_replay_executor", daemon=True)
+            spinner.start()
+            self._start_node()
+            self._subscribe_outputs()
+            self._play()
+            # A fence: one more decision, so everything of the last frame has arrived before it.
+            self._tick_and_wait()
+            return ReplayResult(_group(self.received, self.chosen), self.settings, self.stale,
+                                time.monotonic() - started)
+        finally:
+            if self.player is not None:
+                self.player.destroy()
+            executor.shutdown()
+            if spinner is not None:
+                spinner.join(timeout=30)
+            for n in (self.harness, self.node):
+                if n is not None:
+                    n.destroy_node()
+            rclpy.try_shutdown(context=context)
+            _restore_env(_DISCOVERY_ENV, saved_range)
+
+    def _create_nodes(self, context: Any) -> None:
+        import rclpy
+        from rclpy.parameter import Parameter
+        from rosgraph_msgs.msg import Clock
+
+        from specvla_ros.ros.policy_node import PolicyNode
+
+        self.node = PolicyNode(context=context, parameter_overrides=[Parameter("use_sim_time", value=True)] + [
+            Parameter(k, value=v) for k, v in self.overrides.items()])
+        self.harness = rclpy.create_node("specvla_replay", context=context)
+        self.period_ns = int(round(float(self.node.get_parameter("control_period").value) * 1e9))
+        self._clock_pub = self.harness.create_publisher(Clock, topics.CLOCK, qos_preset("reliable"))
+        self._clock_msg = Clock
+
+    def _set_clock(self, ns: int) -> None:
+        msg = self._clock_msg()
+        msg.clock.sec, msg.clock.nanosec = divmod(ns, 10**9)
+        self._clock_pub.publish(msg)
+
+    def _start_node(self) -> None:
+        """Put the node on the bag's clock, then configure and activate it."""
         from rclpy.lifecycle import TransitionCallbackReturn
 
-        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        self.clock0 = bag_info(self.config.input_bag).start_ns
+        _wait(lambda: self._clock_pub.get_subscription_count() > 0, 30, "the node's /clock subscription")
+        self._set_clock(self.clock0)
+        _wait(lambda: self.node.get_clock().now().nanoseconds == self.clock0, 30, "the node to take the sim clock")
+        if self.node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise BagError("the policy node failed to configure (model load); see its log")
-        if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        if self.node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise BagError("the policy node failed to activate; see its log")
 
-        lock = threading.Lock()
-        received: list[tuple[int, int, str, bytes]] = []  # (source ts, arrival, topic, raw)
-
-        def collect(topic: str) -> Any:
-            def _store(raw: bytes, info: Any) -> None:
-                with lock:
-                    received.append((int(info["source_timestamp"]), len(received), topic, bytes(raw)))
-            return _store
-
+    def _subscribe_outputs(self) -> None:
         subs = {}
         for topic, msgtype in OUTPUT_TYPES.items():
             cls = import_msg_class(msgtype)
             if cls is None:
                 raise BagError(f"message type {msgtype} is not installed (build specvla_msgs: make setup)")
-            subs[topic] = harness.create_subscription(cls, topic, collect(topic), qos_preset("reliable"), raw=True)
-        expected_pubs = [topics.resolved(topics.SAFETY), topics.GRIPPER, topics.NARRATION]
-        _wait(lambda: all(subs[t].get_publisher_count() > 0 for t in expected_pubs), 30, "the node's publishers")
+            subs[topic] = self.harness.create_subscription(cls, topic, self._collector(topic), qos_preset("reliable"),
+                                                           raw=True)
+        expected = [topics.resolved(topics.SAFETY), topics.GRIPPER, topics.NARRATION]
+        _wait(lambda: all(subs[t].get_publisher_count() > 0 for t in expected), 30, "the node's publishers")
 
-        def verdicts() -> list[tuple[int, int, str, bytes]]:
-            with lock:
-                return [r for r in received if r[2] == topics.resolved(topics.SAFETY)]
+    def _collector(self, topic: str) -> Callable[[bytes, Any], None]:
+        def store(raw: bytes, info: Any) -> None:
+            with self._lock:
+                self.received.append((int(info["source_timestamp"]), len(self.received), topic, bytes(raw)))
+        return store
 
-        def verdict_stamp(raw: bytes) -> int:
-            from specvla_msgs.msg import SafetyVerdict
+    def _play(self) -> None:
+        self.player = BagPlayer(self.harness, self.config.input_bag, PlayConfig(
+            rate=1e9, topics=tuple(self.input_topics), remap=dict(self.config.remap), max_bytes_per_s=0.0,
+            wait_for_subscribers=1, subscriber_timeout_s=30.0))
+        self.player.play(after_publish=self._after_publish)
 
-            stamp = deserialize_message(raw, SafetyVerdict).header.stamp
-            return stamp.sec * 10**9 + stamp.nanosec
+    # ------------------------------------------------------------------ lockstep
+    def _verdicts(self) -> list[tuple[int, int, str, bytes]]:
+        with self._lock:
+            return [r for r in self.received if r[2] == topics.resolved(topics.SAFETY)]
 
-        ticks = 0
-        stale = 0
-        chosen: dict[int, tuple[int, int, int]] = {}  # verdict source ts -> (frame index, frame stamp, tick ns)
-        joints: dict[str, float] = {}
-        frame_stamps: list[int] = []
+    def _tick_and_wait(self) -> tuple[int, bytes, int]:
+        """Advance the clock one control period; -> (source ts, raw verdict, tick time) of the decision."""
+        before = len(self._verdicts())
+        self.ticks += 1
+        tick_ns = self.clock0 + self.ticks * self.period_ns
+        self._set_clock(tick_ns)
+        _wait(lambda: len(self._verdicts()) > before, self.config.tick_timeout_s, f"the decision of tick {self.ticks}")
+        src, _, _, raw = self._verdicts()[before]
+        return src, raw, tick_ns
 
-        def tick_and_wait() -> tuple[int, bytes, int]:
-            nonlocal ticks
-            before = len(verdicts())
-            ticks += 1
-            tick_ns = clock0 + ticks * period_ns
-            set_clock(tick_ns)
-            _wait(lambda: len(verdicts()) > before, config.tick_timeout_s, f"the decision of tick {ticks}")
-            src, _, _, raw = verdicts()[before]
-            return src, raw, tick_ns
+    def _after_publish(self, topic: str, msgtype: str, stamp_ns: int, raw: bytes) -> None:
+        """After each bag message: keep joint states; after a camera frame, tick until the node decides on it."""
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image, JointState
 
-        def after_publish(topic: str, msgtype: str, stamp_ns: int, raw: bytes) -> None:
-            nonlocal stale
-            if topic == topics.JOINT_STATES:
-                msg = deserialize_message(raw, JointState)
-                joints.update(zip(msg.name, (float(p) for p in msg.position)))
+        if topic == topics.JOINT_STATES:
+            msg = deserialize_message(raw, JointState)
+            self.joints.update(zip(msg.name, (float(p) for p in msg.position)))
+            return
+        if topic != topics.IMAGE:
+            return
+        if self.config.max_frames and len(self.frame_stamps) >= self.config.max_frames:
+            self.player.stop()
+            return
+        header = deserialize_message(raw, Image).header.stamp
+        frame_ns = header.sec * 10**9 + header.nanosec
+        index = len(self.frame_stamps)
+        if frame_ns == 0 or frame_ns in self.frame_stamps:
+            raise BagError(f"camera frame {index} in {self.config.input_bag} has a zero or repeated "
+                           "header stamp; regression inputs need one unique stamp per frame")
+        self.frame_stamps.append(frame_ns)
+        _wait(lambda: _node_holds(self.node, frame_ns, self.joints), 30, f"the node to receive frame {index}")
+        for _ in range(3):
+            src, raw_verdict, tick_ns = self._tick_and_wait()
+            if _verdict_stamp(raw_verdict) in (frame_ns, tick_ns):
+                self.chosen[src] = (index, frame_ns, tick_ns)
                 return
-            if topic != topics.IMAGE:
-                return
-            if config.max_frames and len(frame_stamps) >= config.max_frames:
-                player.stop()
-                return
-            header = deserialize_message(raw, Image).header.stamp
-            frame_ns = header.sec * 10**9 + header.nanosec
-            if frame_ns == 0 or frame_ns in frame_stamps:
-                raise BagError(f"camera frame {len(frame_stamps)} in {config.input_bag} has a zero or repeated "
-                               "header stamp; regression inputs need one unique stamp per frame")
-            frame_stamps.append(frame_ns)
-            _wait(lambda: _node_holds(node, frame_ns, joints), 30, f"the node to receive frame {len(frame_stamps) - 1}")
-            for _ in range(3):
-                src, raw_verdict, tick_ns = tick_and_wait()
-                if verdict_stamp(raw_verdict) in (frame_ns, tick_ns):
-                    chosen[src] = (len(frame_stamps) - 1, frame_ns, tick_ns)
-                    return
-                stale += 1  # decided on an older frame: tick again
-            raise BagError(f"the node never decided on camera frame {len(frame_stamps) - 1} ({frame_ns} ns)")
+            self.stale += 1  # decided on an older frame: tick again
+        raise BagError(f"the node never decided on camera frame {index} ({frame_ns} ns)")
 
-        player = BagPlayer(harness, config.input_bag, PlayConfig(
-            rate=1e9, topics=tuple(input_topics), remap=dict(config.remap), max_bytes_per_s=0.0, wait_for_subscribers=1,
-            subscriber_timeout_s=30.0))
-        player.play(after_publish=after_publish)
-        # A fence: one more decision, so everything of the last frame has arrived before it.
-        tick_and_wait()
-        player.destroy()
-        frames = _group(received, chosen)
-        return ReplayResult(frames, settings, stale, time.monotonic() - started)
-    finally:
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join(timeout=30)
-        for n in (harness, node):
-            if n is not None:
-                n.destroy_node()
-        rclpy.try_shutdown(context=context)
-        _restore_env(_DISCOVERY_ENV, saved_range)
+
+def _verdict_stamp(raw: bytes) -> int:
+    from rclpy.serialization import deserialize_message
+    from specvla_msgs.msg import SafetyVerdict
+
+    stamp = deserialize_message(raw, SafetyVerdict).header.stamp
+    return stamp.sec * 10**9 + stamp.nanosec
 
 
 def _restore_env(name: str, value: str | None) -> None:
