@@ -24,7 +24,8 @@ Implementations:
   position j is ``fc([embed(x_j), h_{j-1}])`` with ``h`` the target's last hidden
   state (post-norm); it predicts ``h_j`` and uses the target's LM head.
 
-Free candidate sources, no model cost (``HistoryReuse``, switched by ``DraftSettings``):
+Free candidate sources, no model cost (``CandidateSource``: ``LookaheadSource``, ``HistorySource``;
+switched by ``DraftSettings``):
 the previous decision's output — the rest of its narration when this decision has begun
 the same way (``reuse_narration``, on by default) and its action tokens of chosen
 dimensions (``reuse_action_dims``, none by default) — and lookahead (the target's own
@@ -178,58 +179,187 @@ def _pick(
     return torch.multinomial(q, 1, generator=generator), q
 
 
-class HistoryReuse(AdaptiveDraftLength):
-    """Drafts from the previous decision (shared by both drafters; no model cost).
+class CandidateSource(Protocol):
+    """A free source of draft tokens (no model pass) consulted at every draft position, in order,
+    before the drafter's model. Verification is unchanged, so greedy output stays exactly the
+    target's; in sampling mode its tokens carry a one-hot q (rejection sampling stays exact)."""
 
-    At 10 Hz the robot says the same phrase for many frames in a row, so with
-    ``reuse_narration`` the rest of last decision's phrase (through [EON]) is proposed
-    whenever the tokens emitted so far match its start. With ``reuse_action_dims`` the
-    action tokens of those dimensions (0..6: x, y, z, roll, pitch, yaw, gripper) are
-    proposed as last decision's tokens of the same dimension: the target's consecutive
-    actions often repeat a bin. With ``lookahead`` the positions after a rejected draft are
-    first drafted as the target's own (masked argmax) predictions there from the verify pass
-    that rejected it (Jacobi-style: made after a wrong token, they still often hold, as
-    action dimensions depend more on the image than on each other). The drafter's model
-    drafts every other position (at most k model tokens per proposal; the free tokens do
-    not count). Verification is unchanged, so greedy output stays exactly the target's, and
-    in sampling mode the free tokens carry a one-hot q (rejection sampling stays exact).
-    With ``whole_narration`` the model drafts a narration through [EON] in one proposal (k
-    then limits its action tokens only): its narration drafts are nearly always right, and a
-    model pass costs a fraction of a target pass.
+    proposed: int  # tokens proposed since the decision began
+
+    def start(self) -> None:
+        """A new decision begins."""
+        ...
+
+    def start_proposal(self) -> None:
+        """A new proposal begins."""
+        ...
+
+    def candidate(self, grammar: OutputGrammar, state: int, committed: list[int],
+                  drafts: list) -> tuple[int, int | torch.Tensor] | None:
+        """(token, feature) for the position after ``committed + drafts`` in grammar ``state``, or None.
+        feature: what a feature-reading draft (EAGLE) feeds with the token (``SourcedDrafter._queue``)."""
+        ...
+
+
+class LookaheadSource:
+    """The target's own (masked argmax) predictions at the positions after a rejected draft, from the
+    verify pass that rejected it (Jacobi-style: made after a wrong token, they still often hold, as
+    action dimensions depend more on the image than on each other). They serve the proposal right
+    after that pass only; the feature is the target hidden state that made the prediction."""
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self.proposed = 0
+        self._hidden: torch.Tensor | None = None  # (m, d) target hidden states after the last rejection
+        self._logits: torch.Tensor | None = None  # (m, V) their LM-head logits, for the next proposal
+        self._active: torch.Tensor | None = None  # the logits the current proposal uses
+
+    def start(self) -> None:
+        self.proposed = 0
+        self._hidden = self._logits = self._active = None
+
+    def observe_verify(self, n_accepted: int, next_token: int | None, n_drafts: int, target_hidden: torch.Tensor,
+                       lm_head: torch.nn.Module | None) -> None:
+        """Keep the target's hidden states past a rejection: they predict the positions drafted next."""
+        self._hidden = self._logits = None
+        if self.enabled and lm_head is not None and next_token is not None and n_accepted < n_drafts:
+            self._hidden = target_hidden[n_accepted + 1 : n_drafts + 1]
+            self._logits = lm_head(self._hidden).float()
+
+    def start_proposal(self) -> None:
+        self._active, self._logits = self._logits, None
+
+    def candidate(self, grammar: OutputGrammar, state: int, committed: list[int],
+                  drafts: list) -> tuple[int, torch.Tensor] | None:
+        j = len(drafts)
+        if self._active is None or j >= self._active.shape[0]:
+            return None
+        tok = int((self._active[j] + grammar.bias[grammar.row(state)]).argmax(-1, keepdim=True))
+        self.proposed += 1
+        return tok, self._hidden[j : j + 1]  # type: ignore[index] - set with _active
+
+
+class HistorySource:
+    """The previous decision's output. At 10 Hz the robot says the same phrase for many frames in a
+    row: with ``narration`` the rest of last decision's phrase (through [EON]) is proposed whenever
+    the tokens emitted so far match its start; the action tokens of ``action_dims`` (0..6: x, y, z,
+    roll, pitch, yaw, gripper) are proposed as last decision's tokens of the same dimension (the
+    target's consecutive actions often repeat a bin). The feature is the token's index in last
+    decision's sequence. ``previous_output`` is the whole of it, for the target's prefill pass."""
+
+    def __init__(self, eon_token_id: int, narration: bool = True, action_dims: Sequence[int] = ()) -> None:
+        self.eon_token_id = int(eon_token_id)
+        self.narration = narration
+        self.action_dims = _action_dims(action_dims)
+        self.proposed = 0
+        self.last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
+        self.last_eon = -1  # index of [EON] in last_seq
+
+    def start(self) -> None:
+        self.proposed = 0
+
+    def start_proposal(self) -> None:
+        pass
+
+    def remember(self, output: list[int]) -> bool:
+        """Keep a finished decision's tokens as the history; -> whether ``output`` was a whole decision."""
+        if self.eon_token_id in output:
+            eon = output.index(self.eon_token_id)
+            if len(output) == eon + 1 + ACTION_DIM:
+                self.last_seq, self.last_eon = list(output), eon
+                return True
+        return False
+
+    def previous_output(self, grammar: OutputGrammar) -> list[int]:
+        """The previous decision's whole output as far as this grammar allows it; [] without narration
+        reuse or history."""
+        if not self.narration:
+            return []
+        state, out = grammar.initial_state, []
+        for tok in self.last_seq:
+            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+                break
+            out.append(tok)
+            state = grammar.advance(state, tok)
+        return out
+
+    def candidate(self, grammar: OutputGrammar, state: int, committed: list[int],
+                  drafts: list) -> tuple[int, int] | None:
+        last = self.last_seq
+        if not last:
+            return None
+        if grammar.is_text(state):
+            pos = len(committed) + len(drafts)
+            if not (self.narration and pos <= self.last_eon and committed == last[: len(committed)]
+                    and drafts == last[len(committed) : pos]):
+                return None
+        else:
+            dim = state - grammar.first_action_state
+            if dim not in self.action_dims:
+                return None
+            pos = self.last_eon + 1 + dim
+        tok = last[pos]
+        # the grammar may differ from last frame's (e.g. a shorter narration cap or a mask): stop where it objects
+        if not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
+            return None
+        self.proposed += 1
+        return tok, pos
+
+
+class SourcedDrafter(AdaptiveDraftLength):
+    """A draft model behind the free candidate sources (lookahead, then history): at every position
+    the first source with a candidate proposes it; the model drafts the others (at most k model
+    tokens per proposal; free tokens do not count). With ``whole_narration`` the model drafts a
+    narration through [EON] in one proposal (k then limits its action tokens only): its narration
+    drafts are nearly always right, and a model pass costs a fraction of a target pass.
 
     A subclass keeps ``self._committed`` (this decision's emitted tokens) and ``self._drafts``
     (its last proposal), calls ``_start_decision`` in ``begin`` and ``_note_verify`` in
     ``accept``, and drafts through ``_draft`` with two hooks: ``_queue(token, feature)`` (a
-    token the model must read before its next prediction; ``feature``: the index in last
-    decision's sequence for a history token, the target hidden state that predicted a
-    lookahead token, None for a model token) and ``_model_logits()`` (read the queue,
-    -> (V,) logits of the next position).
+    token the model must read before its next prediction, with the source's feature, None for
+    a model token) and ``_model_logits()`` (read the queue, -> (V,) logits of the next position).
     """
 
-    def _init_reuse(self, eon_token_id: int, reuse_narration: bool, reuse_action_dims: Sequence[int] = (),
-                    lookahead: bool = False) -> None:
-        self.reuse_narration = reuse_narration
-        self.reuse_action_dims = _action_dims(reuse_action_dims)
-        self._eon_id = int(eon_token_id)
-        self._last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
-        self._last_eon = -1  # index of [EON] in _last_seq
-        self.lookahead = lookahead
+    def _init_sources(self, eon_token_id: int, reuse_narration: bool, reuse_action_dims: Sequence[int] = (),
+                      lookahead: bool = False) -> None:
+        self.history = HistorySource(eon_token_id, reuse_narration, reuse_action_dims)
+        self.lookahead_source = LookaheadSource(lookahead)
+        self.sources: tuple[CandidateSource, ...] = (self.lookahead_source, self.history)
         self.whole_narration = False  # the model drafts the narration through [EON] regardless of k
-        self._la_hidden: torch.Tensor | None = None  # (m, d) target hidden states after the last rejection
-        self._la_logits: torch.Tensor | None = None  # (m, V) their LM-head logits
         self._committed: list[int] = []
-        self.reused = 0  # tokens proposed from the previous decision since begin()
-        self.looked_ahead = 0  # tokens proposed from the target's lookahead since begin()
 
-    def _roll_history(self) -> bool:
-        """Keep the last finished decision's tokens as history; -> whether they were new."""
-        kept = False
-        if self._eon_id in self._committed:
-            eon = self._committed.index(self._eon_id)
-            if len(self._committed) == eon + 1 + ACTION_DIM:
-                self._last_seq, self._last_eon, kept = list(self._committed), eon, True
-        self._committed = []
-        return kept
+    # the free sources' switches, as the drafter's own settings
+    @property
+    def reuse_narration(self) -> bool:
+        return self.history.narration
+
+    @reuse_narration.setter
+    def reuse_narration(self, on: bool) -> None:
+        self.history.narration = on
+
+    @property
+    def reuse_action_dims(self) -> tuple[int, ...]:
+        return self.history.action_dims
+
+    @reuse_action_dims.setter
+    def reuse_action_dims(self, dims: Sequence[int]) -> None:
+        self.history.action_dims = _action_dims(dims)
+
+    @property
+    def lookahead(self) -> bool:
+        return self.lookahead_source.enabled
+
+    @lookahead.setter
+    def lookahead(self, on: bool) -> None:
+        self.lookahead_source.enabled = on
+
+    @property
+    def reused(self) -> int:
+        return self.history.proposed
+
+    @property
+    def looked_ahead(self) -> int:
+        return self.lookahead_source.proposed
 
     def configure(self, settings: DraftSettings) -> None:
         """Draft length rule and free sources from ``settings`` (None keeps this drafter's own)."""
@@ -243,63 +373,33 @@ class HistoryReuse(AdaptiveDraftLength):
         if settings.whole_narration is not None:
             self.whole_narration = settings.whole_narration
 
+    def previous_output(self, grammar: OutputGrammar) -> list[int]:
+        return self.history.previous_output(grammar)
+
     def finish(self) -> None:
         self._roll_history()
+
+    def _roll_history(self) -> bool:
+        """This decision's output becomes the history; -> whether it was a whole decision."""
+        kept = self.history.remember(self._committed)
+        self._committed = []
+        return kept
 
     def _start_decision(self, ctx: DraftContext) -> None:
         self._roll_history()  # a decision that did not finish leaves no history
         self._committed = [int(ctx.first_token)]
-        self.reused = self.looked_ahead = 0
-        self._la_hidden = self._la_logits = None
+        for source in self.sources:
+            source.start()
 
     def _adopt_guess(self, ctx: DraftContext) -> None:
         """The guess past the first token was verified in the prefill pass: ``accept`` follows as after
         a ``propose`` that drafted it."""
         self._drafts, self._n_spec = list(ctx.verified_guess), 0
-        self.reused += len(ctx.verified_guess)
-
-    def previous_output(self, grammar: OutputGrammar) -> list[int]:
-        """The previous decision's whole output (as far as this grammar allows it), to verify in the
-        target's prefill pass before the first token is known; [] without narration reuse or history."""
-        if not self.reuse_narration:
-            return []
-        state, out = grammar.initial_state, []
-        for tok in self._last_seq:
-            if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
-                break
-            out.append(tok)
-            state = grammar.advance(state, tok)
-        return out
+        self.history.proposed += len(ctx.verified_guess)
 
     def _note_verify(self, n_accepted: int, next_token: int | None, target_hidden: torch.Tensor,
-                     lm_head) -> None:  # noqa: ANN001 - the target's LM head (a module) or None
-        """Keep the target's hidden states past a rejection: they predict the positions drafted next."""
-        n_drafts = len(self._drafts)
-        self._la_hidden = self._la_logits = None
-        if self.lookahead and lm_head is not None and next_token is not None and n_accepted < n_drafts:
-            self._la_hidden = target_hidden[n_accepted + 1 : n_drafts + 1]
-            self._la_logits = lm_head(self._la_hidden).float()
-
-    def _history_token(self, grammar: OutputGrammar, state: int, drafts: list) -> tuple[int, int] | None:
-        """(token, index in last decision's sequence) to propose in ``state`` after ``drafts``, or None."""
-        last = self._last_seq
-        if not last:
-            return None
-        if grammar.is_text(state):
-            pos = len(self._committed) + len(drafts)
-            if not (self.reuse_narration and pos <= self._last_eon and self._committed == last[: len(self._committed)]
-                    and drafts == last[len(self._committed) : pos]):
-                return None
-        else:
-            dim = state - grammar.first_action_state
-            if dim not in self.reuse_action_dims:
-                return None
-            pos = self._last_eon + 1 + dim
-        tok = last[pos]
-        # the grammar may differ from last frame's (e.g. a shorter narration cap or a mask): stop where it objects
-        if not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
-            return None
-        return tok, pos
+                     lm_head: torch.nn.Module | None) -> None:
+        self.lookahead_source.observe_verify(n_accepted, next_token, len(self._drafts), target_hidden, lm_head)
 
     def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001 - int or (1,) tensor
         raise NotImplementedError
@@ -309,37 +409,27 @@ class HistoryReuse(AdaptiveDraftLength):
 
     def _draft(self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
                generator: torch.Generator | None) -> tuple[list[int], torch.Tensor | None]:
-        """History tokens where they apply, model tokens elsewhere (at most k), until the grammar ends
+        """Free tokens where a source has one, model tokens elsewhere (at most k), until the grammar ends
         or the next position needs a model token past k -> (drafts, q (n, V) when sampling)."""
-        drafts: list = []  # ints (history tokens, model text tokens) or (1,) tensors (model action tokens)
+        drafts: list = []  # ints (free tokens, model text tokens) or (1,) tensors (model action tokens)
         probs: list[torch.Tensor] = []
         n_model = 0
         vocab = grammar.bias.shape[-1]
-        la = self._la_logits
-        self._la_logits = None  # the lookahead serves the proposal right after its verify pass only
+        for source in self.sources:
+            source.start_proposal()
         while not grammar.is_done(state):
-            j = len(drafts)
-            if la is not None and j < la.shape[0]:  # the target's own prediction from the last verify pass
-                tok_t = (la[j] + grammar.bias[grammar.row(state)]).argmax(-1, keepdim=True)
-                tok = int(tok_t)
-                self.looked_ahead += 1
-                if sample:
-                    q = torch.zeros(vocab, device=grammar.bias.device)
-                    q[tok] = 1.0
-                    probs.append(q)
-                self._queue(tok, self._la_hidden[j : j + 1])
-                drafts.append(tok)
-                state = grammar.advance(state, tok)
-                continue
-            hist = self._history_token(grammar, state, drafts)
-            if hist is not None:
-                tok, pos = hist
-                self.reused += 1
+            free = None
+            for source in self.sources:
+                free = source.candidate(grammar, state, self._committed, drafts)
+                if free is not None:
+                    break
+            if free is not None:
+                tok, feature = free
                 if sample:  # a deterministic proposal: q is one-hot, so rejection sampling stays exact
                     q = torch.zeros(vocab, device=grammar.bias.device)
                     q[tok] = 1.0
                     probs.append(q)
-                self._queue(tok, pos)
+                self._queue(tok, feature)
             else:
                 if n_model >= k and not (self.whole_narration and grammar.is_text(state)):
                     break
@@ -365,11 +455,11 @@ def _ids(tokens: list, device: torch.device) -> torch.Tensor:
                       for t in tokens]).to(device=device, dtype=torch.long)
 
 
-class ModelDrafter(HistoryReuse):
+class ModelDrafter(SourcedDrafter):
     """Independent small VLA drafting from the target's shared vision features.
 
     With ``reuse_narration`` / ``reuse_action_dims`` positions are first drafted from the
-    previous decision (``HistoryReuse``); the model drafts everything else. Tokens it has
+    previous decision (``HistorySource``); the model drafts everything else. Tokens it has
     not read yet (committed ones, history tokens) are read in one pass before its next
     prediction.
     """
@@ -381,7 +471,7 @@ class ModelDrafter(HistoryReuse):
                  reuse_narration: bool = True, reuse_action_dims: Sequence[int] = (), lookahead: bool = False) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
         self.model = model
-        self._init_reuse(model.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
+        self._init_sources(model.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
         self._target_lm_head = None  # the target's LM head (lookahead), from begin()
         self._ctx: DraftContext | None = None
         self.cache: StaticKVCache | None = None
@@ -453,14 +543,14 @@ class ModelDrafter(HistoryReuse):
         self._drafts, self._n_spec = [], 0
 
 
-class EagleDrafter(HistoryReuse):
+class EagleDrafter(SourcedDrafter):
     """EAGLE-style drafting from the target's hidden states, embeddings and LM head.
 
     The target must expose ``embed_tokens(ids)``, ``prefix_embeds(vision, instruction, proprio)``
     and ``lm_head`` (TinyVLA does).
 
     With ``reuse_narration`` / ``reuse_action_dims`` positions are first drafted from the
-    previous decision (``HistoryReuse``); the head drafts everything else, reading the
+    previous decision (``HistorySource``); the head drafts everything else, reading the
     history tokens in one pass before its next prediction. A history token is fed with the
     target's hidden state of the previous decision at the same place in the sequence (same
     phrase or action dimension, next frame: close to this frame's, which the target has not
@@ -479,7 +569,7 @@ class EagleDrafter(HistoryReuse):
                  adaptive: bool = True, reuse_narration: bool = True, reuse_action_dims: Sequence[int] = (),
                  lookahead: bool = False) -> None:
         super().__init__(draft_len, max_draft_len, adaptive)
-        self._init_reuse(target.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
+        self._init_sources(target.text_tokenizer.eon_token_id, reuse_narration, reuse_action_dims, lookahead)
         self.head = head
         self.target = target
         self.cache: StaticKVCache | None = None
@@ -487,7 +577,7 @@ class EagleDrafter(HistoryReuse):
         self._pending: list[int] = []  # committed tokens the head has not read (with target features)
         self._pending_feats: list[torch.Tensor] = []
         self._feats: list[torch.Tensor] = []  # (n, d) chunks: the head's input feature of each committed token
-        self._last_feats: torch.Tensor | None = None  # (len(_last_seq), d): the same for the last decision
+        self._last_feats: torch.Tensor | None = None  # (len(history.last_seq), d): the same for the last decision
         self._drafts: list[int] = []
         self._n_spec = 0  # drafts fed speculatively in the last propose
         self._feed: list = []  # tokens the head reads before its next prediction ...

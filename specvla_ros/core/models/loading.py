@@ -126,7 +126,7 @@ def load_drafter(
     """Load the draft checkpoint in ``path`` for ``target`` -> ModelDrafter or EagleDrafter.
 
     Checks that the draft was made for this target (vocabulary, widths). The free drafts
-    (``drafters.HistoryReuse``) are switched on by ``DecodeConfig``.
+    (``drafters.CandidateSource``) are switched by ``DecodeConfig``.
     """
     from specvla_ros.core.models.eagle_head import EagleConfig, EagleHead
     from specvla_ros.core.decoding.drafters import EagleDrafter, ModelDrafter
