@@ -141,3 +141,31 @@ def test_push_recovers_from_a_hand_lowered_beside_the_object(setup) -> None:
         action, phrase = expert.act()
         execute_ee_delta(env, kin, action)
     assert env.success_ever and not env.episode_collisions
+
+
+@pytest.mark.parametrize("task", ["pick", "push"])
+def test_an_expert_chunk_is_what_the_expert_does_next_and_leaves_the_episode_untouched(setup, task: str) -> None:
+    """Chunk labels: the expert rolled forward H steps in the simulation, then everything put back. The
+    label equals the actions the expert then really takes (physics is deterministic), and the
+    episode (joints, objects, step count, records) and the expert's phase are as before."""
+    from specvla_ros.sim.expert import expert_chunk
+
+    env, expert, kin = setup
+    env.reset(seed=11, task=task)
+    expert.reset()
+    for _ in range(6):  # into the episode: the expert has left its first phase
+        execute_ee_delta(env, kin, expert.act()[0])
+    before = (env.robot_state().q.copy(), env.target_position().copy(), env.steps, expert.phase, env.time)
+    chunk = expert_chunk(env, expert, 5, kin)
+    assert chunk.shape == (5, 7)
+    np.testing.assert_array_equal(env.robot_state().q, before[0])
+    np.testing.assert_array_equal(env.target_position(), before[1])
+    assert (env.steps, expert.phase, env.time) == before[2:]
+    taken = []
+    for _ in range(5):
+        action, _ = expert.act()
+        taken.append(action)
+        execute_ee_delta(env, kin, action)
+    np.testing.assert_array_equal(np.stack(taken), chunk)
+    with pytest.raises(ValueError, match="horizon"):
+        expert_chunk(env, expert, 0, kin)

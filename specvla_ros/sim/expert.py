@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from specvla_ros.core.safety.kinematics import ArmKinematics, ee_delta_to_joint_target, gripper_action_to_opening
 from specvla_ros.sim import language
 from specvla_ros.sim.scene import SHAPES
 from specvla_ros.sim.task_env import TaskEnv
@@ -62,6 +63,15 @@ class ScriptedExpert:
 
     def reset(self) -> None:
         self._phase = "start"
+
+    @property
+    def phase(self) -> str:
+        """Where the expert is in its task (saved and restored around look-ahead rollouts)."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
 
     # ------------------------------------------------------------------ helpers
     def _say(self, template: str) -> str:
@@ -183,3 +193,26 @@ class ScriptedExpert:
         waypoint = (np.array([tcp[0], tcp[1], APPROACH_HEIGHT]) if tcp[2] < APPROACH_HEIGHT - 0.03
                     else np.array([start_xy[0], start_xy[1], APPROACH_HEIGHT]))
         return self._action(_toward(tcp, waypoint, MAX_STEP_M), 0.0), self._say(language.MOVE)
+
+
+def expert_chunk(env: TaskEnv, expert: ScriptedExpert, horizon: int, kin: ArmKinematics) -> np.ndarray:
+    """The expert's next ``horizon`` actions (horizon, 7) from the current state: the label of an
+    action chunk. The expert is rolled forward in the simulation (its actions executed as
+    collection executes them, through the gate's IK), then the episode and the expert are put
+    back exactly as they were."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    snap, phase = env.snapshot(), expert.phase
+    actions = []
+    try:
+        for h in range(horizon):
+            action, _ = expert.act()
+            actions.append(action)
+            if h + 1 < horizon:
+                result = ee_delta_to_joint_target(kin, env.robot_state().q, action)
+                env.command(result.q, gripper_action_to_opening(float(action[6])))
+                env.step_control()
+    finally:
+        env.restore(snap)
+        expert.phase = phase
+    return np.stack(actions)

@@ -7,6 +7,7 @@ and collisions are judged from the simulator's state only.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import mujoco
@@ -35,6 +36,19 @@ class TaskEnvConfig:
         if not (scene.PHYSICS_TIMESTEP <= self.control_period_s <= 5.0):
             raise ValueError(f"control_period_s {self.control_period_s} must be in "
                              f"[{scene.PHYSICS_TIMESTEP}, 5.0] s")
+
+
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """A copy of an episode's state at one instant (``TaskEnv.snapshot`` / ``restore``)."""
+
+    data: mujoco.MjData
+    steps: int
+    q_target: np.ndarray
+    gripper_target: float
+    collisions: list[tuple[str, str]]
+    episode_collisions: set[tuple[str, str]]
+    success_ever: bool
 
 
 class TaskEnv:
@@ -118,6 +132,19 @@ class TaskEnv:
         self.episode_collisions = set()
         self.success_ever = self.success
         return {"instruction": self.instruction, "task": self.task, "seed": self.seed}
+
+    def snapshot(self) -> EnvSnapshot:
+        """Everything ``restore`` needs to bring the episode back to this instant (same layout)."""
+        return EnvSnapshot(copy.copy(self.data), self.steps, self._q_target.copy(), self._gripper_target,
+                           list(self.collisions), set(self.episode_collisions), self.success_ever)
+
+    def restore(self, snap: EnvSnapshot) -> None:
+        """Back to ``snap`` (taken in this episode): physics, command, step count, collision and success records."""
+        self.data = copy.copy(snap.data)
+        self.steps = snap.steps
+        self._q_target, self._gripper_target = snap.q_target.copy(), snap.gripper_target
+        self.collisions, self.episode_collisions = list(snap.collisions), set(snap.episode_collisions)
+        self.success_ever = snap.success_ever
 
     def _show_shape(self, slot_idx: int, shape: str | None) -> None:
         """Make one shape of a slot visible and solid, the others invisible and ghost."""
