@@ -401,6 +401,31 @@ class SourcedDrafter(AdaptiveDraftLength):
                      lm_head: torch.nn.Module | None) -> None:
         self.lookahead_source.observe_verify(n_accepted, next_token, len(self._drafts), target_hidden, lm_head)
 
+    @torch.inference_mode()
+    def propose(
+        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
+        generator: torch.Generator | None,
+    ) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k model tokens (k >= 1) and any free tokens around them, and, when sampling,
+        their distributions (n, V); see ``Drafter``."""
+        if self._ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.propose called before begin()")
+        self._start_feed()
+        self._n_spec = 0
+        self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
+        return self._drafts, q
+
+    def _ready(self, ctx: DraftContext) -> None:
+        """The end of every ``begin``: no proposal yet, the start length, the verified guess adopted."""
+        self._drafts, self._n_spec = [], 0
+        self.num_draft_tokens = self.initial
+        if ctx.verified_guess:
+            self._adopt_guess(ctx)
+
+    def _start_feed(self) -> None:
+        """A proposal begins: queue what the model has not read yet."""
+        raise NotImplementedError
+
     def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001 - int or (1,) tensor
         raise NotImplementedError
 
@@ -494,26 +519,12 @@ class ModelDrafter(SourcedDrafter):
         self.cache = None  # the prefix is run when the model is first needed (history may draft it all)
         self._prefix_len = 0
         self._n_fed = 0
-        self._drafts, self._n_spec = [], 0
         self.passes = 0
-        self.num_draft_tokens = self.initial
-        if ctx.verified_guess:
-            self._adopt_guess(ctx)
+        self._ready(ctx)
 
-    @torch.inference_mode()
-    def propose(
-        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
-        generator: torch.Generator | None,
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k model tokens (k >= 1) and any history tokens around them, and, when sampling,
-        their distributions (n, V); see ``Drafter``."""
-        if self._ctx is None:
-            raise RuntimeError("ModelDrafter.propose called before begin()")
+    def _start_feed(self) -> None:
         self._feed = list(self._committed[self._n_fed :])
         self._feed_committed = len(self._feed)
-        self._n_spec = 0
-        self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
-        return self._drafts, q
 
     def _queue(self, token, feature: int | torch.Tensor | None) -> None:  # noqa: ANN001
         self._feed.append(token)
@@ -598,24 +609,10 @@ class EagleDrafter(SourcedDrafter):
         self._pending = [int(ctx.first_token)]
         self._pending_feats = [hidden[-1:]]
         self._feats = [hidden[-1:]]
-        self._drafts, self._n_spec = [], 0
-        self.num_draft_tokens = self.initial
-        if ctx.verified_guess:
-            self._adopt_guess(ctx)
+        self._ready(ctx)
 
-    @torch.inference_mode()
-    def propose(
-        self, k: int, grammar: OutputGrammar, state: int, sample: bool, temperature: float,
-        generator: torch.Generator | None,
-    ) -> tuple[list[int], torch.Tensor | None]:
-        """Up to k head tokens (k >= 1) and any history tokens around them, and, when sampling,
-        their distributions (n, V); see ``Drafter``."""
-        if self._ctx is None:
-            raise RuntimeError("EagleDrafter.propose called before begin()")
+    def _start_feed(self) -> None:
         self._feed, self._feed_feats, self._feed_drafts = list(self._pending), list(self._pending_feats), 0
-        self._n_spec = 0
-        self._drafts, q = self._draft(k, grammar, state, sample, temperature, generator)
-        return self._drafts, q
 
     def _roll_history(self) -> bool:
         kept = super()._roll_history()
