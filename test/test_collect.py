@@ -110,3 +110,21 @@ def test_dagger_policy_drives_and_the_expert_labels(tiny_checkpoints, tmp_path) 
         CollectConfig(out="x", episodes=1, policy_beta=1.5)
     with pytest.raises(ValueError, match="policy_dir"):
         CollectConfig(out="x", episodes=1, policy_dir=str(tmp_path / "missing"))
+
+
+def test_chunk_labels_are_the_experts_next_actions(tmp_path) -> None:
+    """With chunk_horizon H every step also records the expert's next H actions from that state;
+    without execution noise the expert then takes exactly them, so chunk t continues as the
+    recorded actions t, t+1, ... (while the episode lasts)."""
+    out = tmp_path / "chunks"
+    collect(CollectConfig(out=out, episodes=2, tasks=("pick",), seed=40, image_size=(32, 32), exec_noise_m=0.0,
+                          chunk_horizon=3, progress=False))
+    for path in sorted(out.glob("episode_*.npz")):
+        ep = np.load(path)
+        actions, chunks = ep["actions"], ep["action_chunks"]
+        assert chunks.shape == (len(actions), 3, 7) and chunks.dtype == np.float32
+        for t in range(len(actions)):
+            n = min(3, len(actions) - t)
+            np.testing.assert_array_equal(chunks[t, :n], actions[t : t + n])
+    with pytest.raises(ValueError, match="chunk_horizon"):
+        CollectConfig(out=tmp_path / "x", episodes=1, chunk_horizon=0)

@@ -54,6 +54,9 @@ class CollectConfig:
     # Policy episodes are written whether or not they succeed (their labels are the expert's).
     policy_dir: str | None = None
     policy_beta: float = 0.3
+    # action-chunk labels: at every state also record the expert's next chunk_horizon actions
+    # (the expert rolled forward in the simulation from that state, then put back)
+    chunk_horizon: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class CollectConfig:
             raise ValueError(f"exec_noise_m must be in [0, 0.02] m, got {self.exec_noise_m}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 1 <= self.chunk_horizon <= 64:
+            raise ValueError(f"chunk_horizon must be in [1, 64], got {self.chunk_horizon}")
 
 
 @dataclass
@@ -88,6 +93,7 @@ class Episode:
     narrations: list[str] = field(default_factory=list)
     ik_failures: int = 0
     policy_steps: int = 0  # steps the learned policy drove (DAgger)
+    action_chunks: list[np.ndarray] = field(default_factory=list)  # (H, 7) per step when chunk_horizon > 1
 
 
 def proprio_vector(env) -> np.ndarray:  # noqa: ANN001 - TaskEnv, imported lazily
@@ -145,18 +151,24 @@ def _expert_drives(env, kin, action: np.ndarray, narration: str, rng: np.random.
 
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
                 exec_noise_m: float = 0.0, detour_steps: int = 0, policy=None,  # noqa: ANN001
-                policy_beta: float = 0.0) -> Episode:
+                policy_beta: float = 0.0, chunk_horizon: int = 1) -> Episode:
     """Roll out the expert from the env's current reset until it has held success
     for hold_steps steps or the step budget runs out. With exec_noise_m > 0 the
     executed translation is perturbed (seeded by the episode's seed); the recorded
     action stays the expert's. With a ``policy`` (core.policy.Policy) the policy drives
-    each step with probability 1 - policy_beta while the expert's action is recorded."""
+    each step with probability 1 - policy_beta while the expert's action is recorded. With
+    ``chunk_horizon`` > 1 each step also records the expert's next actions from that state
+    (``expert_chunk``), whoever drives."""
     ep = Episode()
     rng = np.random.default_rng([env.seed, 7919])
     held = 0
     n_detour = int(rng.integers(1, detour_steps + 1)) if detour_steps > 0 else 0
     expert.reset()
     while env.steps < env.max_steps:
+        if chunk_horizon > 1:
+            from specvla_ros.sim.expert import expert_chunk
+
+            ep.action_chunks.append(expert_chunk(env, expert, chunk_horizon, kin))
         action, narration = expert.act()
         image = env.render() if record_images or policy is not None else None
         if record_images:
@@ -190,6 +202,7 @@ def save_episode(path: Path, ep: Episode, env) -> None:  # noqa: ANN001
         success=np.array(bool(env.success_ever)),
         collision=np.array(bool(env.episode_collisions)),
         policy_driven=np.array(ep.policy_steps > 0),
+        **({"action_chunks": np.stack(ep.action_chunks).astype(np.float32)} if ep.action_chunks else {}),
     )
 
 
@@ -236,7 +249,8 @@ def collect(cfg: CollectConfig) -> dict:
         task = cfg.tasks[i % len(cfg.tasks)]
         env.reset(seed=cfg.seed + i, task=task)
         ep = run_episode(env, expert, kin, hold_steps=cfg.hold_steps, exec_noise_m=cfg.exec_noise_m,
-                         detour_steps=cfg.detour_steps, policy=policy, policy_beta=cfg.policy_beta)
+                         detour_steps=cfg.detour_steps, policy=policy, policy_beta=cfg.policy_beta,
+                         chunk_horizon=cfg.chunk_horizon)
         ik_failures += ep.ik_failures
         stats = per_task[task]
         stats["episodes"] += 1
@@ -280,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="DAgger: this target checkpoint drives (expert actions recorded)")
     parser.add_argument("--policy-beta", type=float, default=0.3,
                         help="with --policy: probability per step that the expert drives instead")
+    parser.add_argument("--chunk-horizon", type=int, default=1,
+                        help="also record the expert's next H actions at every step (action-chunk labels)")
     parser.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -290,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                             seed=args.seed, image_size=tuple(args.image_size), hold_steps=args.hold_steps,
                             keep_failures=args.keep_failures, exec_noise_m=args.exec_noise,
                             detour_steps=args.detour_steps, policy_dir=args.policy,
-                            policy_beta=args.policy_beta, progress=not args.no_progress)
+                            policy_beta=args.policy_beta, chunk_horizon=args.chunk_horizon,
+                            progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     summary = collect(cfg)
