@@ -40,7 +40,6 @@ from specvla_ros.core.types import (
 )
 
 DRAFTERS = ("model", "eagle", "none")
-#: Dataset statistics file of a target checkpoint (OpenVLA layout).
 _WARMUP_INSTRUCTION = "pick up the red cube"
 
 

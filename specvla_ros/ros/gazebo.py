@@ -58,13 +58,9 @@ def controller_for(command_interface: str) -> str:
                          f"got {command_interface!r}") from None
 
 
-def _node_defaults() -> dict:
-    return params.defaults()
-
-
 def controllers_yaml(joint_names: Sequence[str] | None = None, gripper_joint: str | None = None) -> str:
     """The controller manager's parameters (loaded by the gz_ros2_control plugin)."""
-    d = _node_defaults()
+    d = params.defaults()
     joints = list(joint_names or d["joint_names"])
     finger = gripper_joint or d["gripper_joint_names"][0]
     doc = {
@@ -89,7 +85,7 @@ def robot_description(controllers_file: Path | str, urdf: Path = DEFAULT_URDF,
                       initial_q: Sequence[float] = tuple(scene.HOME_Q),
                       initial_finger: float = scene.FINGER_MAX) -> str:
     """The Panda URDF ready for gz sim + gz_ros2_control (see the module docstring)."""
-    d = _node_defaults()
+    d = params.defaults()
     arm, fingers = list(d["joint_names"]), list(d["gripper_joint_names"])
     if len(initial_q) != len(arm):
         raise ValueError(f"initial_q has {len(initial_q)} values for {len(arm)} joints")

@@ -210,33 +210,34 @@ class LookaheadSource:
     def __init__(self, enabled: bool = False) -> None:
         self.enabled = enabled
         self.proposed = 0
-        self._hidden: torch.Tensor | None = None  # (m, d) target hidden states after the last rejection
-        self._logits: torch.Tensor | None = None  # (m, V) their LM-head logits, for the next proposal
-        self._active: torch.Tensor | None = None  # the logits the current proposal uses
+        # (logits (m, V), target hidden states (m, d)) past the last rejection, for the next proposal ...
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._active: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and those the current one uses
 
     def start(self) -> None:
         self.proposed = 0
-        self._hidden = self._logits = self._active = None
+        self._pending = self._active = None
 
     def observe_verify(self, n_accepted: int, next_token: int | None, n_drafts: int, target_hidden: torch.Tensor,
                        lm_head: torch.nn.Module | None) -> None:
         """Keep the target's hidden states past a rejection: they predict the positions drafted next."""
-        self._hidden = self._logits = None
+        self._pending = None
         if self.enabled and lm_head is not None and next_token is not None and n_accepted < n_drafts:
-            self._hidden = target_hidden[n_accepted + 1 : n_drafts + 1]
-            self._logits = lm_head(self._hidden).float()
+            hidden = target_hidden[n_accepted + 1 : n_drafts + 1]
+            self._pending = (lm_head(hidden).float(), hidden)
 
     def start_proposal(self) -> None:
-        self._active, self._logits = self._logits, None
+        self._active, self._pending = self._pending, None
 
     def candidate(self, grammar: OutputGrammar, state: int, committed: list[int],
                   drafts: list) -> tuple[int, torch.Tensor] | None:
         j = len(drafts)
-        if self._active is None or j >= self._active.shape[0]:
+        if self._active is None or j >= self._active[0].shape[0]:
             return None
-        tok = int((self._active[j] + grammar.bias[grammar.row(state)]).argmax(-1, keepdim=True))
+        logits, hidden = self._active
+        tok = int((logits[j] + grammar.bias[grammar.row(state)]).argmax(-1, keepdim=True))
         self.proposed += 1
-        return tok, self._hidden[j : j + 1]  # type: ignore[index] - set with _active
+        return tok, hidden[j : j + 1]
 
 
 class HistorySource:
