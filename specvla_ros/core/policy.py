@@ -1,11 +1,14 @@
-"""One control step: observation + measured state -> (narration, action, verdict, stats).
+"""One decision: observation + measured state -> (narration, plan, verdict, stats).
 
 The step validates its inputs (a bad input holds, it never raises), computes
 the safety envelope from the measured state and hands it to the speculative
-decoder as an allowed-bin mask, decodes, and runs the full safety gate. If the
-gate refuses the action, it decodes once more inside an envelope shrunk by
-``redecode_shrink``; if that fails too, it halts (holds the measured joints).
-Which path was taken is counted in ``DecodeStats.safety_path`` / ``redecoded``.
+decoder as an allowed-bin mask (one per step of an action chunk), decodes the
+narration and the chunk of H actions (H = 1 for a one-action model), and runs
+the trajectory gate: every point is checked by the full safety gate from the
+point before it, and the longest safe prefix is the plan. If the first point is
+refused, it decodes once more inside an envelope shrunk by ``redecode_shrink``;
+if that fails too, it halts (holds the measured joints). Which path was taken
+is counted in ``DecodeStats.safety_path`` / ``redecoded``.
 
 This is the object the ROS node drives; it knows nothing of ROS.
 """
@@ -28,6 +31,7 @@ from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
 from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.safety.gate import SafetyGate
+from specvla_ros.core.safety.trajectory import TrajectoryGate, TrajectoryVerdict
 from specvla_ros.core.decoding.decoder import DecodeConfig, DecodeResult, SpeculativeDecoder
 from specvla_ros.core.types import (
     ACTION_DIM,
@@ -107,6 +111,7 @@ class Policy:
                 raise ValueError(f"drafter={config.drafter!r} but {config.draft_dir} holds a {self.drafter.kind!r} draft")
         self.decoder = SpeculativeDecoder(self.target, self.drafter, config.decode)
         self.gate = SafetyGate(load_safety_config(config.safety_config))
+        self.trajectory_gate = TrajectoryGate(self.gate)
         if self.gate.action_dim != ACTION_DIM:
             raise ValueError(f"safety action_space {self.gate.config.action_space!r} has {self.gate.action_dim} "
                              f"dimensions; the model emits {ACTION_DIM}")
@@ -119,6 +124,11 @@ class Policy:
     def image_size(self) -> tuple[int, int]:
         """(H, W) of the model's input; ``step`` resizes other frames with ``image_resize``."""
         return self._image_size
+
+    @property
+    def horizon(self) -> int:
+        """Actions per decision (the decoded chunk's length H)."""
+        return self.decoder.horizon
 
     @property
     def image_resize(self) -> ResizeMethod:
@@ -167,15 +177,20 @@ class Policy:
             self.decoder.decode(obs)
         return time.perf_counter() - t0
 
-    def step(self, obs: Observation, state: RobotState) -> PolicyOutput:
-        """Decide one action. Bad inputs give a HALT_* verdict (hold), never an exception."""
+    def step(self, obs: Observation, state: RobotState, shift: int = 1) -> PolicyOutput:
+        """Decide the next action chunk. Bad inputs give a HALT_* verdict (hold), never an exception.
+
+        shift: control steps executed since the previous decision (the previous chunk's tail from
+            there is this decision's free draft).
+        """
         t0 = time.perf_counter()
         problem = self._input_problem(obs, state)
         if problem is not None:
             status, reason = problem
-            stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted")
+            stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted", chunk_len=self.horizon)
             stats.total_time_s = time.perf_counter() - t0
-            return PolicyOutput("", np.full(ACTION_DIM, np.nan), self.gate.hold(state, status, reason), stats)
+            hold = self.gate.hold(state, status, reason)
+            return PolicyOutput("", np.full(ACTION_DIM, np.nan), hold, stats, plan=_held_plan(hold, self.horizon))
         if obs.image.shape[:2] != self._image_size:
             obs = replace(obs, image=resize_frame(obs.image, self._image_size, self.target.image_resize))
 
@@ -186,41 +201,45 @@ class Policy:
             tg = time.perf_counter()
             mask = self.action_mask(state, 1.0)
             gate_time += time.perf_counter() - tg
-        result = self.decoder.decode(obs, mask)
-        verdict = self.gate.check(result.action, state, dt)
-        gate_time += verdict.check_time_s
+        result = self.decoder.decode(obs, mask, shift)
+        plan = self.trajectory_gate.check(result.actions, state, dt)
+        gate_time += plan.check_time_s
         stats = result.stats
-        if not verdict.is_halt:
-            stats.safety_path = "scaled" if verdict.status == SafetyStatus.SCALED else "accepted"
+        if not plan.is_halt:
+            stats.safety_path = "scaled" if plan.status == SafetyStatus.SCALED else "accepted"
         else:
             # one more try, inside a tighter envelope
             tg = time.perf_counter()
             mask = self.action_mask(state, self.config.redecode_shrink)
             gate_time += time.perf_counter() - tg
-            first = verdict
-            result = self.decoder.decode(obs, mask)
+            first = plan
+            result = self.decoder.decode(obs, mask, shift)
             _merge_stats(stats, result.stats)
             stats.redecoded = 1
-            verdict = self.gate.check(result.action, state, dt)
-            gate_time += verdict.check_time_s
-            if verdict.is_halt:
+            plan = self.trajectory_gate.check(result.actions, state, dt)
+            gate_time += plan.check_time_s
+            if plan.is_halt:
                 stats.safety_path = "halted"
-                verdict.reason = f"{verdict.reason} (after re-decode; first: {first.reason})"
+                plan.hold.reason = f"{plan.hold.reason} (after re-decode; first: {first.hold.reason})"
             else:
                 stats.safety_path = "redecoded"
         stats.gate_time_s = gate_time
         stats.total_time_s = time.perf_counter() - t0
-        return PolicyOutput(result.narration, result.action, verdict, stats)
+        verdict = plan.hold if plan.is_halt else plan.verdicts[0]
+        return PolicyOutput(result.narration, result.action, verdict, stats, plan=plan, actions=result.actions)
 
     def action_mask(self, state: RobotState, shrink: float = 1.0) -> np.ndarray:
-        """Allowed action bins (7, n_bins) from the safety envelope.
+        """Allowed action bins from the safety envelope: (7, n_bins) for one action, (H, 7, n_bins)
+        for a chunk (step k's envelope allows for the k steps before it, ``SafetyGate.envelope``).
 
         A dimension whose interval holds no bin centre (an interval narrower than a bin
         that misses every centre) allows the single bin nearest to it, so the decoder
-        always has a choice; the gate still checks the result.
+        always has a choice; the trajectory gate still checks the result.
         """
-        low, high = self.gate.envelope(state, self.config.control_period_s, shrink)
-        return _mask_for_interval(self._bin_values, low, high)
+        dt = self.config.control_period_s
+        masks = [_mask_for_interval(self._bin_values, *self.gate.envelope(state, dt, shrink, k))
+                 for k in range(self.horizon)]
+        return masks[0] if len(masks) == 1 else np.stack(masks)
 
     def decode_raw(self, obs: Observation, state: RobotState | None = None, shrink: float = 1.0) -> DecodeResult:
         """Decode without the gate (benchmarks, tests); masked by the envelope when ``state`` is given."""
@@ -285,11 +304,18 @@ def _mask_for_interval(values: np.ndarray, low: np.ndarray, high: np.ndarray) ->
     return mask
 
 
+def _held_plan(hold: Verdict, horizon: int) -> TrajectoryVerdict:
+    """The plan of a decision that holds before decoding (bad input)."""
+    n = hold.joint_command.shape[0]
+    return TrajectoryVerdict(status=hold.status, reason=hold.reason, points=np.empty((0, n)), grippers=np.empty(0),
+                             hold=hold, planned=horizon)
+
+
 def _merge_stats(into: DecodeStats, more: DecodeStats) -> None:
     """Add a second decode's counts and times to the step's statistics."""
     for f in fields(DecodeStats):
         a, b = getattr(into, f.name), getattr(more, f.name)
-        if isinstance(a, (int, float)) and not isinstance(a, bool) and f.name not in ("redecoded",):
+        if isinstance(a, (int, float)) and not isinstance(a, bool) and f.name not in ("redecoded", "chunk_len"):
             setattr(into, f.name, a + b)
 
 

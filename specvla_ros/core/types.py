@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from specvla_ros.core.safety.trajectory import TrajectoryVerdict
 
 #: Order of the 7 action dimensions (OpenVLA's layout).
 ACTION_DIM_NAMES: tuple[str, ...] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 ACTION_DIM = len(ACTION_DIM_NAMES)
+#: Most actions one decision may emit (an action chunk of H control steps; H = 1 is one action).
+MAX_CHUNK_HORIZON = 32
 
 #: Weight dtypes a model can be loaded in (node parameter ``dtype``, ``specvla_eval --dtype``);
 #: "auto": bfloat16 on CUDA when supported, else float32.
@@ -106,7 +112,8 @@ class DecodeStats:
     mode: str = "greedy"
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted by the target
-    emitted: int = 0  # tokens produced in total (narration + EON + 7 actions)
+    emitted: int = 0  # tokens produced in total (narration + EON + 7 per action)
+    chunk_len: int = 1  # actions decoded (the action chunk's length H)
     target_passes: int = 0
     draft_passes: int = 0
     vision_time_s: float = 0.0
@@ -133,9 +140,18 @@ class DecodeStats:
 
 @dataclass
 class PolicyOutput:
-    """What one policy step produces: narration, raw action, verdict and stats."""
+    """What one policy decision produces: narration, the decoded actions, the plan that passed the
+    trajectory gate, the first point's verdict and stats.
+
+    verdict: the first point's single-step verdict (the hold verdict when nothing passed): what a
+        one-step controller would be sent.
+    plan: the checked chunk (``core.safety.trajectory.TrajectoryVerdict``): the points that passed,
+        how many were cut and why; None only where a caller builds an output without the gate.
+    """
 
     narration: str
-    action: np.ndarray  # 7-DoF action in robot units (NaN when nothing decoded)
+    action: np.ndarray  # the first 7-DoF action in robot units (NaN when nothing decoded)
     verdict: Verdict
     stats: DecodeStats
+    plan: "TrajectoryVerdict | None" = None
+    actions: np.ndarray | None = None  # (H, 7) the decoded chunk in robot units

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from specvla_ros.core.models.checkpoint_io import STATS_FILE
+from specvla_ros.core.types import MAX_CHUNK_HORIZON
 from specvla_ros.sim.language import CLOSE, HOLD  # no mujoco import: --help stays fast
 
 DATASET_KEY = "sim_panda"
@@ -79,8 +80,8 @@ class CollectConfig:
             raise ValueError(f"exec_noise_m must be in [0, 0.02] m, got {self.exec_noise_m}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not 1 <= self.chunk_horizon <= 64:
-            raise ValueError(f"chunk_horizon must be in [1, 64], got {self.chunk_horizon}")
+        if not 1 <= self.chunk_horizon <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {self.chunk_horizon}")
 
 
 @dataclass

@@ -7,6 +7,10 @@ recorded step t of every episode:
     image (H,W,3) uint8, proprio (8,) float32, instruction,
     target ids = narration ids + [EON] + 7 action token ids (right-padded with [PAD])
 
+With ``chunk_horizon`` H > 1 the action part is the step's action chunk: the
+expert's next H actions from that state (``action_chunks`` in the episode file,
+written by ``collect --chunk-horizon``), H x 7 tokens.
+
 Action tokens use ``ActionTokenizer`` with the dataset's q01/q99 statistics
 (key ``sim_panda``); the same statistics are written into the trained target
 checkpoint so de-normalisation at deployment matches training.
@@ -29,7 +33,7 @@ from specvla_ros.core.models.checkpoint_io import STATS_FILE
 from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
 from specvla_ros.core.models.proprio_features import TCP_CENTRE, TCP_SCALE
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
-from specvla_ros.core.types import ACTION_DIM
+from specvla_ros.core.types import ACTION_DIM, MAX_CHUNK_HORIZON
 
 DATASET_KEY = "sim_panda"
 #: label value ignored by the losses (torch's cross_entropy default)
@@ -60,6 +64,8 @@ class DemoDataset:
     pad_id: int
     raw_statistics: dict
     aux: "AuxTargets | None" = None
+    horizon: int = 1  # actions per example (action chunk length H)
+    chunks: np.ndarray | None = None  # (N,H,7) float32 robot units when horizon > 1
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -83,8 +89,8 @@ class DemoDataset:
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
     def action_positions(self) -> np.ndarray:
-        """(N,7) column index in target_ids of each action token."""
-        return self.n_text[:, None] + np.arange(ACTION_DIM)[None, :]
+        """(N, 7H) column index in target_ids of each action token."""
+        return self.n_text[:, None] + np.arange(ACTION_DIM * self.horizon)[None, :]
 
     def save_statistics(self, out_dir: str | Path) -> None:
         """Write the statistics the model was trained with as ``dataset_statistics.json``."""
@@ -128,13 +134,18 @@ def load_demos(
     image_size: int | None = None,
     stats: ActionNormStats | None = None,
     aux: bool = False,
+    chunk_horizon: int = 1,
 ) -> DemoDataset:
     """Load episodes (successful or policy-driven ones) and tokenise their targets.
 
     image_size: resize frames to this square size when they differ (None: keep).
     stats: tokenise actions with these statistics (a trained target's) instead of the dataset's.
     aux: also build privileged position targets (``AuxTargets``) for auxiliary losses.
+    chunk_horizon: H > 1 tokenises each step's first H expert actions of ``action_chunks`` (files
+        without chunk labels, or with shorter chunks, raise ValueError).
     """
+    if not 1 <= chunk_horizon <= MAX_CHUNK_HORIZON:
+        raise ValueError(f"chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {chunk_horizon}")
     dirs = [Path(d) for d in ([data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs)]
     files = episode_files(dirs)
     if max_episodes is not None:
@@ -142,6 +153,7 @@ def load_demos(
             raise ValueError(f"max_episodes must be >= 1, got {max_episodes}")
         files = files[:max_episodes]
     images, proprio, actions, narrations, instr, episode, task, seeds = [], [], [], [], [], [], [], []
+    chunks: list[np.ndarray] = []
     skipped: list[str] = []
     for f in files:
         try:
@@ -153,6 +165,13 @@ def load_demos(
         # expert's labels for the states the policy reaches, which is the point of collecting it
         if not bool(z["success"]) and not bool(z.get("policy_driven", False)):
             continue
+        if chunk_horizon > 1:
+            labels = z.get("action_chunks")
+            if labels is None or labels.ndim != 3 or labels.shape[1] < chunk_horizon:
+                got = "none" if labels is None else f"shape {labels.shape}"
+                raise ValueError(f"{f}: chunk_horizon {chunk_horizon} needs action_chunks (T, >= {chunk_horizon}, 7) "
+                                 f"(collect --chunk-horizon), got {got}")
+            chunks.append(labels[:, :chunk_horizon].astype(np.float32))
         imgs = z["images"]
         if image_size is not None and imgs.shape[1:3] != (image_size, image_size):
             imgs = _resize(imgs, image_size)
@@ -184,19 +203,23 @@ def load_demos(
         if s not in text_cache:
             text_cache[s] = [*tokenizer.encode(s), tokenizer.eon_token_id]
         texts.append(text_cache[s])
-    t_max = max(len(t) for t in texts) + ACTION_DIM
+    n_act = ACTION_DIM * chunk_horizon
+    t_max = max(len(t) for t in texts) + n_act
     target = np.full((len(texts), t_max), tokenizer.pad_token_id, dtype=np.int64)
     n_text = np.zeros(len(texts), dtype=np.int64)
-    act_ids = at.encode(acts)
+    chunk_arr = np.concatenate(chunks) if chunks else None
+    act_ids = (at.encode(chunk_arr.reshape(-1, ACTION_DIM)).reshape(len(texts), n_act) if chunk_arr is not None
+               else at.encode(acts))
     for i, t in enumerate(texts):
         target[i, : len(t)] = t
-        target[i, len(t) : len(t) + ACTION_DIM] = act_ids[i]
+        target[i, len(t) : len(t) + n_act] = act_ids[i]
         n_text[i] = len(t)
     ds = DemoDataset(
         images=np.concatenate(images), proprio=np.concatenate(proprio), actions=acts,
         instr_idx=np.array([lookup[s] for s in instr], dtype=np.int64), instructions=instructions,
         target_ids=target, n_text=n_text, episode=np.concatenate(episode), task=np.array(task),
         seeds=np.array(seeds, dtype=np.int64), stats=stats, pad_id=tokenizer.pad_token_id, raw_statistics=raw,
+        horizon=chunk_horizon, chunks=chunk_arr,
     )
     if aux:
         ds.aux = build_aux_targets(ds, narrations)
@@ -311,7 +334,7 @@ def make_batch(ds: DemoDataset, idx: np.ndarray, rng: np.random.Generator | None
     labels[tgt == ds.pad_id] = IGNORE
     cols = torch.arange(tgt.shape[1])[None, :]
     start = torch.from_numpy(ds.n_text[idx])[:, None]
-    is_action = (cols >= start) & (cols < start + ACTION_DIM)
+    is_action = (cols >= start) & (cols < start + ACTION_DIM * ds.horizon)
     aux = None
     if ds.aux is not None:
         aux = {k: torch.from_numpy(getattr(ds.aux, k)[idx]) for k in AUX_FIELDS}

@@ -36,8 +36,10 @@ from specvla_ros.sim.language import COLOR_NAMES
 from specvla_ros.core.models.tiny_vla import (
     IDENTITY_STD, KEYPOINT_STRIDE, PRESETS, SpatialSoftmaxKeypoints, TinyVLA, TinyVLAConfig,
 )
-from specvla_ros.core.models.checkpoint_io import count_parameters
-from specvla_ros.train.dataset import IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
+from specvla_ros.core.models.action_tokenizer import load_norm_stats
+from specvla_ros.core.models.checkpoint_io import STATS_FILE, count_parameters
+from specvla_ros.core.types import MAX_CHUNK_HORIZON
+from specvla_ros.train.dataset import DATASET_KEY, IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -75,6 +77,12 @@ class TargetTrainConfig:
     # vision pathway localise objects within minutes instead of hours
     aux_weight: float = 1.0
     init_from: str = ""  # start from this checkpoint dir's weights (fresh optimiser and schedule)
+    # tokenise actions with init_from's statistics (its action bins keep their meaning) instead of
+    # recomputing q01/q99 over the data
+    keep_init_stats: bool = False
+    # actions per example: H > 1 trains an action-chunk model (narration, [EON], H x 7 action
+    # tokens) on the expert chunks that collect --chunk-horizon records
+    chunk_horizon: int = 1
     # keypoint models: first fit the keypoint stem alone to the object positions (fast: the stem is
     # tiny), so the decoder trains on keypoints that already sit on the objects
     keypoint_pretrain_steps: int = 0
@@ -122,6 +130,10 @@ class TargetTrainConfig:
         if self.aux_weight < 0 or self.named_aux_weight < 0:
             raise ValueError(f"TargetTrainConfig.aux_weight and named_aux_weight must be >= 0, got "
                              f"{self.aux_weight}, {self.named_aux_weight}")
+        if not 1 <= self.chunk_horizon <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"TargetTrainConfig.chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {self.chunk_horizon}")
+        if self.keep_init_stats and not self.init_from:
+            raise ValueError("TargetTrainConfig.keep_init_stats needs init_from")
         if self.storage_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"TargetTrainConfig.storage_dtype must be float32/float16/bfloat16, got {self.storage_dtype!r}")
 
@@ -326,7 +338,7 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
 
 
 def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset) -> TinyVLA:
-    cfg = TinyVLAConfig(vocab_size=tokenizer.vocab_size, **PRESETS[preset])
+    cfg = TinyVLAConfig(vocab_size=tokenizer.vocab_size, chunk_horizon=ds.horizon, **PRESETS[preset])
     return TinyVLA(cfg, tokenizer, ds.stats)
 
 
@@ -405,7 +417,9 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     tok = VLATextTokenizer.build()
     t_load = time.perf_counter()
     if ds is None:
-        ds = load_demos(cfg.data, tok, cfg.max_episodes, aux=cfg.aux_weight > 0)
+        stats = load_norm_stats(Path(cfg.init_from) / STATS_FILE, DATASET_KEY) if cfg.keep_init_stats else None
+        ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=stats, aux=cfg.aux_weight > 0,
+                        chunk_horizon=cfg.chunk_horizon)
     load_s = time.perf_counter() - t_load
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -558,6 +572,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--aux-weight", type=float, default=d.aux_weight, help="auxiliary position losses (0 = off)")
     p.add_argument("--init-from", default="", help="start from this checkpoint dir's weights")
+    p.add_argument("--keep-init-stats", action="store_true",
+                   help="tokenise actions with --init-from's action statistics (bins keep their meaning)")
+    p.add_argument("--chunk-horizon", type=int, default=d.chunk_horizon,
+                   help="actions per decision (H > 1: action-chunk model on collect --chunk-horizon data)")
     p.add_argument("--fresh-keypoints", action="store_true", help="re-initialise the keypoint stem after --init-from")
     p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
                    help="fit the keypoint stem to object positions first (keypoint presets)")
@@ -581,7 +599,8 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         bf16=not a.no_bf16, aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
         colour_keypoints=a.colour_keypoints, named_aux_weight=a.named_aux_weight,
-        reset_keypoint_identity=a.reset_keypoint_identity,
+        reset_keypoint_identity=a.reset_keypoint_identity, keep_init_stats=a.keep_init_stats,
+        chunk_horizon=a.chunk_horizon,
     )
 
 

@@ -6,7 +6,7 @@ Per decision (``SpeculativeDecoder.decode``), in stages:
     prefill: target.prefill(vision, ...)         # the first token comes from the prefix's last logits
              (or prefill_with_guess: the previous decision's output verified in the same pass);
              drafter.begin(...)
-    rounds:  until the grammar is done (narration, EON, exactly 7 action tokens):
+    rounds:  until the grammar is done (narration, EON, exactly 7 action tokens per action of the chunk):
                drafts, q = drafter.propose(k)        # k = drafter's adaptive length, capped by what is left
                out = target.forward([last, *drafts]) # ONE verify pass: logits (k+1, V)
                n, next = rule(out.logits + grammar bias, drafts, q)
@@ -38,7 +38,7 @@ import torch
 from specvla_ros.core.decoding.drafters import DraftContext, Drafter, DraftSettings
 from specvla_ros.core.models.interface import KVCache, StepOutput, VisionFeatures, VLAModel
 from specvla_ros.core.decoding.grammar import OutputGrammar
-from specvla_ros.core.types import ACTION_DIM, DecodeStats, Observation
+from specvla_ros.core.types import ACTION_DIM, MAX_CHUNK_HORIZON, DecodeStats, Observation
 
 MODES = ("greedy", "sample", "relaxed")
 
@@ -60,6 +60,9 @@ class DecodeConfig:
     whole_narration: bool | None = True  # the draft model drafts the narration through [EON] in one proposal
     history_narration: bool | None = None  # propose the rest of the previous decision's narration
     max_narration_tokens: int = 12
+    # actions decoded per decision: 0 = the target's own chunk length (``VLAModel.chunk_horizon``);
+    # fewer is allowed (a causal model's first h actions do not depend on the later ones)
+    horizon: int = 0
     temperature: float = 1.0
     seed: int = 0
 
@@ -74,6 +77,8 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
         if self.max_narration_tokens < 0:
             raise ValueError(f"DecodeConfig.max_narration_tokens must be >= 0, got {self.max_narration_tokens}")
+        if not 0 <= self.horizon <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"DecodeConfig.horizon must be in [0, {MAX_CHUNK_HORIZON}] (0 = the model's), got {self.horizon}")
         if not (self.temperature > 0.0 and np.isfinite(self.temperature)):
             raise ValueError(f"DecodeConfig.temperature must be a finite number > 0, got {self.temperature}")
         self.draft_settings()  # validates the source flags
@@ -92,14 +97,19 @@ class DecodeConfig:
 
 @dataclass
 class DecodeResult:
-    """One decision: narration text and ids, 7 action tokens, the action in robot units, stats."""
+    """One decision: narration text and ids, H x 7 action tokens, the actions in robot units, stats."""
 
     narration: str
     narration_ids: list[int]
-    action_tokens: np.ndarray  # (7,) int64
-    action: np.ndarray  # (7,) float64, robot units
+    action_tokens: np.ndarray  # (7H,) int64
+    actions: np.ndarray  # (H, 7) float64, robot units: the chunk, one action per control step
     stats: DecodeStats
-    token_ids: list[int]  # everything emitted: narration, EON, 7 action tokens
+    token_ids: list[int]  # everything emitted: narration, EON, 7H action tokens
+
+    @property
+    def action(self) -> np.ndarray:
+        """(7,) the chunk's first action."""
+        return self.actions[0]
 
 
 @dataclass
@@ -207,6 +217,10 @@ class SpeculativeDecoder:
         self.generator = torch.Generator(device=target.device)
         self.generator.manual_seed(self.config.seed)
         self._text_allowed = text_allowed_mask(target)
+        model_h = int(target.chunk_horizon)
+        if self.config.horizon > model_h:
+            raise ValueError(f"DecodeConfig.horizon {self.config.horizon} exceeds the target's chunk length {model_h}")
+        self.horizon = self.config.horizon or model_h
         self._default_grammar = self._make_grammar(None)
         self._vision_cache: tuple[int, VisionFeatures] | None = None
         n_rows = self._default_grammar.bias.shape[0]
@@ -218,7 +232,7 @@ class SpeculativeDecoder:
         at = self.target.action_tokenizer
         return OutputGrammar(
             self.target.vocab_size, self.target.text_tokenizer.eon_token_id, self._text_allowed, at.n_bins,
-            self.config.max_narration_tokens, action_bin_mask, self.target.device,
+            self.config.max_narration_tokens, action_bin_mask, self.target.device, self.horizon,
         )
 
     def _clock(self) -> float:
@@ -237,12 +251,19 @@ class SpeculativeDecoder:
         return feats, False
 
     @torch.inference_mode()
-    def decode(self, obs: Observation, action_bin_mask: np.ndarray | None = None) -> DecodeResult:
-        """Observation -> narration + 7 action tokens (raises ValueError on an empty mask row)."""
+    def decode(self, obs: Observation, action_bin_mask: np.ndarray | None = None, shift: int = 1) -> DecodeResult:
+        """Observation -> narration + H actions (raises ValueError on an empty mask row).
+
+        action_bin_mask: (7, n_bins) for every step or (H, 7, n_bins) per step; None = all bins.
+        shift: control steps executed since the previous decision: the previous chunk's tail from
+            there is this decision's free draft (``HistorySource``).
+        """
+        if shift < 0:
+            raise ValueError(f"shift must be >= 0 control steps, got {shift}")
         grammar = self._default_grammar if action_bin_mask is None else self._make_grammar(action_bin_mask)
         run = _Run(grammar=grammar, stats=DecodeStats(mode=self.config.mode), t_start=self._clock())
         vision = self._vision_stage(obs, run)
-        verified = self._prefill_stage(obs, vision, run)
+        verified = self._prefill_stage(obs, vision, run, shift)
         while not grammar.is_done(run.state):
             self._round(run, verified)
             verified = None
@@ -254,12 +275,12 @@ class SpeculativeDecoder:
         run.stats.vision_time_s = run.t_mark - run.t_start
         return vision
 
-    def _prefill_stage(self, obs: Observation, vision: VisionFeatures, run: _Run) -> _Verified | None:
+    def _prefill_stage(self, obs: Observation, vision: VisionFeatures, run: _Run, shift: int) -> _Verified | None:
         """Run the prefix (with the previous output as a guess when the target and mode allow it), emit
         the first token and start the drafter -> the guess tokens verified in this pass, if any."""
         drafter, grammar, stats = self.drafter, run.grammar, run.stats
         need_hidden = drafter is not None and drafter.needs_target_hidden
-        guess = (drafter.previous_output(grammar) if drafter is not None and self.config.prefill_guess
+        guess = (drafter.previous_output(grammar, shift) if drafter is not None and self.config.prefill_guess
                  and self.target.can_prefill_with_guess else [])
         if guess:
             run.cache, out, guess_out = self.target.prefill_with_guess(
@@ -280,7 +301,7 @@ class SpeculativeDecoder:
         if drafter is not None:
             drafter.begin(DraftContext(self.target, vision, obs.instruction, obs.proprio, first,
                                        out.hidden if need_hidden else None,
-                                       verified.drafts if verified is not None else []))
+                                       verified.drafts if verified is not None else [], shift))
             stats.draft_time_s += self._clock() - t_pre
         return verified
 
@@ -369,12 +390,14 @@ class SpeculativeDecoder:
         eon = grammar.eon_token_id
         cut = tokens.index(eon)
         narration_ids = tokens[:cut]
-        action_tokens = np.asarray(tokens[cut + 1 : cut + 1 + ACTION_DIM], dtype=np.int64)
+        action_tokens = np.asarray(tokens[cut + 1 : cut + 1 + grammar.n_action_tokens], dtype=np.int64)
+        actions = self.target.action_tokenizer.decode(action_tokens.reshape(grammar.horizon, ACTION_DIM))
+        stats.chunk_len = grammar.horizon
         return DecodeResult(
             narration=self.target.text_tokenizer.decode(narration_ids),
             narration_ids=narration_ids,
             action_tokens=action_tokens,
-            action=self.target.action_tokenizer.decode(action_tokens).astype(np.float64),
+            actions=np.asarray(actions, dtype=np.float64).reshape(grammar.horizon, ACTION_DIM),
             stats=stats,
             token_ids=list(tokens),
         )

@@ -59,6 +59,8 @@ class DraftContext:
     target_prefix_hidden: (P, d) target hidden states of the whole prefix (EAGLE only).
     verified_guess: the ``previous_output`` tokens after the first one, verified in the prefill
         pass: ``accept`` follows as after a ``propose`` that drafted them.
+    history_shift: control steps executed since the previous decision (where its chunk's
+        unexecuted tail starts).
     """
 
     target: VLAModel
@@ -68,6 +70,7 @@ class DraftContext:
     first_token: int
     target_prefix_hidden: torch.Tensor | None = None
     verified_guess: list[int] = field(default_factory=list)
+    history_shift: int = 1
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,10 @@ class Drafter(Protocol):
         """Apply the draft length rule and switch the free sources (see ``DraftSettings``)."""
         ...
 
-    def previous_output(self, grammar: OutputGrammar) -> list[int]:
-        """The previous decision's whole output as far as ``grammar`` allows it ([] when the drafter keeps
-        no history or narration reuse is off): a guess the target can verify in its prefill pass."""
+    def previous_output(self, grammar: OutputGrammar, shift: int = 1) -> list[int]:
+        """The previous decision's whole output moved ``shift`` control steps on (its chunk's unexecuted
+        tail first) as far as ``grammar`` allows it ([] when the drafter keeps no history or narration
+        reuse is off): a guess the target can verify in its prefill pass."""
         ...
 
     def begin(self, ctx: DraftContext) -> None: ...
@@ -244,17 +248,23 @@ class HistorySource:
     """The previous decision's output. At 10 Hz the robot says the same phrase for many frames in a
     row: with ``narration`` the rest of last decision's phrase (through [EON]) is proposed whenever
     the tokens emitted so far match its start; the action tokens of ``action_dims`` (0..6: x, y, z,
-    roll, pitch, yaw, gripper) are proposed as last decision's tokens of the same dimension (the
-    target's consecutive actions often repeat a bin). The feature is the token's index in last
-    decision's sequence. ``previous_output`` is the whole of it, for the target's prefill pass."""
+    roll, pitch, yaw, gripper) are proposed from last decision's actions moved to this decision's time
+    (``shift``, set per decision: the control steps executed since the previous decision): step i
+    of this chunk is drafted as step i + shift of the previous one (its unexecuted tail), and steps
+    past its end repeat its last action. With one action per decision and shift 1 that is last
+    decision's action (the target's consecutive actions often repeat a bin). The feature is the
+    token's index in last decision's sequence. ``previous_output`` is the whole of it, for the
+    target's prefill pass."""
 
     def __init__(self, eon_token_id: int, narration: bool = True, action_dims: Sequence[int] = ()) -> None:
         self.eon_token_id = int(eon_token_id)
         self.narration = narration
         self.action_dims = _action_dims(action_dims)
         self.proposed = 0
-        self.last_seq: list[int] = []  # previous finished decision: narration, [EON], 7 action tokens
+        self.shift = 1
+        self.last_seq: list[int] = []  # previous finished decision: narration, [EON], 7H action tokens
         self.last_eon = -1  # index of [EON] in last_seq
+        self.last_steps = 0  # actions in last_seq
 
     def start(self) -> None:
         self.proposed = 0
@@ -266,18 +276,25 @@ class HistorySource:
         """Keep a finished decision's tokens as the history; -> whether ``output`` was a whole decision."""
         if self.eon_token_id in output:
             eon = output.index(self.eon_token_id)
-            if len(output) == eon + 1 + ACTION_DIM:
-                self.last_seq, self.last_eon = list(output), eon
+            n_action = len(output) - eon - 1
+            if n_action > 0 and n_action % ACTION_DIM == 0:
+                self.last_seq, self.last_eon, self.last_steps = list(output), eon, n_action // ACTION_DIM
                 return True
         return False
 
-    def previous_output(self, grammar: OutputGrammar) -> list[int]:
-        """The previous decision's whole output as far as this grammar allows it; [] without narration
-        reuse or history."""
-        if not self.narration:
+    def _action_pos(self, step: int, dim: int, shift: int) -> int:
+        """Index in last_seq of the token drafted for (step, dim) of a decision ``shift`` steps later."""
+        return self.last_eon + 1 + min(step + shift, self.last_steps - 1) * ACTION_DIM + dim
+
+    def previous_output(self, grammar: OutputGrammar, shift: int = 1) -> list[int]:
+        """The previous decision's whole output moved ``shift`` steps on, as far as this grammar allows
+        it; [] without narration reuse or history."""
+        if not self.narration or not self.last_seq:
             return []
         state, out = grammar.initial_state, []
-        for tok in self.last_seq:
+        seq = self.last_seq[: self.last_eon + 1]
+        seq += [self.last_seq[self._action_pos(*divmod(a, ACTION_DIM), shift)] for a in range(grammar.n_action_tokens)]
+        for tok in seq:
             if grammar.is_done(state) or not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
                 break
             out.append(tok)
@@ -295,10 +312,10 @@ class HistorySource:
                     and drafts == last[len(committed) : pos]):
                 return None
         else:
-            dim = state - grammar.first_action_state
+            step, dim = grammar.action_index(state)
             if dim not in self.action_dims:
                 return None
-            pos = self.last_eon + 1 + dim
+            pos = self._action_pos(step, dim, self.shift)
         tok = last[pos]
         # the grammar may differ from last frame's (e.g. a shorter narration cap or a mask): stop where it objects
         if not bool(torch.isfinite(grammar.bias[grammar.row(state), tok])):
@@ -374,8 +391,8 @@ class SourcedDrafter(AdaptiveDraftLength):
         if settings.whole_narration is not None:
             self.whole_narration = settings.whole_narration
 
-    def previous_output(self, grammar: OutputGrammar) -> list[int]:
-        return self.history.previous_output(grammar)
+    def previous_output(self, grammar: OutputGrammar, shift: int = 1) -> list[int]:
+        return self.history.previous_output(grammar, shift)
 
     def finish(self) -> None:
         self._roll_history()
@@ -389,6 +406,7 @@ class SourcedDrafter(AdaptiveDraftLength):
     def _start_decision(self, ctx: DraftContext) -> None:
         self._roll_history()  # a decision that did not finish leaves no history
         self._committed = [int(ctx.first_token)]
+        self.history.shift = int(ctx.history_shift)
         for source in self.sources:
             source.start()
 

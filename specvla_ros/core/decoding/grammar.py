@@ -1,20 +1,23 @@
-"""The output grammar every decode follows: narration, EON, exactly 7 action tokens.
+"""The output grammar every decode follows: narration, EON, then H actions of 7 tokens.
 
-A state is one int: ``s`` in [0, max_narration] counts narration tokens emitted;
-``max_narration + 1 + a`` means ``a`` action tokens emitted (a = 0..7, 7 = done).
-Each state selects one row of an additive bias table (0 allowed, -inf banned)
-applied to the logits of the next position, for target and draft alike:
+H (``horizon``) is the action-chunk length: 1 for a one-action model (OpenVLA), H for a
+chunk model (the next H control steps). A state is one int: ``s`` in [0, max_narration]
+counts narration tokens emitted; ``max_narration + 1 + a`` means ``a`` action tokens
+emitted (a = 0..7H, 7H = done). Each state selects one row of an additive bias table
+(0 allowed, -inf banned) applied to the logits of the next position, for target and
+draft alike:
 
     row 0          narration position: text tokens or EON (never action tokens)
     row 1          narration cap reached: EON only
-    row 2 + a      action position a: action tokens whose bin the mask allows
+    row 2 + a      action position a (step a // 7, dimension a % 7): action tokens whose
+                   bin the mask allows (one mask for every step, or one per step)
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from specvla_ros.core.types import ACTION_DIM
+from specvla_ros.core.types import ACTION_DIM, MAX_CHUNK_HORIZON
 
 ROW_TEXT = 0
 ROW_EON = 1
@@ -30,8 +33,10 @@ class OutputGrammar:
         text_allowed: bool (V,) ids a narration position may emit (EON is added).
         n_bins: action tokens are the last n_bins ids; bin b <-> id V - 1 - b.
         max_narration: narration tokens allowed before EON is forced.
-        action_bin_mask: bool (7, n_bins) in bin order, True = allowed; None = all.
+        action_bin_mask: bool (7, n_bins) in bin order, True = allowed, for every step, or
+            (horizon, 7, n_bins), one per step; None = all.
         device: where the bias table lives.
+        horizon: actions per decision (H >= 1).
     """
 
     def __init__(
@@ -43,38 +48,51 @@ class OutputGrammar:
         max_narration: int,
         action_bin_mask: np.ndarray | None = None,
         device: torch.device | str = "cpu",
+        horizon: int = 1,
     ) -> None:
         if max_narration < 0:
             raise ValueError(f"max_narration must be >= 0, got {max_narration}")
+        if not 1 <= horizon <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"horizon must be in [1, {MAX_CHUNK_HORIZON}], got {horizon}")
         text_allowed = np.asarray(text_allowed, dtype=bool)
         if text_allowed.shape != (vocab_size,):
             raise ValueError(f"text_allowed must have shape ({vocab_size},), got {text_allowed.shape}")
         if action_bin_mask is None:
             action_bin_mask = np.ones((ACTION_DIM, n_bins), dtype=bool)
         action_bin_mask = np.asarray(action_bin_mask, dtype=bool)
-        if action_bin_mask.shape != (ACTION_DIM, n_bins):
-            raise ValueError(f"action_bin_mask must have shape ({ACTION_DIM}, {n_bins}), got {action_bin_mask.shape}")
+        if action_bin_mask.shape == (ACTION_DIM, n_bins):
+            action_bin_mask = np.broadcast_to(action_bin_mask, (horizon, ACTION_DIM, n_bins))
+        if action_bin_mask.shape != (horizon, ACTION_DIM, n_bins):
+            raise ValueError(f"action_bin_mask must have shape ({ACTION_DIM}, {n_bins}) or ({horizon}, {ACTION_DIM}, "
+                             f"{n_bins}), got {action_bin_mask.shape}")
+        action_bin_mask = action_bin_mask.reshape(horizon * ACTION_DIM, n_bins)
         empty = np.flatnonzero(~action_bin_mask.any(axis=1))
         if empty.size:
-            raise ValueError(f"action_bin_mask allows no bin for action dimension(s) {empty.tolist()}")
-        allowed = np.zeros((ROW_ACTION0 + ACTION_DIM, vocab_size), dtype=bool)
+            dims = sorted({i % ACTION_DIM for i in empty.tolist()})
+            steps = sorted({i // ACTION_DIM for i in empty.tolist()})
+            at = f" at step(s) {steps}" if horizon > 1 else ""
+            raise ValueError(f"action_bin_mask allows no bin for action dimension(s) {dims}{at}")
+        n_action = horizon * ACTION_DIM
+        allowed = np.zeros((ROW_ACTION0 + n_action, vocab_size), dtype=bool)
         allowed[ROW_TEXT] = text_allowed
         allowed[ROW_TEXT, vocab_size - n_bins :] = False
         allowed[ROW_TEXT, eon_token_id] = True
         allowed[ROW_EON, eon_token_id] = True
         bins = np.arange(n_bins)
-        for a in range(ACTION_DIM):
+        for a in range(n_action):
             allowed[ROW_ACTION0 + a, vocab_size - 1 - bins[action_bin_mask[a]]] = True
         self.allowed = allowed
         self.bias = torch.where(
             torch.from_numpy(allowed), 0.0, float("-inf")
-        ).to(device=device, dtype=torch.float32)  # (9, V)
+        ).to(device=device, dtype=torch.float32)  # (2 + 7H, V)
         self.vocab_size = vocab_size
         self.eon_token_id = int(eon_token_id)
         self.n_bins = n_bins
+        self.horizon = int(horizon)
+        self.n_action_tokens = n_action
         self.max_narration = int(max_narration)
         self.first_action_state = self.max_narration + 1
-        self.done_state = self.first_action_state + ACTION_DIM
+        self.done_state = self.first_action_state + n_action
         self.action_begin = vocab_size - n_bins
 
     @property
@@ -104,8 +122,12 @@ class OutputGrammar:
     def remaining(self, state: int) -> int:
         """Most tokens still to emit from ``state`` (exact once in the action part)."""
         if state <= self.max_narration:
-            return self.max_narration - state + 1 + ACTION_DIM
+            return self.max_narration - state + 1 + self.n_action_tokens
         return self.done_state - state
 
     def is_action_row(self, row: int) -> bool:
         return row >= ROW_ACTION0
+
+    def action_index(self, state: int) -> tuple[int, int]:
+        """(step, dimension) of the action token emitted in ``state`` (an action state)."""
+        return divmod(state - self.first_action_state, ACTION_DIM)

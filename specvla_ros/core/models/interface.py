@@ -107,6 +107,11 @@ class VLAModel(Protocol):
     can_prefill_with_guess: bool
 
     @property
+    def chunk_horizon(self) -> int:
+        """Actions the model emits per decision (its action-chunk length H; 1 = one action)."""
+        ...
+
+    @property
     def vocab_size(self) -> int: ...
 
     @property

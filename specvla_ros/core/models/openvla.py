@@ -214,6 +214,7 @@ class OpenVLA(nn.Module):
     image_resize: ResizeMethod = "pil_bicubic"
     #: Not implemented for the adapter: history drafts are verified in the first verify pass instead.
     can_prefill_with_guess = False
+    chunk_horizon = 1  # OpenVLA emits one action per decision
 
     def __init__(self, towers: list[ViTFeaturizer], projector: PrismaticProjector, llm: nn.Module,
                  llm_config: LlamaConfig, text_tokenizer: OpenVLATextTokenizer, action_tokenizer: ActionTokenizer,

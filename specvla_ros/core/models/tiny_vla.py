@@ -52,6 +52,7 @@ from specvla_ros.core.models.interface import ModelLoadError, StepOutput, Vision
 from specvla_ros.core.models.proprio_features import FEATURE_DIMS, FEATURE_KINDS, proprio_features
 from specvla_ros.core.models.llama_layers import rope_tables, run_llama_layers
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.types import MAX_CHUNK_HORIZON
 
 DEFAULT_UNNORM_KEY = "sim_panda"
 PROPRIO_DIM = 8  # 7 joint positions [rad] + gripper opening [m]
@@ -111,6 +112,9 @@ class TinyVLAConfig:
     #: which the decoder otherwise has to build from an image position and a table position
     named_relative: tuple[int, ...] = ()
     n_action_bins: int = 256
+    #: actions per decision: the output is narration, [EON], then chunk_horizon x 7 action tokens
+    #: (the next chunk_horizon control steps; 1 = one action, as OpenVLA)
+    chunk_horizon: int = 1
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
 
@@ -129,6 +133,8 @@ class TinyVLAConfig:
         if self.proprio_features == "panda_tcp" and (self.proprio_dim != 8 or self.proprio_keep):
             raise ValueError("TinyVLAConfig.proprio_features 'panda_tcp' reads 7 joints + gripper "
                              "(proprio_dim 8) and takes no proprio_keep")
+        if not 1 <= int(self.chunk_horizon) <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"TinyVLAConfig.chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {self.chunk_horizon}")
         if self.vision_keypoints < 0:
             raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
@@ -374,6 +380,10 @@ class TinyVLA(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
+
+    @property
+    def chunk_horizon(self) -> int:
+        return int(self.config.chunk_horizon)
 
     def _rope(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + n

@@ -148,11 +148,13 @@ class SafetyGate:
         """Why measured joint positions are unusable, or None (see ``CommandGuard.measured_problem``)."""
         return self._guard.measured_problem(q)
 
-    def envelope(self, state: RobotState, dt: float, shrink: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def envelope(self, state: RobotState, dt: float, shrink: float = 1.0,
+                 steps_ahead: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Robot-unit interval (low, high) per action dimension passing the separable checks.
 
-        Shape (7,) for ee_delta, (n_joints,) for the joint spaces. Raises ValueError on
-        a non-finite state or dt (the policy checks those first).
+        Shape (7,) for ee_delta, (n_joints,) for the joint spaces. ``steps_ahead`` k: for the
+        action k steps later in a chunk (see ``envelope.ee_delta_envelope``). Raises ValueError
+        on a non-finite state or dt (the policy checks those first).
         """
         q = np.asarray(state.q, dtype=np.float64).reshape(-1)
         if q.shape != (self.n,) or not np.all(np.isfinite(q)):
@@ -161,8 +163,8 @@ class SafetyGate:
             raise ValueError(f"dt must be finite and > 0, got {dt}")
         if self.config.action_space == "ee_delta":
             pos, _ = self.kin.fk(q)
-            return ee_delta_envelope(self.config, pos, dt, shrink)
-        return joint_envelope(self.config, q, dt, self.lower, self.upper, self.vmax, shrink)
+            return ee_delta_envelope(self.config, pos, dt, shrink, steps_ahead)
+        return joint_envelope(self.config, q, dt, self.lower, self.upper, self.vmax, shrink, steps_ahead)
 
     def check(self, action: np.ndarray, state: RobotState, dt: float) -> Verdict:
         """Check one action (robot units) for a control step of ``dt`` seconds."""
