@@ -13,6 +13,11 @@ Modes (all share one loaded target and draft):
     spec_exact       speculative greedy (token-identical to baseline), gate on
     spec_relaxed     speculative, action tokens accepted within r bins, gate on
 
+With an action-chunk model each decision is a plan of H points (the trajectory gate's safe
+prefix); the simulated arm executes ``execute_steps`` of them, then the policy plans again
+from the newest frame (receding horizon; the previous plan's unexecuted tail is the next
+decision's free draft). ``horizon`` decodes fewer actions than the model's H.
+
 Two back-ends run the same episodes: ``direct`` calls ``Policy.step`` on the
 simulator state (fast; what CI runs), ``ros`` puts the real ROS nodes in the
 loop (``specvla_sim`` + ``specvla_node`` as processes, see graph_runner.SimGraph);
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specvla_ros.core.types import WEIGHT_DTYPES, Observation, PolicyOutput, RobotState, SafetyStatus
+from specvla_ros.core.types import MAX_CHUNK_HORIZON, WEIGHT_DTYPES, Observation, PolicyOutput, RobotState, SafetyStatus
 
 ALL_MODES = ("baseline_nogate", "baseline", "spec_exact", "spec_relaxed")
 ALL_TASKS = ("reach", "push", "pick")
@@ -56,8 +61,14 @@ class EvalConfig:
     device: str = "auto"
     dtype: str = "float32"  # model weights: float32 | float16 | bfloat16 | auto (the node's dtype parameter)
     backend: str = "direct"  # "direct" (Policy.step on the simulator) | "ros" (specvla_sim + specvla_node graph)
+    horizon: int = 0  # actions decoded per decision (0 = the model's chunk length)
+    execute_steps: int = 1  # plan points executed before the next decision (receding horizon)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.horizon <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"horizon must be in [0, {MAX_CHUNK_HORIZON}] (0 = the model's), got {self.horizon}")
+        if not 1 <= self.execute_steps <= MAX_CHUNK_HORIZON:
+            raise ValueError(f"execute_steps must be in [1, {MAX_CHUNK_HORIZON}], got {self.execute_steps}")
         if self.dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {WEIGHT_DTYPES}, got {self.dtype!r}")
         if self.backend not in ("direct", "ros"):
@@ -93,7 +104,11 @@ class EpisodeResult:
     target_passes: int = 0
     halts: dict[str, int] = field(default_factory=dict)
     narrations: list[str] = field(default_factory=list)
-    actions: list[list[float]] = field(default_factory=list)
+    actions: list[list[float]] = field(default_factory=list)  # every decision's decoded chunk, flattened
+    points_executed: int = 0  # plan points the arm executed (the rest of each plan was replaced)
+    starved: int = 0  # control steps with no plan point to execute (the arm held)
+    points_cut: int = 0  # plan points the trajectory gate cut
+    jerk_rms: float = float("nan")  # [rad/s^3] RMS third difference of the measured joint positions
 
 
 @dataclass
@@ -110,6 +125,12 @@ class ModeSummary:
     speedup: float = float("nan")  # baseline p50 latency / this mode's p50
     per_task_success_pct: dict[str, float] = field(default_factory=dict)
     halts: dict[str, int] = field(default_factory=dict)
+    plan_latency_p50_ms: float = float("nan")  # = latency_p50_ms: one decision is one plan
+    points_per_plan: float = float("nan")  # plan points executed per decision
+    starved_periods: int = 0  # control steps the arm had no plan point (held)
+    command_rate_hz: float = float("nan")  # plan points sent per second of simulated time
+    points_cut: int = 0
+    jerk_rms: float = float("nan")  # [rad/s^3] mean over episodes
 
 
 def _policy_config(cfg: EvalConfig, mode: str):
@@ -124,6 +145,7 @@ def _policy_config(cfg: EvalConfig, mode: str):
         relax_bins=cfg.relax_bins if mode == "spec_relaxed" else 0,
         draft_len=cfg.draft_len,
     )
+    decode.horizon = cfg.horizon
     return PolicyConfig(
         target_dir=str(cfg.target_dir or DEFAULT_TARGET_DIR),
         draft_dir=str(cfg.draft_dir or DEFAULT_DRAFT_DIR) if speculative else None,
@@ -137,10 +159,12 @@ def _policy_config(cfg: EvalConfig, mode: str):
 
 
 def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | None, kinematics=None,
-                frame_sink=None) -> EpisodeResult:
+                frame_sink=None, execute_steps: int = 1) -> EpisodeResult:
     """Run one episode with ``policy`` in ``env`` (a TaskEnv) and collect its figures.
 
-    With mode "baseline_nogate" the unchecked IK target of the action is sent
+    Each decision's plan (the trajectory gate's safe prefix of the chunk) is executed for up to
+    ``execute_steps`` control steps, then the policy decides again (at once when the plan ran
+    out or held). With mode "baseline_nogate" the unchecked IK targets of the chunk are sent
     (what a wrapper without a gate would do); the verdict is still counted.
     """
     from specvla_ros.core.safety.kinematics import ee_delta_to_joint_target
@@ -148,46 +172,74 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
 
     env.reset(seed=seed, task=task)
     limit = max_steps or env.max_steps
+    dt = env.config.control_period_s
     res = EpisodeResult(mode=mode, task=task, seed=seed, success=False, collision=False, steps=0, unsafe_actions=0)
-    for step in range(limit):
-        state: RobotState = env.robot_state()
-        image = env.render()
-        obs = Observation(image=image, instruction=env.instruction,
-                          proprio=np.concatenate([state.q, [state.gripper]]).astype(np.float32), frame_id=step + 1)
-        # the gate knows the objects on the table, as specvla_node does from /specvla/scene_objects
-        policy.set_scene_objects(task_scene_objects(env))
-        t0 = time.perf_counter()
-        out: PolicyOutput = policy.step(obs, state)
-        res.latencies_s.append(time.perf_counter() - t0)
-        v = out.verdict
-        res.emitted += out.stats.emitted
-        res.target_passes += out.stats.target_passes
-        res.narrations.append(out.narration)
-        res.actions.append([float(x) for x in out.action])
-        if v.status != SafetyStatus.OK:
-            res.halts[v.status.name] = res.halts.get(v.status.name, 0) + 1
-        if v.is_halt:
-            res.unsafe_actions += 1
-        if frame_sink is not None:
-            frame_sink(image, out)
-        if mode == "baseline_nogate" and np.all(np.isfinite(out.action)):
-            ik = ee_delta_to_joint_target(kinematics, state.q, out.action)
-            gripper = float(np.clip(out.action[6], 0.0, 1.0)) * 0.08
-            env.command(ik.q, gripper)
+    plan: list[tuple[np.ndarray, float]] = []
+    since_plan = 1
+    measured = [np.asarray(env.robot_state().q, dtype=np.float64).copy()]
+    step = 0
+    while step < limit:
+        if not plan or since_plan >= execute_steps:
+            state: RobotState = env.robot_state()
+            image = env.render()
+            obs = Observation(image=image, instruction=env.instruction,
+                              proprio=np.concatenate([state.q, [state.gripper]]).astype(np.float32),
+                              frame_id=step + 1)
+            # the gate knows the objects on the table, as specvla_node does from /specvla/scene_objects
+            policy.set_scene_objects(task_scene_objects(env))
+            t0 = time.perf_counter()
+            out: PolicyOutput = policy.step(obs, state, shift=since_plan)
+            res.latencies_s.append(time.perf_counter() - t0)
+            res.decisions += 1
+            v = out.verdict
+            res.emitted += out.stats.emitted
+            res.target_passes += out.stats.target_passes
+            res.narrations.append(out.narration)
+            chunk = out.actions if out.actions is not None else out.action[None]
+            res.actions.append([float(x) for x in np.asarray(chunk).reshape(-1)])
+            if v.status != SafetyStatus.OK:
+                res.halts[v.status.name] = res.halts.get(v.status.name, 0) + 1
+            if v.is_halt:
+                res.unsafe_actions += 1
+            if out.plan is not None:
+                res.points_cut += out.plan.cut
+            if frame_sink is not None:
+                frame_sink(image, out)
+            if mode == "baseline_nogate" and np.all(np.isfinite(chunk)):
+                q = np.asarray(state.q, dtype=np.float64)
+                plan = []
+                for a in np.asarray(chunk):
+                    q = ee_delta_to_joint_target(kinematics, q, a).q
+                    plan.append((q, float(np.clip(a[6], 0.0, 1.0)) * 0.08))
+            elif out.plan is not None and out.plan.published:
+                plan = list(zip(out.plan.points, out.plan.grippers.tolist()))
+            else:
+                plan = []
+                env.command(v.joint_command, v.gripper_command)  # hold
+            since_plan = 0
+        if plan:
+            q, gripper = plan.pop(0)
+            env.command(q, gripper)
+            res.points_executed += 1
         else:
-            env.command(v.joint_command, v.gripper_command)
+            res.starved += 1
+        since_plan += 1
         env.step_control()
-        res.steps = step + 1
-        res.decisions = step + 1
+        step += 1
+        res.steps = step
+        measured.append(np.asarray(env.robot_state().q, dtype=np.float64).copy())
         if env.episode_collisions:
             res.collision = True
         if env.success:
             res.success = True
             break
+    if len(measured) >= 4:
+        jerk = np.diff(np.stack(measured), n=3, axis=0) / dt**3
+        res.jerk_rms = float(np.sqrt(np.mean(jerk**2)))
     return res
 
 
-def summarize(results: list[EpisodeResult], mode: str) -> ModeSummary:
+def summarize(results: list[EpisodeResult], mode: str, dt: float = 0.2) -> ModeSummary:
     rs = [r for r in results if r.mode == mode]
     lat = np.array([x for r in rs for x in r.latencies_s]) * 1e3
     actions = sum(r.decisions for r in rs)
@@ -208,6 +260,14 @@ def summarize(results: list[EpisodeResult], mode: str) -> ModeSummary:
         mean_accepted_length=sum(r.emitted for r in rs) / max(sum(r.target_passes for r in rs), 1),
         per_task_success_pct={t: 100.0 * np.mean([r.success for r in rs if r.task == t]) for t in tasks},
         halts=halts,
+        plan_latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        points_per_plan=sum(r.points_executed for r in rs) / max(actions, 1),
+        starved_periods=int(sum(r.starved for r in rs)),
+        command_rate_hz=(sum(r.points_executed for r in rs) / max(sum(r.steps for r in rs) * dt, 1e-9)
+                         if dt else float("nan")),
+        points_cut=int(sum(r.points_cut for r in rs)),
+        jerk_rms=float(np.nanmean([r.jerk_rms for r in rs])) if any(np.isfinite(r.jerk_rms) for r in rs)
+        else float("nan"),
     )
 
 
@@ -260,7 +320,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, out_dir: Path | None = None
         results = evaluate_ros(cfg, Path(out_dir or "out/eval"), progress)
     else:
         results = _evaluate_direct(cfg, progress)
-    summaries = [summarize(results, m) for m in cfg.modes]
+    summaries = [summarize(results, m, cfg.control_period_s) for m in cfg.modes]
     base = next((s for s in summaries if s.mode == "baseline"), None)
     if base is not None:
         for s in summaries:
@@ -282,7 +342,8 @@ def _evaluate_direct(cfg: EvalConfig, progress: bool) -> list[EpisodeResult]:
             policy.warmup()
             for task in cfg.tasks:
                 for ep in range(cfg.episodes):
-                    r = run_episode(env, policy, mode, task, cfg.seed_base + ep, cfg.max_steps, kin)
+                    r = run_episode(env, policy, mode, task, cfg.seed_base + ep, cfg.max_steps, kin,
+                                    execute_steps=cfg.execute_steps)
                     results.append(r)
                     if progress:
                         print(f"[{mode:15s}] {task:5s} ep {ep + 1}/{cfg.episodes} seed {r.seed}: "
@@ -307,12 +368,13 @@ def exact_matches_baseline(results: list[EpisodeResult]) -> float | None:
 
 def format_table(summaries: list[ModeSummary]) -> str:
     head = ("| mode | episodes | success % | collision % | unsafe actions % | latency mean ms | "
-            "latency p95 ms | accepted length | speedup (p50) |")
-    rows = [head, "|" + "---|" * 9]
+            "latency p95 ms | accepted length | speedup (p50) | points / plan | starved | jerk rad/s^3 |")
+    rows = [head, "|" + "---|" * 12]
     for s in summaries:
         rows.append(f"| {s.mode} | {s.episodes} | {s.success_pct:.1f} | {s.collision_pct:.1f} | "
                     f"{s.unsafe_action_pct:.2f} | {s.latency_mean_ms:.1f} | {s.latency_p95_ms:.1f} | "
-                    f"{s.mean_accepted_length:.2f} | {s.speedup:.2f}x |")
+                    f"{s.mean_accepted_length:.2f} | {s.speedup:.2f}x | {s.points_per_plan:.2f} | "
+                    f"{s.starved_periods} | {s.jerk_rms:.2f} |")
     return "\n".join(rows)
 
 
@@ -350,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft", default=None, help="draft checkpoint dir (default: shipped)")
     p.add_argument("--drafter", default="model", choices=("model", "eagle"))
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--horizon", type=int, default=0,
+                   help="actions decoded per decision (0 = the model's chunk length; fewer is allowed)")
+    p.add_argument("--execute-steps", type=int, default=1,
+                   help="plan points executed before the next decision (receding horizon)")
     p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
@@ -377,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                          modes=tuple(m for m in args.modes.split(",") if m), episodes=args.episodes,
                          relax_bins=args.relax_bins, draft_len=args.draft_len, target_dir=args.target,
                          draft_dir=args.draft, drafter=args.drafter, max_steps=args.max_steps,
-                         seed_base=args.seed_base, device=args.device, dtype=args.dtype, backend=args.backend)
+                         seed_base=args.seed_base, device=args.device, dtype=args.dtype, backend=args.backend,
+                         horizon=args.horizon, execute_steps=args.execute_steps)
     except ValueError as exc:
         print(f"specvla_eval: {exc}", file=sys.stderr)
         return 2
