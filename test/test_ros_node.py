@@ -360,8 +360,8 @@ def test_a_failure_at_any_stage_of_the_tick_holds_and_the_node_recovers(make_gra
     def raise_boom(*_a, **_k):
         raise Boom("injected")
 
-    def out_of_limits(obs, state, timeout_s):
-        out = real_step(obs, state, timeout_s)
+    def out_of_limits(obs, state, timeout_s, shift=1):
+        out = real_step(obs, state, timeout_s, shift)
         bad = Verdict(SafetyStatus.OK, "ok", joint_command=np.full(7, 10.0), gripper_command=0.04)
         return PolicyOutput(out.narration, out.action, bad, out.stats)
 
@@ -494,8 +494,8 @@ def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(m
     start(g)
     assert g.verdicts.wait_for(decided, timeout=WAIT) is not None
     # the model is not under test here: it always asks for the same step down
-    g.policy.backend.policy.decoder.decode = lambda obs, mask=None: DecodeResult(
-        "", [], np.zeros(7, dtype=np.int64), down.copy(), DecodeStats(emitted=8, target_passes=1), [])
+    g.policy.backend.policy.decoder.decode = lambda obs, mask=None, shift=1: DecodeResult(
+        "", [], np.zeros(7, dtype=np.int64), down.copy()[None], DecodeStats(emitted=8, target_passes=1), [])
     assert g.verdicts.wait_for(lambda v: v.status == SafetyVerdict.OK, timeout=WAIT, after=time.monotonic())
     pub = g.probe.create_publisher(SceneObjects, "/specvla/scene_objects", 10)
     sending = {"msg": conv.scene_objects_to_msg([block], Header(frame_id="panda_link0"))}

@@ -248,14 +248,17 @@ def joint_vector(store: Mapping[str, JointSample], names: Sequence[str], now: fl
 
 
 def joint_trajectory(joint_names: Sequence[str], positions: np.ndarray, period_s: float) -> JointTrajectory:
-    """One-point trajectory reached ``period_s`` from now.
+    """Trajectory through ``positions``: (n,) one point, or (m, n) a plan of m points, point k
+    reached (k + 1) * ``period_s`` from now (the controller interpolates between them).
 
     The header stamp stays zero: joint_trajectory_controller then starts it on
     arrival, independent of clock offsets between machines.
     """
-    point = JointTrajectoryPoint(positions=[float(p) for p in positions],
-                                 time_from_start=seconds_to_duration(period_s))
-    return JointTrajectory(joint_names=list(joint_names), points=[point])
+    pts = np.asarray(positions, dtype=np.float64)
+    pts = pts[None] if pts.ndim == 1 else pts
+    points = [JointTrajectoryPoint(positions=[float(p) for p in row], time_from_start=seconds_to_duration((k + 1) * period_s))
+              for k, row in enumerate(pts)]
+    return JointTrajectory(joint_names=list(joint_names), points=points)
 
 
 def position_array(values: Sequence[float] | np.ndarray) -> Float64MultiArray:

@@ -111,6 +111,8 @@ SCHEMA: tuple[ParamSpec, ...] = (
               f"The draft model drafts the whole narration in one proposal (draft_len limits action tokens) {_MODEL}"),
     ParamSpec("decode.max_narration_tokens", INT, f"Narration budget before the action tokens [tokens] {_MODEL}",
               min=0, max=512),
+    ParamSpec("decode.horizon", INT, f"Actions decoded per decision: 0 = the model's action-chunk length, fewer is "
+              f"allowed (a plan of that many points) [steps] {_MODEL}", min=0, max=32),
     ParamSpec("decode.temperature", DOUBLE, f"Sample mode temperature [1] {_MODEL}", min=1e-3, max=10.0),
     ParamSpec("decode.seed", INT, f"Sample mode RNG seed {_MODEL}", min=0, max=2**31 - 1),
     # inference process
@@ -135,6 +137,12 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("check_camera_stamp", BOOL,
               "Also judge the camera frame's age by its header stamp against the node's clock (false for a "
               "camera whose clock is not synchronised with this machine's)", read_only=False),
+    ParamSpec("replan_below", INT,
+              "Plan again when fewer than this many points of the current plan are left unexecuted; 0 = plan "
+              "every control period [points]", read_only=False, min=0, max=32),
+    ParamSpec("command_rate", DOUBLE,
+              "forward_position: rate at which the plan is streamed, interpolated between its points; 0 = one "
+              "command per control period [Hz] (restart)", min=0.0, max=1000.0),
     ParamSpec("decision_deadline", DOUBLE,
               "A decision that took longer than this is not sent; the robot holds (HALT_DEADLINE) [s]",
               read_only=False, min=0.001, max=60.0),

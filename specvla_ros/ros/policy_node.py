@@ -101,6 +101,27 @@ class _Decision:
     narration: str | None = None
     stamp: TimeMsg | None = None  # camera frame the decision was made from (None: a hold, stamped now)
     timing: _Timing | None = None
+    plan: Any = None  # core.safety.trajectory.TrajectoryVerdict: the checked chunk (None: a hold)
+
+
+@dataclass
+class _ActivePlan:
+    """The plan the controller is executing: point k is the target of the control step that
+    begins ``start + k * dt`` (node clock) and is reached at its end."""
+
+    start: float
+    points: np.ndarray  # (m, n) joint positions [rad], every one passed the gate and the final check
+    grippers: np.ndarray  # (m,) gripper openings [m]
+    dt: float
+    streamed: int = 0  # forward_position: the last point index whose step the stream has begun
+
+    def begun(self, now: float) -> int:
+        """Points whose control step has begun by ``now``."""
+        return min(self.points.shape[0], int(max(0.0, now - self.start) / self.dt + 1e-9) + 1)
+
+    def remaining(self, now: float) -> int:
+        """Points whose step has not begun yet."""
+        return self.points.shape[0] - self.begun(now)
 
 
 class PolicyNode(LifecycleNode):
@@ -134,6 +155,7 @@ class PolicyNode(LifecycleNode):
         self._image_resize: ResizeMethod = "area"
         self._image_cache: tuple[object, np.ndarray] | None = None
         self._last_sent: tuple[np.ndarray, float] | None = None  # last command that passed the final check
+        self._plan: _ActivePlan | None = None  # what the controller executes now (under _pub_lock)
         self._last_status: SafetyStatus | None = None
         self._last_narration: str | None = None
         self._applied_objects: Any = None  # the SceneObjects message the gate holds now (None: none)
@@ -146,6 +168,7 @@ class PolicyNode(LifecycleNode):
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._watchdog_group = MutuallyExclusiveCallbackGroup()
         self._estop_group = MutuallyExclusiveCallbackGroup()
+        self._stream_group = MutuallyExclusiveCallbackGroup()
         self._diag = NodeDiagnostics(self.get_name())
         # Diagnostics run in every lifecycle state so a failed configure is visible.
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos.STATUS)
@@ -302,6 +325,7 @@ class PolicyNode(LifecycleNode):
             self._last_status = None
             self._last_narration = None
             self._last_sent = None  # the arm may have been moved while inactive
+            self._plan = None
         # The timer only paces (on the node's clock, so sim time and lockstep replays work);
         # the tick runs on its own thread, so a decision never blocks the executor.
         self._tick_wake.clear()
@@ -311,6 +335,13 @@ class PolicyNode(LifecycleNode):
         # Backstop for the e-stop callback's own hold, faster than the control rate.
         self._loop_timers.append(self.create_timer(min(period / 4.0, 0.05), self._watchdog_tick,
                                               callback_group=self._watchdog_group))
+        if self._p["command_interface"] == "forward_position":
+            # a forward controller holds the last position it got: the node sends the plan's points
+            # at their times (interpolated at command_rate), joint_trajectory_controller does it itself
+            rate = float(self._p["command_rate"])
+            stream_period = min(period, 1.0 / rate) if rate > 0 else period / 4.0
+            self._loop_timers.append(self.create_timer(stream_period, self._stream_tick,
+                                                  callback_group=self._stream_group))
         self._diag.set_active(True)
         self.get_logger().info(f"active: control every {period * 1e3:.0f} ms, commands on "
                                f"{self._pubs['command'].topic_name}")
@@ -584,7 +615,8 @@ class PolicyNode(LifecycleNode):
             decision = self._decide(tick)
         except Exception as exc:  # noqa: BLE001 — the tick is a safety boundary: anything becomes a hold
             decision = self._tick_failed("deciding", exc)
-        self._publish(decision)
+        if decision is not None:
+            self._publish(decision)
 
     def _tick_failed(self, stage: str, exc: BaseException) -> _Decision:
         reason = f"internal error while {stage}: {type(exc).__name__}: {exc}"
@@ -598,8 +630,20 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().error(f"{problem} -> holding")
             self._publish_diagnostics()
 
-    def _decide(self, tick: float) -> _Decision:
-        """One control tick's decision (a hold for any input problem)."""
+    def _plan_due(self) -> bool:
+        """Whether this tick plans: every period (replan_below 0), or when fewer than replan_below
+        points of the running plan are left."""
+        below = int(self._p["replan_below"])
+        plan = self._plan
+        return below == 0 or plan is None or plan.remaining(self._now()) < below
+
+    def _now(self) -> float:
+        """Node-clock seconds (sim time under use_sim_time): the plan's time base."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _decide(self, tick: float) -> _Decision | None:
+        """One control tick's decision: a hold for any input problem, None while the running plan
+        needs no new one (every input is still checked each tick)."""
         snap = self._snapshot()
         if snap.estop:
             return self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched", snap=snap)
@@ -631,6 +675,8 @@ class PolicyNode(LifecycleNode):
         problem = self._scene_objects(snap, backend, tick)
         if problem:
             return self._hold(SafetyStatus.HALT_STALE_INPUT, problem, snap=snap)
+        if not self._plan_due():
+            return None
         proprio = np.concatenate([state.q, [state.gripper]]).astype(np.float32)
         stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
         # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.
@@ -640,8 +686,10 @@ class PolicyNode(LifecycleNode):
         t_request = time.monotonic()
         timing.frame_wait = tick - snap.image_received
         timing.input_time = t_request - tick
+        plan_start = self._now()
         try:
-            out = backend.step(obs, state, timeout_s=max(deadline - (t_request - tick), 1e-3))
+            out = backend.step(obs, state, timeout_s=max(deadline - (t_request - tick), 1e-3),
+                               shift=self._plan_shift(plan_start))
         except InferenceTimeout as exc:
             return self._hold(SafetyStatus.HALT_DEADLINE, f"{exc} (decision_deadline {deadline:.3f} s)", snap=snap)
         except InferenceUnavailable as exc:
@@ -658,7 +706,14 @@ class PolicyNode(LifecycleNode):
         if took > deadline:
             reason = f"decision took {took:.3f} s (decision_deadline {deadline:.3f} s)"
             return self._hold(SafetyStatus.HALT_DEADLINE, reason, out.stats, snap=snap)
-        return _Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp, timing)  # type: ignore[union-attr]
+        return _Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp, timing,  # type: ignore[union-attr]
+                         out.plan)
+
+    def _plan_shift(self, now: float) -> int:
+        """Control steps of the running plan begun since it was planned (the previous chunk's offset
+        for this decision's free draft)."""
+        plan = self._plan
+        return max(1, plan.begun(now)) if plan is not None else 1
 
     def _inference_lost(self, problem: str, snap: _Inputs) -> _Decision:
         """Hold while the inference process is gone, and start a new one (once at a time)."""
@@ -756,7 +811,7 @@ class PolicyNode(LifecycleNode):
             if self._estop_latched and decision.verdict.status != SafetyStatus.HALT_ESTOP:
                 # Decided before (or while) the e-stop: only the e-stop hold may go out.
                 decision = self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched")
-            verdict = self._send_command(decision.verdict)
+            verdict = self._send_command(decision.verdict, decision.plan)
             as_decided = verdict is decision.verdict  # not refused at the publisher
             stamp = decision.stamp if decision.stamp is not None and as_decided else self.get_clock().now().to_msg()
             header = Header(stamp=stamp)
@@ -772,11 +827,13 @@ class PolicyNode(LifecycleNode):
             self._last_status = SafetyStatus(verdict.status)
         self._diag.record_tick(time.monotonic(), verdict, decision.stats if as_decided else None)
 
-    def _send_command(self, verdict: Verdict) -> Verdict:
-        """Publish the verdict's command if it passes the final check; returns the verdict to report.
+    def _send_command(self, verdict: Verdict, plan: Any = None) -> Verdict:
+        """Publish the verdict's command (with ``plan``, the plan's points) if it passes the final
+        check; returns the verdict to report.
 
         Called under ``_pub_lock``. A command outside the joint limits (or not finite) is
-        never sent, whatever produced it: the verdict becomes a halt and the robot holds.
+        never sent, whatever produced it: the verdict becomes a halt and the robot holds. A
+        plan is cut before its first point that fails the check. Any hold replaces the plan.
         """
         q = np.asarray(verdict.joint_command, dtype=np.float64).reshape(-1)
         gripper = float(verdict.gripper_command)
@@ -790,11 +847,14 @@ class PolicyNode(LifecycleNode):
                                   f"{verdict.reason})", joint_command=np.empty(0), gripper_command=math.nan,
                                   raw_action=verdict.raw_action)
         if problem is None:
-            self._publish_position(q)
+            points, grippers = self._checked_plan(q, gripper, plan if not verdict.is_halt else None)
+            self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]))
+            self._publish_position(points if self._p["command_interface"] == "joint_trajectory" else q)
             if math.isfinite(gripper):
                 self._pubs["gripper"].publish(conv.gripper_command(gripper))
             self._last_sent = (q.copy(), gripper)
             return verdict
+        self._plan = None
         if not verdict.is_halt:
             verdict = Verdict(SafetyStatus.HALT_NONFINITE, f"command not sendable ({verdict.reason})",
                               joint_command=np.empty(0), gripper_command=math.nan, raw_action=verdict.raw_action)
@@ -806,6 +866,52 @@ class PolicyNode(LifecycleNode):
             self._publish_position(self._last_sent[0])
             verdict.joint_command = self._last_sent[0].copy()
         return verdict
+
+    def _checked_plan(self, q0: np.ndarray, gripper0: float, plan: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The points to send: the first command (already checked) and the plan's next points up to
+        the first that fails the final check -> ((m, n), (m,))."""
+        points, grippers = [q0], [gripper0]
+        if plan is not None and plan.published > 1 and np.allclose(plan.points[0], q0, rtol=0.0, atol=1e-12):
+            for qk, gk in zip(plan.points[1:], plan.grippers[1:]):
+                qk = np.asarray(qk, dtype=np.float64)
+                problem = self._guard.command_problem(qk, float(gk)) if self._guard is not None else None
+                if problem is not None:
+                    self.get_logger().warning(f"plan cut at point {len(points)} by the final check: {problem}",
+                                              throttle_duration_sec=2.0)
+                    break
+                points.append(qk)
+                grippers.append(float(gk))
+        return np.stack(points), np.asarray(grippers, dtype=np.float64)
+
+    def _stream_tick(self) -> None:
+        """forward_position: send the running plan's point of the current control step (interpolated
+        between points at command_rate). Nothing after a hold, an e-stop or the plan's end."""
+        try:
+            with self._pub_lock:
+                plan = self._plan
+                if not self._active or self._estop_latched or plan is None or not self._pubs:
+                    return
+                now = self._now()
+                k = plan.begun(now) - 1  # the step running now
+                if k >= plan.points.shape[0] - 1 and plan.streamed >= k:
+                    return  # the last point was sent: the controller holds it until the next plan
+                frac = (now - plan.start - k * plan.dt) / plan.dt
+                interpolate = float(self._p["command_rate"]) > 0 and k >= 1
+                if k <= plan.streamed and not interpolate:
+                    return
+                q = plan.points[k]
+                if interpolate and frac < 1.0:
+                    q = plan.points[k - 1] + min(max(frac, 0.0), 1.0) * (plan.points[k] - plan.points[k - 1])
+                if self._guard is not None and self._guard.command_problem(q, float(plan.grippers[k])) is not None:
+                    self._plan = None  # cannot happen for points that passed; never send it anyway
+                    return
+                self._publish_position(q)
+                if k > plan.streamed:
+                    self._pubs["gripper"].publish(conv.gripper_command(float(plan.grippers[k])))
+                    plan.streamed = k
+                self._last_sent = (np.asarray(q, dtype=np.float64).copy(), float(plan.grippers[k]))
+        except Exception as exc:  # noqa: BLE001 — part of the safety boundary: anything becomes a hold
+            self._publish(self._tick_failed("streaming the plan", exc))
 
     def _publish_position(self, q: np.ndarray) -> None:
         if self._p["command_interface"] == "joint_trajectory":

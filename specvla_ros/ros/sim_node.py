@@ -183,6 +183,7 @@ class SimNode(Node):
                                  if self.cfg.publish_instruction else None)
         self._lock = threading.Lock()
         self._arm_cmd: np.ndarray | None = None
+        self._arm_traj: tuple[np.ndarray, np.ndarray, float] | None = None
         self._grip_cmd: float | None = None
         self._hold_requested = False
         self._arm_seq = 0  # arm commands received (lockstep steps on each new one)
@@ -224,13 +225,19 @@ class SimNode(Node):
                 self._wake.notify_all()
             return
         names = list(msg.joint_names)
-        positions = list(msg.points[-1].positions)
-        if len(names) != len(positions) or any(n not in names for n in PANDA_JOINT_NAMES):
+        if (any(len(p.positions) != len(names) for p in msg.points)
+                or any(n not in names for n in PANDA_JOINT_NAMES)):
             self.get_logger().warning(
-                f"ignoring joint trajectory: joints {names} with {len(positions)} positions; "
-                f"need all of {list(PANDA_JOINT_NAMES)}", throttle_duration_sec=2.0)
+                f"ignoring joint trajectory: joints {names} with points of "
+                f"{sorted({len(p.positions) for p in msg.points})} positions; need all of {list(PANDA_JOINT_NAMES)}",
+                throttle_duration_sec=2.0)
             return
-        self._store_arm(np.array([positions[names.index(n)] for n in PANDA_JOINT_NAMES]))
+        order = [names.index(n) for n in PANDA_JOINT_NAMES]
+        points = np.array([[p.positions[i] for i in order] for p in msg.points], dtype=float)
+        times = np.array([p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points])
+        # like joint_trajectory_controller: point k is the target until its time_from_start has passed
+        # (the servo tracks it); a one-point trajectory is one target. Lockstep executes the first point.
+        self._store_arm(points[0], (points, times))
 
     def _on_forward(self, msg: Float64MultiArray) -> None:
         if len(msg.data) != len(PANDA_JOINT_NAMES):
@@ -249,12 +256,15 @@ class SimNode(Node):
             self._grip_seq += 1
             self._wake.notify_all()
 
-    def _store_arm(self, q: np.ndarray) -> None:
-        if not np.all(np.isfinite(q)):
+    def _store_arm(self, q: np.ndarray, trajectory: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        if not np.all(np.isfinite(q)) or (trajectory is not None and not np.all(np.isfinite(trajectory[0]))):
             self.get_logger().warning("ignoring arm command with non-finite positions", throttle_duration_sec=2.0)
             return
         with self._lock:
             self._arm_cmd = q
+            # (points, times) of a multi-point trajectory and the sim time it arrived
+            self._arm_traj = (trajectory[0], trajectory[1], self._sim_now()) if trajectory is not None \
+                and trajectory[0].shape[0] > 1 else None
             self._hold_requested = False
             self._arm_seq += 1
             self._wake.notify_all()
@@ -319,6 +329,7 @@ class SimNode(Node):
         """Publish everything a policy needs to start: instruction, state, image, status."""
         with self._lock:
             self._arm_cmd = self.env.robot_state().q
+            self._arm_traj = None
             self._grip_cmd = self.env.robot_state().gripper
         if self._pub_instruction is not None:
             self._pub_instruction.publish(String(data=self.env.instruction))
@@ -352,7 +363,12 @@ class SimNode(Node):
         with self._lock:
             if self._hold_requested:
                 self._arm_cmd = self.env.robot_state().q
+                self._arm_traj = None
                 self._hold_requested = False
+            if self._arm_traj is not None:
+                points, times, arrived = self._arm_traj
+                k = int(np.searchsorted(times, self._sim_now() - arrived, side="right"))
+                self._arm_cmd = points[min(k, points.shape[0] - 1)]
             arm, grip = self._arm_cmd, self._grip_cmd
         if arm is not None:
             self.env.command(arm, self.env.robot_state().gripper if grip is None else grip)

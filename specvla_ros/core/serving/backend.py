@@ -35,7 +35,9 @@ class PolicyBackend(Protocol):
         """Why the backend cannot serve (e.g. its process exited), or None."""
         ...
 
-    def step(self, obs: Observation, state: RobotState, timeout_s: float) -> PolicyOutput: ...
+    def step(self, obs: Observation, state: RobotState, timeout_s: float, shift: int = 1) -> PolicyOutput:
+        """``Policy.step``; shift: control steps executed since the previous decision."""
+        ...
 
     def set_scene_objects(self, objects: Sequence[SceneObject]) -> None: ...
 
@@ -75,8 +77,8 @@ class InProcessPolicy:
     def problem(self) -> str | None:
         return None
 
-    def step(self, obs: Observation, state: RobotState, timeout_s: float) -> PolicyOutput:
-        return self.policy.step(obs, state)
+    def step(self, obs: Observation, state: RobotState, timeout_s: float, shift: int = 1) -> PolicyOutput:
+        return self.policy.step(obs, state, shift)
 
     def set_scene_objects(self, objects: Sequence[SceneObject]) -> None:
         self.policy.set_scene_objects(objects)

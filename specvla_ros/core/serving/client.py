@@ -181,8 +181,8 @@ class PolicyClient:
         return self._dead
 
     # ------------------------------------------------------------------ requests
-    def step(self, obs: Observation, state: RobotState, timeout_s: float) -> PolicyOutput:
-        """``Policy.step`` in the server; a frame of another size than ``image_size`` is resized
+    def step(self, obs: Observation, state: RobotState, timeout_s: float, shift: int = 1) -> PolicyOutput:
+        """``Policy.step`` in the server (``shift``: control steps since the previous decision); a frame of another size than ``image_size`` is resized
         here with the model's method (the shared block holds input-size frames).
 
         Raises:
@@ -204,7 +204,7 @@ class PolicyClient:
             self._frame.write(image)
             self._seq += 1
             request = StepRequest(self._seq, obs.frame_id, obs.instruction,
-                                  np.asarray(obs.proprio, dtype=np.float32), state)
+                                  np.asarray(obs.proprio, dtype=np.float32), state, int(shift))
             self._send(request)
             self._in_flight, self._sent_at = self._seq, time.monotonic()
             reply = self._await(self._seq, deadline)

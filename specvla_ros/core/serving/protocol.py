@@ -18,7 +18,7 @@ from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.core.types import PolicyOutput, RobotState
 
 #: Bumped on any incompatible change; a server refuses sessions of another version.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Failure kinds (``Failure.kind``).
 MODEL_LOAD, CONFIG, STEP, PROTOCOL = "model_load", "config", "step", "protocol"
@@ -67,6 +67,7 @@ class StepRequest:
     instruction: str
     proprio: np.ndarray
     state: RobotState
+    shift: int = 1  # control steps executed since the previous decision (``Policy.step``)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ class PolicyServer:
             return
         obs = Observation(image=session.frame.read(), instruction=request.instruction,
                           proprio=request.proprio, frame_id=request.frame_id)
-        out = session.policy.step(obs, request.state)
+        out = session.policy.step(obs, request.state, request.shift)
         self._reply(session, StepReply(request.seq, out, time.perf_counter() - t0))
 
 
