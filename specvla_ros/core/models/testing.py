@@ -29,11 +29,13 @@ def _resolve_preset(preset: str, table: dict[str, dict]) -> dict:
     return dict(table[preset])
 
 
-def make_random_checkpoint(out_dir: str | Path, preset: str = "test", seed: int = 0, storage_dtype: str | None = None) -> Path:
-    """Build a randomly initialised target of ``preset`` and save it to ``out_dir`` (returned)."""
+def make_random_checkpoint(out_dir: str | Path, preset: str = "test", seed: int = 0, storage_dtype: str | None = None,
+                           chunk_horizon: int = 1) -> Path:
+    """Build a randomly initialised target of ``preset`` (emitting ``chunk_horizon`` actions per
+    decision) and save it to ``out_dir`` (returned)."""
     geometry = _resolve_preset(preset, PRESETS)
     tok = VLATextTokenizer.build()
-    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, **geometry)
+    cfg = TinyVLAConfig(vocab_size=tok.vocab_size, chunk_horizon=chunk_horizon, **geometry)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TinyVLA(cfg, tok, default_norm_stats())
