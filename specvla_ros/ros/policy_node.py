@@ -284,6 +284,8 @@ class PolicyNode(LifecycleNode):
                                                     qos_overriding_options=opts)
         self._pubs["timing"] = self.create_publisher(ControlTiming, topics.TIMING, qos.STATUS,
                                                      qos_overriding_options=opts)
+        self._pubs["plan"] = self.create_publisher(JointTrajectory, topics.PLAN, qos.STATUS,
+                                                   qos_overriding_options=opts)
         g = self._input_group
         if self._p["use_compressed_image"]:
             self._subs.append(self.create_subscription(CompressedImage, topics.IMAGE + "/compressed", self._on_image,
@@ -816,6 +818,11 @@ class PolicyNode(LifecycleNode):
             stamp = decision.stamp if decision.stamp is not None and as_decided else self.get_clock().now().to_msg()
             header = Header(stamp=stamp)
             self._pubs["safety"].publish(conv.verdict_to_msg(verdict, header))
+            if as_decided and not verdict.is_halt and self._plan is not None:
+                plan_msg = conv.joint_trajectory(list(self._p["joint_names"]), self._plan.points,
+                                                 self._plan.dt)
+                plan_msg.header = header
+                self._pubs["plan"].publish(plan_msg)
             if decision.stats is not None and as_decided:
                 self._pubs["stats"].publish(conv.stats_to_msg(decision.stats, header))
             if decision.timing is not None and as_decided:

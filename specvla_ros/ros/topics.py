@@ -31,6 +31,7 @@ NARRATION = "/specvla/narration"
 SAFETY = "~/safety"
 STATS = "~/spec_stats"
 TIMING = "~/timing"
+PLAN = "~/plan"  # the checked plan of each decision (every point that may reach the controller)
 DIAGNOSTICS = "/diagnostics"
 
 # --- simulator
@@ -64,6 +65,7 @@ TYPES: dict[str, str] = {
     resolved(SAFETY): "specvla_msgs/msg/SafetyVerdict",
     resolved(STATS): "specvla_msgs/msg/SpecDecodeStats",
     resolved(TIMING): "specvla_msgs/msg/ControlTiming",
+    resolved(PLAN): "trajectory_msgs/msg/JointTrajectory",
     DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
     CLOCK: "rosgraph_msgs/msg/Clock",
     SIM_STATUS: "specvla_msgs/msg/TaskStatus",
@@ -84,6 +86,7 @@ QOS: dict[str, str] = {
     resolved(SAFETY): "STATUS",
     resolved(STATS): "STATUS",
     resolved(TIMING): "STATUS",
+    resolved(PLAN): "STATUS",
     DIAGNOSTICS: "STATUS",
     SIM_STATUS: "STATUS",
 }

@@ -1,0 +1,95 @@
+"""specvla_node executing action-chunk plans, with real rclpy publishers and subscriptions and the
+real Policy on a random chunk checkpoint (H = 4): one multi-point JointTrajectory per plan, the
+forward_position stream of a plan's points at their times, replanning only when few points are
+left, and an e-stop that replaces a running plan at once."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from std_msgs.msg import Bool
+from trajectory_msgs.msg import JointTrajectory
+
+from ros_harness import Collector
+from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
+from specvla_ros.core.safety.config import load_safety_config
+from specvla_ros.core.types import SafetyStatus
+from specvla_ros.ros import qos
+from test_ros_node import PERIOD, WAIT, decided, first_status, is_hold, make_graph, start  # noqa: F401 - fixture
+
+H = 4
+
+
+@pytest.fixture(scope="module")
+def chunk_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chunk_node")
+    target = make_random_checkpoint(root / "target", preset="test", seed=11, chunk_horizon=H)
+    draft = make_random_draft(root / "draft", target, kind="model", seed=12)
+    return {"target_dir": str(target), "draft_dir": str(draft), "inference.backend": "in_process"}
+
+
+def duration_s(d) -> float:
+    return d.sec + 1e-9 * d.nanosec
+
+
+def test_each_plan_is_one_multipoint_trajectory_inside_the_limits(make_graph, chunk_dirs) -> None:
+    g = make_graph(25, **chunk_dirs)
+    plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
+    start(g)
+    hit = g.commands.wait_for(lambda c: len(c.points) > 1, timeout=WAIT)
+    assert hit is not None, "no multi-point plan published"
+    t_cmd, cmd = hit
+    limits = load_safety_config(None).joint_limits
+    assert 1 < len(cmd.points) <= H
+    for k, point in enumerate(cmd.points):
+        assert duration_s(point.time_from_start) == pytest.approx((k + 1) * PERIOD)
+        q = np.asarray(point.positions)
+        assert np.all(q >= limits.min_position) and np.all(q <= limits.max_position)
+    # the plan topic carries the same points, stamped with the camera frame of the decision
+    plan = plans.wait_for(lambda p: [list(x.positions) for x in p.points] == [list(x.positions) for x in cmd.points],
+                          timeout=WAIT)
+    assert plan is not None and plan[1].header.stamp.sec > 0
+    # replan every period (replan_below 0): each decision replaces the plan
+    n0 = len(g.commands.msgs)
+    assert g.commands.wait_for(lambda c: True, timeout=WAIT, after=t_cmd + 1e-6)
+    assert len(g.commands.msgs) > n0
+
+
+def test_a_running_plan_is_replaced_by_the_estop_hold(make_graph, chunk_dirs) -> None:
+    g = make_graph(26, replan_below=1, **chunk_dirs)
+    start(g)
+    hit = g.commands.wait_for(lambda c: len(c.points) > 1, timeout=WAIT)
+    assert hit is not None
+    t_press = time.monotonic()
+    g.feeder.estop_pub.publish(Bool(data=True))
+    first_status(g, SafetyStatus.HALT_ESTOP, after=t_press)
+    after = g.commands.wait_for(lambda c: True, timeout=WAIT, after=t_press)
+    assert after is not None
+    # the first command after the press holds (one point at the measured joints, or an empty
+    # trajectory), and no plan point goes out while latched
+    assert is_hold(after[1]) and len(after[1].points) <= 1
+    g.verdicts.wait_for(lambda v: True, timeout=WAIT, after=time.monotonic() + 3 * PERIOD)
+    assert all(is_hold(c) and len(c.points) <= 1 for c in g.commands.since(t_press))
+
+
+def test_forward_position_streams_the_plan_point_by_point(make_graph, chunk_dirs) -> None:
+    """replan_below 1: a plan of H points is streamed one point per control period; the node plans
+    again when one point is left, so between two decisions the stream sends the plan's points in order."""
+    g = make_graph(27, command_interface="forward_position", replan_below=1, **chunk_dirs)
+    plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
+    start(g)
+    first = plans.wait_for(lambda p: len(p.points) == H, timeout=WAIT)
+    assert first is not None, "no full plan"
+    t_plan, plan = first
+    points = np.array([p.positions for p in plan.points])
+    nxt = plans.wait_for(lambda p: True, timeout=WAIT, after=t_plan + 1e-6)
+    assert nxt is not None
+    cmds = [(t, np.asarray(c.data)) for t, c in g.commands.msgs]
+    # point 0 goes out with the decision (just before the plan message) ...
+    i0 = max(i for i, (t, q) in enumerate(cmds) if t <= t_plan and np.abs(q - points[0]).max() < 1e-9)
+    # ... then the stream sends points 1..H-1, one per control period, in order, and nothing in between
+    following = [q for _, q in cmds[i0 + 1 : i0 + H]]
+    assert len(following) == H - 1
+    for k, q in enumerate(following, start=1):
+        np.testing.assert_allclose(q, points[k], atol=1e-9, err_msg=f"point {k}")
