@@ -16,7 +16,10 @@ from specvla_ros.core.models.testing import make_random_checkpoint, make_random_
 from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.types import SafetyStatus
 from specvla_ros.ros import qos
-from test_ros_node import PERIOD, WAIT, decided, first_status, is_hold, make_graph, start  # noqa: F401 - fixture
+import test_ros_node
+from test_ros_node import PERIOD, WAIT, first_status, is_hold, start
+
+make_graph = test_ros_node.make_graph  # the node + feeder + observers fixture
 
 H = 4
 
