@@ -392,3 +392,40 @@ def test_gate_halts_on_garbage_instead_of_raising(gate: SafetyGate, action, q, d
     v = gate.check(action, RobotState(q=q, gripper=None), dt)  # type: ignore[arg-type]
     assert v.is_halt
     assert v.status in (SafetyStatus.HALT_BAD_INPUT, SafetyStatus.HALT_NONFINITE)
+
+
+def test_a_joint_at_its_limit_is_held_and_the_others_move(kin: ArmKinematics) -> None:
+    """Safe must not mean stuck: joint 1 just inside a (cell-restricted) limit, and an action whose IK
+    solution would turn it further: the gate holds joint 1 and moves the others toward the asked pose
+    (a minimal change, checked like any action) instead of halting; switched off it halts as before."""
+    import dataclasses
+
+    from specvla_ros.core.safety.config import JointLimits
+    from specvla_ros.core.safety.kinematics import apply_ee_delta
+
+    base = load_safety_config()
+    jl = base.joint_limits
+    upper = jl.max_position.copy()
+    upper[0] = HOME_Q[0] + 0.03  # joint 1 is 0.03 rad inside its upper limit (margin 0.05)
+    limits = JointLimits(jl.names, jl.min_position, upper, jl.max_velocity, jl.max_acceleration)
+    hold = SafetyGate(dataclasses.replace(base, joint_limits=limits), kin)
+    halt = SafetyGate(dataclasses.replace(base, joint_limits=limits, hold_limit_joints=False), kin)
+    action = _a(0.0, 0.03, 0.0, 0.0, 0.0, 0.0)  # +y: the IK turns joint 1 toward its upper limit
+    v_halt = halt.check(action, _state(HOME_Q), DT)
+    assert v_halt.status == SafetyStatus.HALT_JOINT_LIMIT and "panda_joint1" in v_halt.reason
+    v = hold.check(action, _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.SCALED and "panda_joint1 held" in v.reason, v.reason
+    assert v.joint_command[0] == pytest.approx(HOME_Q[0], abs=1e-12)
+    # the TCP moves toward the asked position (closer than holding still) ...
+    want, _ = apply_ee_delta(kin, HOME_Q, action[:6])
+    start, _ = kin.fk(HOME_Q)
+    got, _ = kin.fk(v.joint_command)
+    assert np.linalg.norm(got - want) < np.linalg.norm(start - want) - 0.005
+    assert (got - start)[1] > 0.005
+    # ... and the adjusted command passes every check on its own: inside the limits, speeds kept
+    assert np.all(v.joint_command <= hold.upper) and np.all(v.joint_command >= hold.lower)
+    assert np.all(np.abs(v.joint_command - HOME_Q) <= hold.vmax * DT + 1e-9)
+    assert v.tcp_speed <= base.tcp_max_speed + 1e-9
+    # an action away from the limit is untouched
+    away = hold.check(_a(0.0, -0.03, 0.0, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert away.status == SafetyStatus.OK

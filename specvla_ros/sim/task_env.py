@@ -102,8 +102,9 @@ class TaskEnv:
     def max_steps(self) -> int:
         return self.layout.max_steps
 
-    def reset(self, seed: int | None = None, task: str | None = None) -> dict:
-        """Start a new episode; same (task, seed) -> same layout and physics."""
+    def reset(self, seed: int | None = None, task: str | None = None, start_q: np.ndarray | None = None) -> dict:
+        """Start a new episode; same (task, seed) -> same layout and physics. ``start_q`` starts the
+        arm there instead of the layout's start pose (e.g. parked close to a joint limit)."""
         task = self.task if task is None else task
         seed = self.seed if seed is None else int(seed)
         self.layout = sample_layout(task, seed)
@@ -121,9 +122,12 @@ class TaskEnv:
         goal = self.layout.goal_xy
         d.mocap_pos[self.ids.target_mocap] = (
             [goal[0], goal[1], scene.TABLE_TOP_Z + 0.0008] if goal is not None else [*PARK_XY, -0.7])
-        d.qpos[self.ids.arm_qpos] = self.layout.start_q
+        q0 = self.layout.start_q if start_q is None else np.asarray(start_q, dtype=np.float64).reshape(-1)
+        if q0.shape != (len(self.ids.arm_qpos),) or not np.all(np.isfinite(q0)):
+            raise ValueError(f"start_q must hold {len(self.ids.arm_qpos)} finite joint positions, got {start_q}")
+        d.qpos[self.ids.arm_qpos] = q0
         d.qpos[self.ids.finger_qpos] = [scene.FINGER_MAX, -scene.FINGER_MAX]
-        self.command(self.layout.start_q, 2 * scene.FINGER_MAX)
+        self.command(q0, 2 * scene.FINGER_MAX)
         mujoco.mj_forward(m, d)
         self._advance(SETTLE_S, track_collisions=False)
         d.time = 0.0

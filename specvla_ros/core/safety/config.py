@@ -131,6 +131,10 @@ class SafetyConfig:
     joint_limits: JointLimits
     action_space: str = "ee_delta"
     joint_limit_margin: float = 0.05  # [rad] halt when inside it and moving toward the limit
+    # instead of halting when joints inside their margin would move toward the limit: hold those
+    # joints and move with the others (the least-squares closest TCP motion; a minimal change to a
+    # safe action, checked like any other) -- a robot parked near a limit can still move away
+    hold_limit_joints: bool = True
     # [rad] measured positions further outside the limits are bad input (broken encoder, wrong
     # units): nothing is commanded from them, not even a hold at them
     joint_state_tolerance: float = 0.05
@@ -245,7 +249,7 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not isinstance(data, dict) or not isinstance(data.get("safety"), dict):
         raise ValueError(f"{path}: expected a top-level 'safety:' mapping")
     s = data["safety"]
-    known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin",
+    known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin", "hold_limit_joints",
              "joint_state_tolerance", "velocity_scale",
              "tcp_max_speed", "tcp_max_angular_speed", "speed_envelope", "workspace", "action_bounds", "gripper",
              "collision", "singularity", "ik"}
@@ -257,6 +261,10 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not jl_file.is_absolute():
         jl_file = path.parent / jl_file
     kw: dict[str, Any] = {"joint_limits": load_joint_limits(jl_file, names), "source": str(path)}
+    if "hold_limit_joints" in s:
+        if not isinstance(s["hold_limit_joints"], bool):
+            raise ValueError(f"{path}: hold_limit_joints must be true or false, got {s['hold_limit_joints']!r}")
+        kw["hold_limit_joints"] = s["hold_limit_joints"]
     for key in ("action_space", "joint_limit_margin", "joint_state_tolerance", "velocity_scale", "tcp_max_speed", "tcp_max_angular_speed",
                 "speed_envelope"):
         if key in s:

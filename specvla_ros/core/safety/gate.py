@@ -260,6 +260,10 @@ class SafetyGate:
             return self._halt(state, a, SafetyStatus.HALT_VELOCITY,
                               "speed limits still exceeded after scaling: " + "; ".join(reasons), scale=s)
 
+        adjusted = ""
+        m = cfg.joint_limit_margin
+        if cfg.hold_limit_joints:
+            q_t, adjusted = self._hold_limit_joints(q, q_t, s * motion if ee else None, pos0, R0, dt, dq_meas)
         dq = q_t - q
         pos_t, R_t = self.kin.fk(q_t)
         figures = {
@@ -269,7 +273,6 @@ class SafetyGate:
         }
 
         # joint limits: inside the margin and moving toward the limit
-        m = cfg.joint_limit_margin
         toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
         if np.any(toward):
             j = np.flatnonzero(toward)
@@ -318,10 +321,54 @@ class SafetyGate:
                                       f"{d_t.self_pair[1]} (min {cfg.min_self_distance * 1000:.1f} mm)", **figures)
 
         scaled = s < 1.0 - _SCALE_TOL
-        status = SafetyStatus.SCALED if scaled else SafetyStatus.OK
+        status = SafetyStatus.SCALED if scaled or adjusted else SafetyStatus.OK
         reason = f"scaled to {s:.3f}: " + "; ".join(reasons) if scaled else "ok"
+        if adjusted:
+            reason = adjusted if not scaled else f"{reason}; {adjusted}"
         return Verdict(status=status, reason=reason, joint_command=q_t, gripper_command=gripper,
                        raw_action=a.copy(), **figures)
+
+    def _hold_limit_joints(self, q: np.ndarray, q_t: np.ndarray, ee_motion: np.ndarray | None, pos0: np.ndarray,
+                           R0: np.ndarray, dt: float, dq_meas: np.ndarray | None) -> tuple[np.ndarray, str]:
+        """Joints inside their limit margin that ``q_t`` moves toward the limit are held; the other joints
+        move to the pose closest to the target (ee_delta: locked IK; joint spaces: the other joints'
+        deltas). Returns (target, what was changed, or "" when nothing had to be)."""
+        m = self.config.joint_limit_margin
+        locked = np.zeros(self.n, dtype=bool)
+        original_target = q_t
+        for _ in range(self.n):
+            dq = q_t - q
+            toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
+            if not np.any(toward & ~locked):
+                break
+            locked |= toward
+            if locked.all():
+                return original_target, ""
+            if ee_motion is None:
+                q_t = np.where(locked, q, q_t)
+                continue
+            pos_t, R_t = apply_ee_delta(self.kin, q, ee_motion)
+            cfg = self.config
+            q_t = self.kin.ik(pos_t, R_t, q, max_iters=cfg.ik_max_iterations, pos_tol=cfg.ik_position_tolerance,
+                              rot_tol=cfg.ik_rotation_tolerance, locked=locked).q
+        if not locked.any():
+            return q_t, ""
+        q_t = np.where(locked, q, q_t)
+        if np.max(np.abs(q_t - q)) < 1e-6:
+            return original_target, ""  # nothing else moves: the halt below says why
+        # the other joints may now move faster than the limits allow: slow the whole move down
+        reasons: list[str] = []
+        f = self._speed_factor(q, q_t, pos0, R0, dt, dq_meas, reasons)
+        if f < 1.0 - _SCALE_TOL:
+            q_t = q + max(f, 0.0) * 0.98 * (q_t - q)
+        names = ", ".join(self.kin.joint_names[i] for i in np.flatnonzero(locked))
+        if ee_motion is not None:
+            want, _ = apply_ee_delta(self.kin, q, ee_motion)
+            got, _ = self.kin.fk(q_t)
+            off = f"; TCP {np.linalg.norm(got - want) * 1000:.1f} mm from the asked position"
+        else:
+            off = ""
+        return q_t, f"adjusted: {names} held inside the limit margin, the other joints move{off}"
 
     # --- helpers ----------------------------------------------------------------
     def _halt(self, state: RobotState, a: np.ndarray, status: SafetyStatus, reason: str, **figures: float) -> Verdict:

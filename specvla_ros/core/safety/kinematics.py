@@ -147,13 +147,15 @@ class ArmKinematics:
     # --- inverse kinematics -------------------------------------------------
     def ik(self, pos: np.ndarray, R: np.ndarray, q0: np.ndarray, *, max_iters: int = 100,
            pos_tol: float = 1e-4, rot_tol: float = 1e-3, damping: float = 1e-6,
-           max_step: float = 0.2) -> IKResult:
+           max_step: float = 0.2, locked: np.ndarray | None = None) -> IKResult:
         """Damped-least-squares IK for the TCP pose (pos, R), warm-started from q0.
 
         Each iterate is clamped to the joint limits, so the answer always respects
         them (a target only reachable beyond a limit ends unsuccessful). The damping
         grows with the error so large steps stay stable; ``max_step`` [rad] caps the
-        per-iteration joint change.
+        per-iteration joint change. ``locked`` (bool per joint): those joints stay at
+        q0 and the others do the work (the best iterate is the least-squares closest
+        pose they reach).
         """
         pos = np.asarray(pos, dtype=np.float64).reshape(3)
         R = np.asarray(R, dtype=np.float64).reshape(3, 3)
@@ -175,6 +177,8 @@ class ArmKinematics:
             if pe <= pos_tol and re <= rot_tol:
                 return IKResult(q=q, success=True, pos_err=pe, rot_err=re, iterations=it)
             J = pin.computeFrameJacobian(model, data, q, fid, pin.ReferenceFrame.LOCAL_WORLD_ALIGNED)
+            if locked is not None:
+                J[:, locked] = 0.0
             err = np.concatenate([e_pos, e_rot])
             lam = damping + 1e-3 * float(err @ err)
             dq = J.T @ np.linalg.solve(J @ J.T + lam * eye6, err)
