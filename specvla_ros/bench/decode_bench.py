@@ -8,6 +8,10 @@ encoder included everywhere):
     spec_exact      speculative decoding, greedy exact (lossless), one entry per drafter
     spec_relaxed    relaxed acceptance on action positions (|bin_draft - bin_target| <= r)
     lower_bound     vision + prefill + ONE target pass over all emitted positions
+
+With an action-chunk target every row decodes the whole chunk (narration, then H actions):
+baseline is the target's own autoregressive decoding of the chunk. Consecutive sim frames are
+one control step apart, so each decision drafts from the previous chunk moved one step.
     hf_greedy / hf_assisted
                     transformers' generate() without / with ``assistant_model`` on the pair's
                     LLaMA backbones. transformers 5.x assisted generation rejects
@@ -60,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-len", type=int, default=4, help="initial draft length k")
     p.add_argument("--max-draft-len", type=int, default=8)
     p.add_argument("--max-narration", type=int, default=12, help="narration token cap")
+    p.add_argument("--horizon", type=int, default=0,
+                   help="actions decoded per decision (0: the target's chunk length; fewer: the chunk's prefix)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda")
     p.add_argument("--dtype", default=None, help="float32|bfloat16|float16 (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
@@ -125,7 +131,7 @@ class OracleDrafter(AdaptiveDraftLength):
     def configure(self, settings) -> None:  # noqa: ANN001 - DraftSettings; no free sources to switch
         self.set_length(settings)
 
-    def previous_output(self, grammar) -> list[int]:  # noqa: ANN001
+    def previous_output(self, grammar, shift: int = 1) -> list[int]:  # noqa: ANN001
         return []
 
     def finish(self) -> None:
@@ -214,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
     target = load_vla(target_dir, device=args.device, dtype=args.dtype)
     # the plain spec rows run without the free drafts (the DecodeConfig default); --free-drafts adds them
     cfg = dict(draft_len=args.draft_len, max_draft_len=args.max_draft_len, max_narration_tokens=args.max_narration,
-               seed=args.seed, history_actions=False, lookahead=False, whole_narration=False)
+               seed=args.seed, horizon=args.horizon, history_actions=False, lookahead=False, whole_narration=False)
     decoders: dict[str, SpeculativeDecoder] = {"baseline": SpeculativeDecoder(target, None, DecodeConfig(**cfg))}
     drafters_info = {}
     for i, d in enumerate(draft_dirs):
@@ -308,6 +314,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "device": str(device), "dtype": str(target.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
         "checkpoints": {"source": source, "target": str(target_dir), "drafts": drafters_info},
+        "horizon": decoders["baseline"].horizon,
         "decisions": args.decisions, "frames": args.frames, "relax_bins": args.relax_bins, "draft_len": args.draft_len,
         "max_draft_len": args.max_draft_len, "max_narration_tokens": args.max_narration,
         "methods": {name: m.summary(None if name == "baseline" else base_p50) for name, m in methods.items()},
@@ -316,7 +323,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def format_table(report: dict) -> str:
     lines = [f"specvla_bench: {report['checkpoints']['source']} checkpoints, device {report['device']} "
-             f"{report['dtype']}, {report['threads']} threads, {report['decisions']} decisions/method, {report['frames']} frames",
+             f"{report['dtype']}, {report['threads']} threads, {report['decisions']} decisions/method, {report['frames']} frames, "
+             f"{report['horizon']} action(s) per decision",
              f"{'method':34s} {'p50 ms':>8s} {'p95 ms':>8s} {'speedup':>8s} {'tok/pass':>8s} {'accept':>7s} {'ovh %':>6s}"]
     for name, m in report["methods"].items():
         def f(key, fmt):
