@@ -8,6 +8,8 @@ sim_inputs/          camera (rgb8 128x128), instruction and joint states, record
 sim_golden/          the policy node's outputs for sim_inputs (greedy decoding),
                      made by the lockstep replay harness.
 sim_golden_relaxed/  the same in relaxed mode (compared with a tolerance).
+sim_golden_chunk/    greedy, with a seeded random action-chunk target (H = 4): each
+                     command is a multi-point plan, compared point by point.
 
 Usage:
     .venv/bin/python scripts/make_test_bags.py            # everything
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--frames", type=int, default=20, help="camera frames in the input bag")
-    parser.add_argument("--models", default="random", help="random | default | TARGET_DIR[:DRAFT_DIR]")
+    parser.add_argument("--models", default="random",
+                        help="random (+ random_chunk for sim_golden_chunk) | default | TARGET_DIR[:DRAFT_DIR]")
     parser.add_argument("--golden-only", action="store_true", help="keep sim_inputs, regenerate the golden bags")
     parser.add_argument("--domain-id", type=int, default=79)
     args = parser.parse_args(argv)
@@ -128,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         record_sim_inputs(inputs, args.frames, args.domain_id)
     elif not inputs.is_dir():
         parser.error(f"{inputs} does not exist; run without --golden-only first")
-    for mode, name in (("greedy", "sim_golden"), ("relaxed", "sim_golden_relaxed")):
+    chunk_models = "random_chunk" if args.models == "random" else args.models
+    for mode, name, models in (("greedy", "sim_golden", args.models), ("relaxed", "sim_golden_relaxed", args.models),
+                               ("greedy", "sim_golden_chunk", chunk_models)):
         shutil.rmtree(args.out / name, ignore_errors=True)
-        make_golden(inputs, args.out / name, args.models, mode, args.domain_id)
+        make_golden(inputs, args.out / name, models, mode, args.domain_id)
     return 0
 
 

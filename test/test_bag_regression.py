@@ -165,14 +165,16 @@ def test_golden_that_is_not_an_output_bag_is_rejected(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not (SHIPPED / "sim_inputs").is_dir(), reason="shipped bags not generated yet")
-@pytest.mark.parametrize("golden_name", ["sim_golden", "sim_golden_relaxed"])
-def test_shipped_input_bag_reproduces_shipped_golden(tmp_path, golden_name: str) -> None:
-    """Bags recorded from specvla_sim; greedy compared exactly, relaxed within tolerance."""
+@pytest.mark.parametrize("golden_name,domain", [("sim_golden", 71), ("sim_golden_relaxed", 72),
+                                                ("sim_golden_chunk", 73)])
+def test_shipped_input_bag_reproduces_shipped_golden(tmp_path, golden_name: str, domain: int) -> None:
+    """Bags recorded from specvla_sim; greedy compared exactly, relaxed within tolerance; the chunk
+    golden's commands are multi-point plans, compared point by point."""
     golden = SHIPPED / golden_name
     settings = load_outputs(golden).meta["settings"]
     config = ReplayConfig(input_bag=SHIPPED / "sim_inputs", models=settings["models"], mode=settings["mode"],
                           drafter=settings["drafter"], relax_bins=settings["relax_bins"],
-                          params=settings.get("params", {}), domain_id=71 if golden_name == "sim_golden" else 72)
+                          params=settings.get("params", {}), domain_id=domain)
     result = replay(config)
     if result.settings["fingerprint"] != settings["fingerprint"]:
         pytest.skip("the golden bag was made with other model weights; regenerate: scripts/make_test_bags.py --golden-only")
@@ -181,6 +183,9 @@ def test_shipped_input_bag_reproduces_shipped_golden(tmp_path, golden_name: str)
     assert report.ok, report.format()
     assert report.frames_compared == len(result.frames) == 20
     assert report.mode == settings["mode"]
+    if golden_name == "sim_golden_chunk":
+        plans = [m for per_topic in load_outputs(golden).frames.values() for m in per_topic.get(topics.TRAJECTORY, [])]
+        assert plans and max(len(p.points) for p in plans) > 1
 
 
 def test_out_of_order_camera_stamps_still_align(tiny_checkpoints, tmp_path) -> None:

@@ -55,6 +55,8 @@ _COMMAND_TOPICS = (topics.TRAJECTORY, topics.FORWARD, topics.GRIPPER)  # publish
 REQUIRED_INPUTS = (topics.IMAGE, topics.JOINT_STATES, topics.INSTRUCTION)
 METADATA_KEY = "specvla_regression"
 RANDOM_MODELS = "random"  # `models` value: seeded random tiny checkpoints (as the tests' fixture)
+RANDOM_CHUNK_MODELS = "random_chunk"  # the same with an action-chunk target (H = 4: multi-point plans)
+RANDOM_CHUNK_HORIZON = 4
 _GROUP_SLOTS = 16  # messages of one frame sit at bag times stamp + 0..15 ns
 _DISCOVERY_ENV = "ROS_AUTOMATIC_DISCOVERY_RANGE"
 
@@ -67,7 +69,8 @@ class ReplayConfig:
     """How to replay an input bag through the node.
 
     models: "default" (shipped checkpoints), "random" (seeded random tiny
-        checkpoints built on the fly, like the tests' fixture) or
+        checkpoints built on the fly, like the tests' fixture), "random_chunk"
+        (the same with an action-chunk target: multi-point plans) or
         "TARGET_DIR[:DRAFT_DIR]".
     mode / drafter / relax_bins: the node's decode.mode, drafter, decode.relax_bins.
     params: further node parameters (e.g. {"control_period": 0.1}).
@@ -123,10 +126,11 @@ class ReplayResult:
 
 def _resolve_models(models: str, drafter: str, workdir: Path) -> tuple[str, str, str]:
     """(target_dir, draft_dir, fingerprint) for a `models` setting."""
-    if models == RANDOM_MODELS:
+    if models in (RANDOM_MODELS, RANDOM_CHUNK_MODELS):
         from specvla_ros.core.models.testing import make_random_checkpoint, make_random_draft
 
-        target = make_random_checkpoint(workdir / "target", preset="test", seed=0)
+        horizon = RANDOM_CHUNK_HORIZON if models == RANDOM_CHUNK_MODELS else 1
+        target = make_random_checkpoint(workdir / "target", preset="test", seed=0, chunk_horizon=horizon)
         draft = ""
         if drafter != "none":
             draft = str(make_random_draft(workdir / "draft", target, kind=drafter, seed=1 if drafter == "model" else 2))
