@@ -202,7 +202,7 @@ def _phase_report(rec: Recorder, t0_ns: int, t1_ns: int, period: float, status_n
     sources = np.array([v[0] for v in verdicts], dtype=np.int64)
     intervals = (np.diff(sources) * 1e-9).tolist() if sources.size > 1 else []
     cmd_src = np.array([c[0] for c in cmds], dtype=np.int64)
-    decisions, overhead, policy = [], [], []
+    decisions, overhead, policy, to_plan = [], [], [], []
     for src, _recv, status, stamp in verdicts:
         t = timing.get(stamp)
         if status >= 20 or t is None or cmd_src.size == 0:  # input holds are not decisions
@@ -213,15 +213,25 @@ def _phase_report(rec: Recorder, t0_ns: int, t1_ns: int, period: float, status_n
         cmd_recv = cmds[i][1]
         decisions.append(t.decision_time)
         policy.append(t.policy_time)
+        to_plan.append((cmd_recv - stamp) * 1e-9)
         if np.isfinite(t.frame_age):
             overhead.append((cmd_recv - stamp) * 1e-9 - t.frame_age - t.decision_time)
     late = [i for i in intervals if i > period + 0.020]
+    # the controller ran out of plan: the next command came after the last one's final point was due
+    starved = 0
+    for (_, recv, n), (_, nxt, _) in zip(cmds, cmds[1:]):
+        gap = (nxt - recv) * 1e-9 - max(n, 1) * period
+        if n > 0 and gap > 0.020:
+            starved += int(np.ceil(gap / period))
+    points = [c[2] for c in cmds if c[2] > 0]
     return {
         "seconds": round((t1_ns - t0_ns) * 1e-9, 1),
         "verdicts": len(verdicts), "verdicts_expected": int(round((t1_ns - t0_ns) * 1e-9 / period)),
         "statuses": statuses,
         "halt_deadline": statuses.get("HALT_DEADLINE", 0), "halt_stale_input": statuses.get("HALT_STALE_INPUT", 0),
         "node_decision": _pct(decisions), "policy_in_server": _pct(policy), "overhead": _pct(overhead),
+        "camera_to_plan": _pct(to_plan), "starved_periods": starved,
+        "points_per_plan": round(float(np.mean(points)), 2) if points else 0.0,
         "intervals": {**_pct(intervals), "over_period_plus_20ms": len(late)},
     }
 
@@ -281,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target, draft = _checkpoints(args, tmp)
     values = dict(params.defaults())
     values.update(target_dir=target, draft_dir=draft, drafter="model" if draft else "none", device=args.device,
-                  control_period=args.control_period, autostart=True)
+                  control_period=args.control_period, autostart=True, replan_below=args.replan_below)
     values["inference.backend"] = args.backend
     for name in ("threads", "nice"):
         if getattr(args, name) is not None:
@@ -398,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-steps", type=int, default=40, help="bare Policy.step calls per phase")
     parser.add_argument("--estop-trials", type=int, default=10, help="e-stop presses per phase")
     parser.add_argument("--control-period", type=float, default=0.2, help="[s]")
+    parser.add_argument("--replan-below", type=int, default=0,
+                        help="the node's replan_below (chunk models: plan when fewer points are left; 0 = every period)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
     parser.add_argument("--joint-hz", type=float, default=250.0)
     parser.add_argument("--width", type=int, default=640)
