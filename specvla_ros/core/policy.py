@@ -224,6 +224,7 @@ class Policy:
             else:
                 stats.safety_path = "redecoded"
         stats.gate_time_s = gate_time
+        stats.points_published, stats.points_cut = plan.published, plan.cut
         stats.total_time_s = time.perf_counter() - t0
         verdict = plan.hold if plan.is_halt else plan.verdicts[0]
         return PolicyOutput(result.narration, result.action, verdict, stats, plan=plan, actions=result.actions)
@@ -315,7 +316,8 @@ def _merge_stats(into: DecodeStats, more: DecodeStats) -> None:
     """Add a second decode's counts and times to the step's statistics."""
     for f in fields(DecodeStats):
         a, b = getattr(into, f.name), getattr(more, f.name)
-        if isinstance(a, (int, float)) and not isinstance(a, bool) and f.name not in ("redecoded", "chunk_len"):
+        if (isinstance(a, (int, float)) and not isinstance(a, bool)
+                and f.name not in ("redecoded", "chunk_len", "points_published", "points_cut")):
             setattr(into, f.name, a + b)
 
 

@@ -114,6 +114,8 @@ class DecodeStats:
     accepted: int = 0  # draft tokens accepted by the target
     emitted: int = 0  # tokens produced in total (narration + EON + 7 per action)
     chunk_len: int = 1  # actions decoded (the action chunk's length H)
+    points_published: int = 0  # plan points that passed the trajectory gate (Policy.step)
+    points_cut: int = 0  # chunk points the trajectory gate cut
     target_passes: int = 0
     draft_passes: int = 0
     vision_time_s: float = 0.0

@@ -316,6 +316,9 @@ def stats_to_msg(stats: DecodeStats, header: Header):  # -> specvla_msgs.msg.Spe
         total_time=float(stats.total_time_s),
         vision_cached=bool(stats.vision_cached),
         safety_path=str(stats.safety_path),
+        chunk_len=u32(stats.chunk_len),
+        points_published=u32(stats.points_published),
+        points_cut=u32(stats.points_cut),
     )
 
 
