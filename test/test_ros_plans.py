@@ -96,3 +96,59 @@ def test_forward_position_streams_the_plan_point_by_point(make_graph, chunk_dirs
     assert len(following) == H - 1
     for k, q in enumerate(following, start=1):
         np.testing.assert_allclose(q, points[k], atol=1e-9, err_msg=f"point {k}")
+
+
+def test_interpolated_stream_ends_on_the_plans_last_point(make_graph, chunk_dirs) -> None:
+    """command_rate above the control rate: between points the stream interpolates along the plan, and
+    when no new plan comes the last point itself is sent (the controller then holds it)."""
+    g = make_graph(28, command_interface="forward_position", replan_below=1, command_rate=20.0, **chunk_dirs)
+    node = g.policy
+    node._plan_due = lambda inputs: node._plan is None  # one plan only: watch it run out
+    plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
+    start(g)
+    first = plans.wait_for(lambda p: len(p.points) > 1, timeout=WAIT)
+    assert first is not None, "no plan"
+    t_plan, plan = first
+    points = np.array([p.positions for p in plan.points])
+    last = g.commands.wait_for(lambda c: np.abs(np.asarray(c.data) - points[-1]).max() < 1e-9, timeout=WAIT,
+                               after=t_plan)
+    assert last is not None, "the plan's last point was never sent"
+    cmds = [np.asarray(c.data) for t, c in g.commands.msgs if t_plan - 0.05 <= t <= last[0]]
+    assert len(cmds) > len(points)  # more messages than points: interpolated
+    # every streamed position lies on the plan's path, between consecutive points
+    for q in cmds:
+        assert any(np.all(q >= np.minimum(a, b) - 1e-9) and np.all(q <= np.maximum(a, b) + 1e-9)
+                   for a, b in zip(points[:-1], points[1:]))
+    assert len(plans.msgs) == 1
+
+
+def test_a_decision_begun_before_an_estop_press_and_release_is_dropped(make_graph, chunk_dirs) -> None:
+    """The e-stop is pressed and released while a decision is being made: that plan was decided on the
+    state before the stop and never reaches the controller; the node decides again."""
+    from std_msgs.msg import Bool as BoolMsg
+
+    g = make_graph(29, **chunk_dirs)
+    start(g)
+    assert g.commands.wait_for(lambda c: len(c.points) > 1, timeout=WAIT)
+    backend = g.policy.backend
+    real_step = backend.step
+    pressed = {"done": False}
+
+    def step_with_estop(obs, state, timeout_s, shift=1):
+        out = real_step(obs, state, timeout_s, shift)
+        if not pressed["done"]:
+            pressed["done"] = True
+            g.policy._on_estop(BoolMsg(data=True))
+            g.policy._on_estop(BoolMsg(data=False))
+        return out
+
+    backend.step = step_with_estop
+    t0 = time.monotonic()
+    hit = g.verdicts.wait_for(lambda v: "decided before the last emergency stop" in v.reason, timeout=WAIT, after=t0)
+    assert hit is not None
+    t_drop = hit[0]
+    # the plan of that decision never went out: the command published with the dropped verdict holds
+    cmds = [c for t, c in g.commands.msgs if t0 <= t <= t_drop]
+    assert cmds and all(is_hold(c) and len(c.points) <= 1 for c in cmds[-1:])
+    # and the node decides again afterwards
+    assert g.commands.wait_for(lambda c: len(c.points) > 1, timeout=WAIT, after=t_drop)

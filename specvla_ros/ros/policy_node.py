@@ -62,6 +62,9 @@ from specvla_ros.ros import topics
 
 # Default topic names (remap with --ros-args -r from:=to).
 
+#: Scene objects that moved by this much replace a running plan (it was checked against the old scene) [m].
+_SCENE_GRID_M = 0.005
+
 #: Wait this long before trying again after a failed inference process restart [s].
 _RESTART_BACKOFF_S = 5.0
 
@@ -102,6 +105,8 @@ class _Decision:
     stamp: TimeMsg | None = None  # camera frame the decision was made from (None: a hold, stamped now)
     timing: _Timing | None = None
     plan: Any = None  # core.safety.trajectory.TrajectoryVerdict: the checked chunk (None: a hold)
+    inputs: tuple | None = None  # (instruction, scene signature) the plan was decided against
+    estop_presses: int | None = None  # e-stop presses counted when the decision began
 
 
 @dataclass
@@ -113,7 +118,9 @@ class _ActivePlan:
     points: np.ndarray  # (m, n) joint positions [rad], every one passed the gate and the final check
     grippers: np.ndarray  # (m,) gripper openings [m]
     dt: float
-    streamed: int = 0  # forward_position: the last point index whose step the stream has begun
+    inputs: tuple | None = None  # (instruction, scene signature) it was decided against
+    streamed: int = 0  # the last point whose step the stream has begun (point 0: sent with the decision)
+    final_sent: bool = False  # interpolating: the last point itself has been sent
 
     def begun(self, now: float) -> int:
         """Points whose control step has begun by ``now``."""
@@ -156,6 +163,8 @@ class PolicyNode(LifecycleNode):
         self._image_cache: tuple[object, np.ndarray] | None = None
         self._last_sent: tuple[np.ndarray, float] | None = None  # last command that passed the final check
         self._plan: _ActivePlan | None = None  # what the controller executes now (under _pub_lock)
+        self._estop_presses = 0  # under _pub_lock: a decision begun before the last press never goes out
+        self._scene_signature: tuple = ()  # the applied scene objects, rounded (a change replans)
         self._last_status: SafetyStatus | None = None
         self._last_narration: str | None = None
         self._applied_objects: Any = None  # the SceneObjects message the gate holds now (None: none)
@@ -337,13 +346,12 @@ class PolicyNode(LifecycleNode):
         # Backstop for the e-stop callback's own hold, faster than the control rate.
         self._loop_timers.append(self.create_timer(min(period / 4.0, 0.05), self._watchdog_tick,
                                               callback_group=self._watchdog_group))
-        if self._p["command_interface"] == "forward_position":
-            # a forward controller holds the last position it got: the node sends the plan's points
-            # at their times (interpolated at command_rate), joint_trajectory_controller does it itself
-            rate = float(self._p["command_rate"])
-            stream_period = min(period, 1.0 / rate) if rate > 0 else period / 4.0
-            self._loop_timers.append(self.create_timer(stream_period, self._stream_tick,
-                                                  callback_group=self._stream_group))
+        # a forward controller holds the last position it got: the node sends the plan's points at
+        # their times (interpolated at command_rate); joint_trajectory_controller interpolates the
+        # plan itself, and only the gripper's targets are sent point by point
+        rate = float(self._p["command_rate"]) if self._p["command_interface"] == "forward_position" else 0.0
+        stream_period = min(period / 4.0, 1.0 / rate) if rate > 0 else period / 4.0
+        self._loop_timers.append(self.create_timer(stream_period, self._stream_tick, callback_group=self._stream_group))
         self._diag.set_active(True)
         self.get_logger().info(f"active: control every {period * 1e3:.0f} ms, commands on "
                                f"{self._pubs['command'].topic_name}")
@@ -456,6 +464,7 @@ class PolicyNode(LifecycleNode):
         with self._pub_lock:
             first = pressed and not self._estop_latched
             released = not pressed and self._estop_latched
+            self._estop_presses += int(first)
             with self._lock:
                 self._in.estop = pressed
             self._estop_latched = pressed
@@ -578,6 +587,9 @@ class PolicyNode(LifecycleNode):
             try:
                 objects, problems = conv.scene_objects_from_msg(msg, self._p["scene_objects_frame"])
                 backend.set_scene_objects(objects)
+                self._scene_signature = tuple(sorted(
+                    (o.name, *np.round(np.asarray(o.center) / _SCENE_GRID_M).astype(int).tolist(),
+                     *np.round(np.asarray(o.size) / _SCENE_GRID_M).astype(int).tolist()) for o in objects))
                 self._objects_problem = "; ".join(problems) or None
             except conv.InputError as exc:  # refused as a whole: the previous set stays
                 self._objects_problem = f"{exc} -> keeping the previous objects"
@@ -632,12 +644,14 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().error(f"{problem} -> holding")
             self._publish_diagnostics()
 
-    def _plan_due(self) -> bool:
-        """Whether this tick plans: every period (replan_below 0), or when fewer than replan_below
-        points of the running plan are left."""
+    def _plan_due(self, inputs: tuple) -> bool:
+        """Whether this tick plans: every period (replan_below 0), when fewer than replan_below points
+        of the running plan are left, or when the instruction or the scene objects changed since it
+        was decided (it was checked against the old scene)."""
         below = int(self._p["replan_below"])
         plan = self._plan
-        return below == 0 or plan is None or plan.remaining(self._now()) < below
+        return (below == 0 or plan is None or plan.inputs != inputs
+                or plan.remaining(self._now()) < below)
 
     def _now(self) -> float:
         """Node-clock seconds (sim time under use_sim_time): the plan's time base."""
@@ -677,8 +691,11 @@ class PolicyNode(LifecycleNode):
         problem = self._scene_objects(snap, backend, tick)
         if problem:
             return self._hold(SafetyStatus.HALT_STALE_INPUT, problem, snap=snap)
-        if not self._plan_due():
+        inputs = (text, self._scene_signature)
+        if not self._plan_due(inputs):
             return None
+        with self._pub_lock:
+            presses = self._estop_presses
         proprio = np.concatenate([state.q, [state.gripper]]).astype(np.float32)
         stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
         # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.
@@ -709,7 +726,7 @@ class PolicyNode(LifecycleNode):
             reason = f"decision took {took:.3f} s (decision_deadline {deadline:.3f} s)"
             return self._hold(SafetyStatus.HALT_DEADLINE, reason, out.stats, snap=snap)
         return _Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp, timing,  # type: ignore[union-attr]
-                         out.plan)
+                         out.plan, inputs, presses)
 
     def _plan_shift(self, now: float) -> int:
         """Control steps of the running plan begun since it was planned (the previous chunk's offset
@@ -813,7 +830,10 @@ class PolicyNode(LifecycleNode):
             if self._estop_latched and decision.verdict.status != SafetyStatus.HALT_ESTOP:
                 # Decided before (or while) the e-stop: only the e-stop hold may go out.
                 decision = self._hold(SafetyStatus.HALT_ESTOP, "emergency stop latched")
-            verdict = self._send_command(decision.verdict, decision.plan)
+            elif decision.estop_presses is not None and decision.estop_presses != self._estop_presses:
+                # begun before an e-stop that was pressed and released meanwhile: decided on an old state
+                decision = self._hold(SafetyStatus.HALT_ESTOP, "decided before the last emergency stop; deciding again")
+            verdict = self._send_command(decision.verdict, decision.plan, decision.inputs)
             as_decided = verdict is decision.verdict  # not refused at the publisher
             stamp = decision.stamp if decision.stamp is not None and as_decided else self.get_clock().now().to_msg()
             header = Header(stamp=stamp)
@@ -834,7 +854,7 @@ class PolicyNode(LifecycleNode):
             self._last_status = SafetyStatus(verdict.status)
         self._diag.record_tick(time.monotonic(), verdict, decision.stats if as_decided else None)
 
-    def _send_command(self, verdict: Verdict, plan: Any = None) -> Verdict:
+    def _send_command(self, verdict: Verdict, plan: Any = None, inputs: tuple | None = None) -> Verdict:
         """Publish the verdict's command (with ``plan``, the plan's points) if it passes the final
         check; returns the verdict to report.
 
@@ -855,7 +875,7 @@ class PolicyNode(LifecycleNode):
                                   raw_action=verdict.raw_action)
         if problem is None:
             points, grippers = self._checked_plan(q, gripper, plan if not verdict.is_halt else None)
-            self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]))
+            self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]), inputs)
             self._publish_position(points if self._p["command_interface"] == "joint_trajectory" else q)
             if math.isfinite(gripper):
                 self._pubs["gripper"].publish(conv.gripper_command(gripper))
@@ -883,42 +903,66 @@ class PolicyNode(LifecycleNode):
                 qk = np.asarray(qk, dtype=np.float64)
                 problem = self._guard.command_problem(qk, float(gk)) if self._guard is not None else None
                 if problem is not None:
-                    self.get_logger().warning(f"plan cut at point {len(points)} by the final check: {problem}",
-                                              throttle_duration_sec=2.0)
+                    self._fault(f"plan cut at point {len(points)} by the final check at the publisher: {problem}")
                     break
                 points.append(qk)
                 grippers.append(float(gk))
         return np.stack(points), np.asarray(grippers, dtype=np.float64)
 
     def _stream_tick(self) -> None:
-        """forward_position: send the running plan's point of the current control step (interpolated
-        between points at command_rate). Nothing after a hold, an e-stop or the plan's end."""
+        """Send the running plan's point of the current control step: forward_position positions (at
+        their times, or interpolated between them at command_rate) and, for both interfaces, the
+        gripper. A point is never skipped: a stream that fell behind (a stalled timer) moves the plan's
+        time on instead, so no message asks for more than one checked step. Nothing after a hold, an
+        e-stop or the plan's end."""
+        refused = None
         try:
             with self._pub_lock:
                 plan = self._plan
                 if not self._active or self._estop_latched or plan is None or not self._pubs:
                     return
+                m, dt = plan.points.shape[0], plan.dt
                 now = self._now()
-                k = plan.begun(now) - 1  # the step running now
-                if k >= plan.points.shape[0] - 1 and plan.streamed >= k:
-                    return  # the last point was sent: the controller holds it until the next plan
-                frac = (now - plan.start - k * plan.dt) / plan.dt
-                interpolate = float(self._p["command_rate"]) > 0 and k >= 1
-                if k <= plan.streamed and not interpolate:
+                step = int(max(0.0, now - plan.start) / dt + 1e-9)
+                if step > plan.streamed + 1:  # behind: the next point now, the rest of the plan later
+                    plan.start += (step - plan.streamed - 1) * dt
+                    step = plan.streamed + 1
+                forward = self._p["command_interface"] == "forward_position"
+                interpolate = forward and float(self._p["command_rate"]) > 0
+                if step >= m:  # past the plan's end: the last point stays commanded
+                    if interpolate and not plan.final_sent:
+                        refused = self._stream_point(plan.points[m - 1], plan.grippers[m - 1], m - 1, plan, forward)
+                        plan.final_sent = refused is None
                     return
-                q = plan.points[k]
-                if interpolate and frac < 1.0:
-                    q = plan.points[k - 1] + min(max(frac, 0.0), 1.0) * (plan.points[k] - plan.points[k - 1])
-                if self._guard is not None and self._guard.command_problem(q, float(plan.grippers[k])) is not None:
-                    self._plan = None  # cannot happen for points that passed; never send it anyway
+                if step <= plan.streamed and not (interpolate and step >= 1):
                     return
-                self._publish_position(q)
-                if k > plan.streamed:
-                    self._pubs["gripper"].publish(conv.gripper_command(float(plan.grippers[k])))
-                    plan.streamed = k
-                self._last_sent = (np.asarray(q, dtype=np.float64).copy(), float(plan.grippers[k]))
+                q = plan.points[step]
+                if interpolate and step >= 1:
+                    frac = min(max((now - plan.start - step * dt) / dt, 0.0), 1.0)
+                    q = plan.points[step - 1] + frac * (plan.points[step] - plan.points[step - 1])
+                refused = self._stream_point(q, plan.grippers[step], step, plan, forward)
         except Exception as exc:  # noqa: BLE001 — part of the safety boundary: anything becomes a hold
             self._publish(self._tick_failed("streaming the plan", exc))
+            return
+        if refused is not None:
+            self._fault(f"plan point refused at the publisher: {refused}")
+            self._publish(self._hold(SafetyStatus.HALT_JOINT_LIMIT, f"plan point refused at the publisher: {refused}"))
+
+    def _stream_point(self, q: np.ndarray, gripper: float, step: int, plan: _ActivePlan, forward: bool) -> str | None:
+        """Under _pub_lock: send one streamed point (positions only for forward_position; the gripper
+        when its step begins) after the final check -> why it was refused, or None."""
+        problem = self._guard.command_problem(q, float(gripper)) if self._guard is not None else None
+        if problem is not None:
+            self._plan = None
+            return problem
+        if forward:
+            self._publish_position(q)
+            self._last_sent = (np.asarray(q, dtype=np.float64).copy(), float(gripper))
+        if step > plan.streamed:
+            if math.isfinite(float(gripper)):
+                self._pubs["gripper"].publish(conv.gripper_command(float(gripper)))
+            plan.streamed = step
+        return None
 
     def _publish_position(self, q: np.ndarray) -> None:
         if self._p["command_interface"] == "joint_trajectory":

@@ -183,7 +183,7 @@ class SimNode(Node):
                                  if self.cfg.publish_instruction else None)
         self._lock = threading.Lock()
         self._arm_cmd: np.ndarray | None = None
-        self._arm_traj: tuple[np.ndarray, np.ndarray, float] | None = None
+        self._arm_traj: tuple[np.ndarray, np.ndarray, float | None] | None = None
         self._grip_cmd: float | None = None
         self._hold_requested = False
         self._arm_seq = 0  # arm commands received (lockstep steps on each new one)
@@ -235,6 +235,10 @@ class SimNode(Node):
         order = [names.index(n) for n in PANDA_JOINT_NAMES]
         points = np.array([[p.positions[i] for i in order] for p in msg.points], dtype=float)
         times = np.array([p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points])
+        if np.any(np.diff(times) <= 0):
+            self.get_logger().warning(f"ignoring joint trajectory: time_from_start not increasing ({times.tolist()})",
+                                      throttle_duration_sec=2.0)
+            return
         # like joint_trajectory_controller: point k is the target until its time_from_start has passed
         # (the servo tracks it); a one-point trajectory is one target. Lockstep executes the first point.
         self._store_arm(points[0], (points, times))
@@ -262,8 +266,9 @@ class SimNode(Node):
             return
         with self._lock:
             self._arm_cmd = q
-            # (points, times) of a multi-point trajectory and the sim time it arrived
-            self._arm_traj = (trajectory[0], trajectory[1], self._sim_now()) if trajectory is not None \
+            # (points, times, start) of a multi-point trajectory; the sim thread sets start (its clock)
+            # when it first applies it: only that thread touches the simulation
+            self._arm_traj = (trajectory[0], trajectory[1], None) if trajectory is not None \
                 and trajectory[0].shape[0] > 1 else None
             self._hold_requested = False
             self._arm_seq += 1
@@ -367,6 +372,9 @@ class SimNode(Node):
                 self._hold_requested = False
             if self._arm_traj is not None:
                 points, times, arrived = self._arm_traj
+                if arrived is None:
+                    arrived = self._sim_now()
+                    self._arm_traj = (points, times, arrived)
                 k = int(np.searchsorted(times, self._sim_now() - arrived, side="right"))
                 self._arm_cmd = points[min(k, points.shape[0] - 1)]
             arm, grip = self._arm_cmd, self._grip_cmd

@@ -336,6 +336,7 @@ class SafetyGate:
         m = self.config.joint_limit_margin
         locked = np.zeros(self.n, dtype=bool)
         original_target = q_t
+        q_hold = np.clip(q, self.lower, self.upper)  # a measurement may lie a tolerance outside a limit
         for _ in range(self.n):
             dq = q_t - q
             toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
@@ -345,7 +346,7 @@ class SafetyGate:
             if locked.all():
                 return original_target, ""
             if ee_motion is None:
-                q_t = np.where(locked, q, q_t)
+                q_t = np.where(locked, q_hold, q_t)
                 continue
             pos_t, R_t = apply_ee_delta(self.kin, q, ee_motion)
             cfg = self.config
@@ -353,14 +354,22 @@ class SafetyGate:
                               rot_tol=cfg.ik_rotation_tolerance, locked=locked).q
         if not locked.any():
             return q_t, ""
-        q_t = np.where(locked, q, q_t)
+        q_t = np.where(locked, q_hold, q_t)
         if np.max(np.abs(q_t - q)) < 1e-6:
             return original_target, ""  # nothing else moves: the halt below says why
-        # the other joints may now move faster than the limits allow: slow the whole move down
-        reasons: list[str] = []
-        f = self._speed_factor(q, q_t, pos0, R0, dt, dq_meas, reasons)
-        if f < 1.0 - _SCALE_TOL:
-            q_t = q + max(f, 0.0) * 0.98 * (q_t - q)
+        # the other joints may now move faster (or brake harder) than the limits allow: scale the move
+        # as the main path does; when no scale passes, the halt below stands
+        full, k = q_t, 1.0
+        for _ in range(_SPEED_ROUNDS):
+            f = self._speed_factor(q, q + k * (full - q), pos0, R0, dt, dq_meas, [])
+            if f >= 1.0 - _SCALE_TOL:
+                break
+            if f <= 0.0:
+                return original_target, ""
+            k *= f * 0.98
+        else:
+            return original_target, ""
+        q_t = q + k * (full - q)
         names = ", ".join(self.kin.joint_names[i] for i in np.flatnonzero(locked))
         if ee_motion is not None:
             want, _ = apply_ee_delta(self.kin, q, ee_motion)
