@@ -914,7 +914,7 @@ class PolicyNode(LifecycleNode):
         their times, or interpolated between them at command_rate) and, for both interfaces, the
         gripper. A point is never skipped: a stream that fell behind (a stalled timer) moves the plan's
         time on instead, so no message asks for more than one checked step. Nothing after a hold, an
-        e-stop or the plan's end."""
+        e-stop or the plan's end. With replan_below 0 it is the fallback for a late decision."""
         refused = None
         try:
             with self._pub_lock:
@@ -922,7 +922,9 @@ class PolicyNode(LifecycleNode):
                 if not self._active or self._estop_latched or plan is None or not self._pubs:
                     return
                 m, dt = plan.points.shape[0], plan.dt
-                now = self._now()
+                # planning every period, the next plan normally replaces this one as its point 1 is due:
+                # the stream only carries on when that plan is half a period late (a fallback)
+                now = self._now() - (0.5 * dt if int(self._p["replan_below"]) == 0 else 0.0)
                 step = int(max(0.0, now - plan.start) / dt + 1e-9)
                 if step > plan.streamed + 1:  # behind: the next point now, the rest of the plan later
                     plan.start += (step - plan.streamed - 1) * dt
