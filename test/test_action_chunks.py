@@ -255,3 +255,14 @@ def test_chunk_dataset_tokenises_the_expert_chunk(tmp_path) -> None:
     assert batch.is_action.sum(1).tolist() == [21] * len(ds)
     with pytest.raises(ValueError, match="action_chunks"):
         load_demos(tmp_path, tok, chunk_horizon=4)
+
+    # a draft distilled for a chunk target learns the whole chunk (its config says so) and loads
+    from specvla_ros.train.distill_draft import DraftTrainConfig, distill_draft
+
+    target = make_random_checkpoint(tmp_path / "chunk_target", preset="test", seed=2, chunk_horizon=3)
+    summary = distill_draft(DraftTrainConfig(data=[str(tmp_path)], target=str(target), out=str(tmp_path / "d"),
+                                             steps=2, batch_size=4, eval_every=2, ckpt_every=2, val_fraction=0.0,
+                                             progress=False))
+    draft = load_drafter(summary["final_dir"], load_vla(target, device="cpu"))
+    assert draft.model.config.chunk_horizon == 3
+    assert np.isfinite(summary["last_train"]["loss"])

@@ -143,7 +143,7 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
         vision_layers=0, vision_keypoints=tc.vision_keypoints, proprio_keep=tc.proprio_keep,
         proprio_features=tc.proprio_features, named_keypoint=tc.named_keypoint, named_relative=tc.named_relative,
         prompt_template=tc.prompt_template, rope_theta=tc.rope_theta,
-        max_positions=tc.max_positions, **geometry,
+        max_positions=tc.max_positions, chunk_horizon=tc.chunk_horizon, **geometry,
     )
     draft = TinyVLA(cfg, target.text_tokenizer)
     if cfg.d_model == tc.d_model and cfg.intermediate_size == tc.intermediate_size and cfg.n_heads == tc.n_heads:
@@ -190,8 +190,10 @@ def draft_loss(
     feat = F.mse_loss(feat_d[valid], t_hidden.float()[valid])
     safety = d_logits.sum() * 0
     if allowed is not None:
-        # row (b, col) of d_act is action dim col - n_text[b]
-        dims = (torch.arange(act.shape[1])[None, :] - torch.from_numpy(batch_n_text(batch))[:, None]).clamp(0, ACTION_DIM - 1)
+        # row (b, col) of d_act is action dimension (col - n_text[b]) % 7 (every step of a chunk: the
+        # first step's envelope, tighter than the later steps')
+        dims = torch.remainder((torch.arange(act.shape[1])[None, :]
+                                - torch.from_numpy(batch_n_text(batch))[:, None]).clamp(min=0), ACTION_DIM)
         rows_b = torch.arange(act.shape[0])[:, None].expand_as(act)[act]
         rows_dim = dims[act]
         ok = allowed[rows_b, rows_dim]  # (M, n_bins)
@@ -286,7 +288,9 @@ def distill_draft(cfg: DraftTrainConfig, ds: DemoDataset | None = None) -> dict:
         p.requires_grad_(False)
     tok = target.text_tokenizer
     if ds is None:
-        ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=target.action_tokenizer.stats)  # the target's tokens
+        # the target's tokens, and its chunk length (a chunk target's draft learns the whole chunk)
+        ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=target.action_tokenizer.stats,
+                        chunk_horizon=target.chunk_horizon)
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     t_env = time.perf_counter()
     masks = envelope_masks(ds, target.action_tokenizer) if cfg.safety_weight > 0 else None
