@@ -266,3 +266,24 @@ def test_chunk_dataset_tokenises_the_expert_chunk(tmp_path) -> None:
     draft = load_drafter(summary["final_dir"], load_vla(target, device="cpu"))
     assert draft.model.config.chunk_horizon == 3
     assert np.isfinite(summary["last_train"]["loss"])
+
+
+def test_shipped_chunk_pair_decodes_its_chunk_exactly() -> None:
+    """The shipped chunk pair: 8 actions per decision; speculative exact (draft model, the previous
+    chunk, lookahead) equals the target's own greedy chunk on consecutive frames."""
+    from specvla_ros.core.paths import CHUNK_DRAFT_DIR, CHUNK_TARGET_DIR
+
+    if not (CHUNK_TARGET_DIR / "config.json").is_file():
+        pytest.skip("no shipped chunk pair")
+    target = load_vla(CHUNK_TARGET_DIR, device="cpu")
+    assert target.chunk_horizon == 8
+    spec = SpeculativeDecoder(target, load_drafter(CHUNK_DRAFT_DIR, target), DecodeConfig())
+    plain = SpeculativeDecoder(target, None, DecodeConfig())
+    base = obs(21)
+    for k in range(3):  # the same scene, slightly changed each step
+        frame = np.clip(base.image.astype(int) + k, 0, 255).astype(np.uint8)
+        o = Observation(frame, "reach the red cube", base.proprio, frame_id=k)
+        got, want = spec.decode(o, shift=1), plain.decode(o)
+        assert got.token_ids == want.token_ids
+        assert got.actions.shape == (8, 7)
+        assert got.stats.target_passes < want.stats.target_passes

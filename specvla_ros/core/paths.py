@@ -10,6 +10,9 @@ MODELS_DIR = DATA_DIR / "models"
 DEFAULT_TARGET_DIR = MODELS_DIR / "target"
 #: Trained draft checkpoint dir (independent draft model or EAGLE head).
 DEFAULT_DRAFT_DIR = MODELS_DIR / "draft"
+#: The action-chunk pair (8 actions per decision; not the default: see its model card).
+CHUNK_TARGET_DIR = MODELS_DIR / "chunk_target"
+CHUNK_DRAFT_DIR = MODELS_DIR / "chunk_draft"
 
 
 def shipped_models_present() -> bool:
