@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,13 +21,7 @@ HOME_Q = np.array([0.0, -0.05, 0.0, -2.35, 0.0, 2.3, np.pi / 4])  # TCP (0.496, 
 INSTRUCTION = "pick up the red cube"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the tiny models decode fastest single-threaded on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _safety_yaml(tmp: Path, **changes: object) -> str:
