@@ -190,7 +190,7 @@ class Policy:
             stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted", chunk_len=self.horizon)
             stats.total_time_s = time.perf_counter() - t0
             hold = self.gate.hold(state, status, reason)
-            return PolicyOutput("", np.full(ACTION_DIM, np.nan), hold, stats, plan=_held_plan(hold, self.horizon))
+            return PolicyOutput("", np.full(ACTION_DIM, np.nan), hold, stats, plan=TrajectoryVerdict.held(hold, self.horizon, self.gate.n))
         if obs.image.shape[:2] != self._image_size:
             obs = replace(obs, image=resize_frame(obs.image, self._image_size, self.target.image_resize))
 
@@ -303,13 +303,6 @@ def _mask_for_interval(values: np.ndarray, low: np.ndarray, high: np.ndarray) ->
         for i in np.flatnonzero(empty):
             mask[i, int(np.argmin(gap[i]))] = True
     return mask
-
-
-def _held_plan(hold: Verdict, horizon: int) -> TrajectoryVerdict:
-    """The plan of a decision that holds before decoding (bad input)."""
-    n = hold.joint_command.shape[0]
-    return TrajectoryVerdict(status=hold.status, reason=hold.reason, points=np.empty((0, n)), grippers=np.empty(0),
-                             hold=hold, planned=horizon)
 
 
 def _merge_stats(into: DecodeStats, more: DecodeStats) -> None:

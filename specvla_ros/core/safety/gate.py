@@ -333,10 +333,11 @@ class SafetyGate:
         """Joints inside their limit margin that ``q_t`` moves toward the limit are held; the other joints
         move to the pose closest to the target (ee_delta: locked IK; joint spaces: the other joints'
         deltas). Returns (target, what was changed, or "" when nothing had to be)."""
-        m = self.config.joint_limit_margin
+        m, cfg = self.config.joint_limit_margin, self.config
         locked = np.zeros(self.n, dtype=bool)
         original_target = q_t
         q_hold = np.clip(q, self.lower, self.upper)  # a measurement may lie a tolerance outside a limit
+        asked = apply_ee_delta(self.kin, q, ee_motion) if ee_motion is not None else None  # (pos, R)
         for _ in range(self.n):
             dq = q_t - q
             toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
@@ -345,12 +346,10 @@ class SafetyGate:
             locked |= toward
             if locked.all():
                 return original_target, ""
-            if ee_motion is None:
+            if asked is None:
                 q_t = np.where(locked, q_hold, q_t)
                 continue
-            pos_t, R_t = apply_ee_delta(self.kin, q, ee_motion)
-            cfg = self.config
-            q_t = self.kin.ik(pos_t, R_t, q, max_iters=cfg.ik_max_iterations, pos_tol=cfg.ik_position_tolerance,
+            q_t = self.kin.ik(*asked, q, max_iters=cfg.ik_max_iterations, pos_tol=cfg.ik_position_tolerance,
                               rot_tol=cfg.ik_rotation_tolerance, locked=locked).q
         if not locked.any():
             return q_t, ""
@@ -371,12 +370,10 @@ class SafetyGate:
             return original_target, ""
         q_t = q + k * (full - q)
         names = ", ".join(self.kin.joint_names[i] for i in np.flatnonzero(locked))
-        if ee_motion is not None:
-            want, _ = apply_ee_delta(self.kin, q, ee_motion)
+        off = ""
+        if asked is not None:
             got, _ = self.kin.fk(q_t)
-            off = f"; TCP {np.linalg.norm(got - want) * 1000:.1f} mm from the asked position"
-        else:
-            off = ""
+            off = f"; TCP {np.linalg.norm(got - asked[0]) * 1000:.1f} mm from the asked position"
         return q_t, f"adjusted: {names} held inside the limit margin, the other joints move{off}"
 
     # --- helpers ----------------------------------------------------------------

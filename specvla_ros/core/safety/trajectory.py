@@ -43,6 +43,16 @@ class TrajectoryVerdict:
     check_time_s: float = 0.0
     planned: int = 0  # points in the chunk
 
+    @classmethod
+    def held(cls, hold: Verdict, planned: int, n_joints: int, reason: str | None = None,
+             verdicts: list[Verdict] | None = None, check_time_s: float = 0.0) -> "TrajectoryVerdict":
+        """The answer when nothing may move: no points (shape (0, n_joints)), the ``hold`` verdict
+        (reason: hold's by default)."""
+        return cls(status=hold.status, reason=hold.reason if reason is None else reason,
+                   points=np.empty((0, n_joints)),
+                   grippers=np.empty(0), verdicts=list(verdicts or []), hold=hold, check_time_s=check_time_s,
+                   planned=planned)
+
     @property
     def published(self) -> int:
         """Points that may reach the controller."""
@@ -103,10 +113,9 @@ class TrajectoryGate:
                                  verdicts=verdicts, check_time_s=time.perf_counter() - t0, planned=chunk.shape[0])
 
     def _held(self, hold: Verdict, planned: int, verdicts: list[Verdict], t0: float) -> TrajectoryVerdict:
-        n = self.gate.n
-        return TrajectoryVerdict(status=hold.status, reason=f"point 0 of {planned}: {hold.reason}" if planned else hold.reason,
-                                 points=np.empty((0, n)), grippers=np.empty(0), verdicts=verdicts, hold=hold,
-                                 check_time_s=time.perf_counter() - t0, planned=planned)
+        return TrajectoryVerdict.held(hold, planned, self.gate.n,
+                                      f"point 0 of {planned}: {hold.reason}" if planned else hold.reason,
+                                      verdicts, time.perf_counter() - t0)
 
 
 __all__ = ["TrajectoryGate", "TrajectoryVerdict"]
