@@ -149,6 +149,25 @@ def test_compare_reports_each_difference_message_by_message(golden_run, tmp_path
     assert (1, "points[0].positions") in {(d.frame, d.field) for d in stricter.differences}
 
 
+def test_exact_comparison_ignores_rounding_but_not_a_bin(golden_run, tmp_path) -> None:
+    """Greedy bags compare exactly: the same tokens on another CPU give joint commands that differ
+    in the last bits (IK, floating point), which pass; a change far below one action bin does not."""
+    _, golden, _, _ = golden_run
+
+    def nudge(by: float):
+        def edit(frame: int, topic: str, msg):
+            if frame == 1 and topic == topics.TRAJECTORY:
+                positions = msg.points[0].positions.copy()
+                positions[2] += by
+                msg.points[0].positions = positions
+            return msg
+        return edit
+
+    assert compare(golden, _tampered_copy(golden, tmp_path / "rounding", nudge(1e-13))).ok
+    report = compare(golden, _tampered_copy(golden, tmp_path / "micro", nudge(1e-6)))
+    assert {(d.frame, d.field) for d in report.differences} == {(1, "points[0].positions")}
+
+
 def test_input_bag_without_joint_states_is_a_clear_error(tmp_path, capsys) -> None:
     bag = write_bag(tmp_path / "no_joints", _input_messages(with_joints=False), storage="sqlite3")
     with pytest.raises(BagError, match="lacks /joint_states"):

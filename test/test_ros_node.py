@@ -463,14 +463,18 @@ def test_joint_names_out_of_the_safety_configs_order_fail_configure(make_graph) 
 # --------------------------------------------------------------------------- scene objects
 
 
-def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(make_graph) -> None:
+def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(make_graph, tmp_path) -> None:
     """Real publisher -> node -> the policy's gate: a box under the fingers refuses the step down
     that passes without it; when the topic goes quiet the box stays (WARN after
     scene_objects_max_age) and the robot holds after scene_objects_hold_age; a set in another
     frame is refused as a whole (the previous set stays); a NaN object alone is dropped.
 
     The in-process backend, so the test can make the model always ask for the same step down
-    (that the objects reach the inference process is test_policy_server's job)."""
+    (that the objects reach the inference process is test_policy_server's job). The gate halts
+    instead of sliding along the box (slide_along_obstacles: false in the node's safety.yaml), so
+    every refused step shows."""
+    from pathlib import Path
+
     from geometry_msgs.msg import Point, Vector3
     from specvla_msgs.msg import SceneObject as SceneObjectMsg
     from specvla_msgs.msg import SceneObjects
@@ -482,7 +486,12 @@ def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(m
     from specvla_ros.core.types import DecodeStats, RobotState
 
     down = np.array([0.0, 0.0, -0.04, 0.0, 0.0, 0.0, 1.0])
-    gate = SafetyGate(load_safety_config())
+    shipped = Path(load_safety_config().source)
+    safety_yaml = tmp_path / "safety.yaml"
+    safety_yaml.write_text(shipped.read_text().replace("slide_along_obstacles: true", "slide_along_obstacles: false"))
+    (tmp_path / "panda_joint_limits.yaml").write_text((shipped.parent / "panda_joint_limits.yaml").read_text())
+    gate = SafetyGate(load_safety_config(safety_yaml))
+    assert not gate.config.slide_along_obstacles
     tcp, _ = gate.kin.fk(Q0)
     block = SceneObject("block", (tcp[0], tcp[1], tcp[2] - 0.06), (0.12, 0.12, 0.04))
     state = RobotState(q=Q0, gripper=sum(FINGERS))
@@ -490,7 +499,8 @@ def test_scene_objects_stay_in_the_gate_until_replaced_and_a_quiet_topic_holds(m
     gate.set_scene_objects([block])
     assert gate.check(down, state, PERIOD).status == SafetyStatus.HALT_COLLISION
 
-    g = make_graph(36, scene_objects_max_age=0.4, scene_objects_hold_age=1.2, **{"inference.backend": "in_process"})
+    g = make_graph(36, scene_objects_max_age=0.4, scene_objects_hold_age=1.2, safety_config=str(safety_yaml),
+                   **{"inference.backend": "in_process"})
     start(g)
     assert g.verdicts.wait_for(decided, timeout=WAIT) is not None
     # the model is not under test here: it always asks for the same step down

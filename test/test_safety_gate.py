@@ -157,7 +157,7 @@ def test_halt_workspace_when_leaving_the_box(kin: ArmKinematics) -> None:
 
 def test_halt_collision_with_a_box(kin: ArmKinematics) -> None:
     box = BoxObstacle("block", center=(0.5, 0.0, 0.13), size=(0.2, 0.2, 0.2))  # top 15 mm under the fingers
-    gate = _gate(kin, boxes=(box,))
+    gate = _gate(kin, boxes=(box,), slide_along_obstacles=False)
     v = gate.check(_a(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
     assert v.status == SafetyStatus.OK and 0.01 < v.min_distance < 0.02
     v = gate.check(_a(0.0, 0.0, -0.028, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
@@ -168,7 +168,7 @@ def test_halt_collision_with_a_box(kin: ArmKinematics) -> None:
 
 def test_table_collision_is_detected(kin: ArmKinematics) -> None:
     # workspace floor lowered so the table itself is what stops the fingers
-    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5))
+    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5), slide_along_obstacles=False)
     q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
     v = gate.check(_a(0.0, 0.0, -0.03, 0.0, 0.0, 0.0), _state(q_low), DT)
     assert v.status == SafetyStatus.HALT_COLLISION, v.reason
@@ -196,7 +196,7 @@ def test_self_collision_pairs_are_checked(gate: SafetyGate, kin: ArmKinematics) 
     assert hits, "no self-colliding pose found among 400 random ones"
     # walk from home toward that pose: the step that crosses 10 mm is refused
     jgate = _gate(kin, action_space="joint_delta", workspace_min=(-2, -2, -2), workspace_max=(2, 2, 2),
-                  table_height=None, singularity_halt_condition=1e9, **JOINT_BOUNDS)
+                  table_height=None, singularity_halt_condition=1e9, slide_along_obstacles=False, **JOINT_BOUNDS)
     path = HOME_Q + np.linspace(0.0, 1.0, 400)[:, None] * (hits[0] - HOME_Q)
     d = np.array([jgate.scene.distances(q).self_ for q in path])
     i = int(np.argmax(d < 0.01))
@@ -205,6 +205,55 @@ def test_self_collision_pairs_are_checked(gate: SafetyGate, kin: ArmKinematics) 
     assert v.status == SafetyStatus.HALT_COLLISION, v.reason
     assert "panda_link" in v.reason
     _assert_hold(v, path[i - 1])
+
+
+# --- sliding along what a motion would hit (slide_along_obstacles) ------------------------
+def test_a_motion_skimming_the_table_keeps_its_part_along_it(kin: ArmKinematics) -> None:
+    """Fingers 9 mm over the table, asked to move 3 cm sideways and 1.5 cm down: halting (the old
+    gate) leaves the arm stuck there; sliding moves it sideways and only as far down as allowed."""
+    q_low = _pose_at(kin, np.array([0.5, 0.0, 0.02]))
+    action = _a(0.0, 0.03, -0.015, 0.0, 0.0, 0.0)
+    halt = _gate(kin, workspace_min=(0.2, -0.45, -0.5), slide_along_obstacles=False).check(action, _state(q_low), DT)
+    assert halt.status == SafetyStatus.HALT_COLLISION and "table" in halt.reason
+    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5))
+    v = gate.check(action, _state(q_low), DT)
+    assert v.status == SafetyStatus.SCALED and "slid" in v.reason and "table" in v.reason, v.reason
+    d0 = gate.scene.distances(q_low).obstacle
+    d1 = gate.scene.distances(v.joint_command).obstacle
+    assert d1 >= gate.config.min_obstacle_distance, (d0, d1)  # never inside the margin
+    p0, _ = kin.fk(q_low)
+    p1, _ = kin.fk(v.joint_command)
+    assert p1[1] - p0[1] > 0.8 * 0.03  # most of the motion along the table is kept
+    assert p1[2] - p0[2] > -0.015  # less of the motion into it
+    assert v.min_distance == pytest.approx(gate.scene.distances(v.joint_command).minimum, abs=1e-5)
+
+
+def test_a_motion_straight_into_a_box_stops_at_the_margin(kin: ArmKinematics) -> None:
+    box = BoxObstacle("block", center=(0.5, 0.0, 0.13), size=(0.2, 0.2, 0.2))  # top 15 mm under the fingers
+    gate = _gate(kin, boxes=(box,))
+    v = gate.check(_a(0.0, 0.0, -0.028, 0.0, 0.0, 0.0), _state(HOME_Q), DT)
+    assert v.status == SafetyStatus.SCALED and "block" in v.reason, v.reason
+    d = gate.scene.distances(v.joint_command).obstacle
+    lim = gate.config.min_obstacle_distance
+    assert lim <= d < gate.scene.distances(HOME_Q).obstacle  # closer than before, never inside the margin
+    p0, _ = kin.fk(HOME_Q)
+    p1, _ = kin.fk(v.joint_command)
+    assert np.linalg.norm(p1[:2] - p0[:2]) < 0.003  # no sideways move was asked, none is made
+
+
+def test_slide_never_helps_where_no_joint_moves_apart(kin: ArmKinematics) -> None:
+    """Already inside the margin (a measured state the gate did not choose), a motion further in
+    cannot be slid into a safe one when sliding would only keep the present (too small) distance:
+    the distance never shrinks."""
+    gate = _gate(kin, workspace_min=(0.2, -0.45, -0.5))
+    q_in = _pose_at(kin, np.array([0.5, 0.0, 0.005]))  # fingertips about 2.4 mm into the margin
+    d0 = gate.scene.distances(q_in).obstacle
+    assert d0 < gate.config.min_obstacle_distance
+    v = gate.check(_a(0.01, 0.0, -0.01, 0.0, 0.0, 0.0), _state(q_in), DT)
+    if v.is_halt:
+        assert v.status == SafetyStatus.HALT_COLLISION
+    else:
+        assert gate.scene.distances(v.joint_command).obstacle >= d0 - 1e-9
 
 
 def test_halt_ik_when_target_is_out_of_reach(gate: SafetyGate, kin: ArmKinematics) -> None:

@@ -4,12 +4,15 @@ command the gate returns is inside every joint, velocity, workspace, singularity
 and distance limit -- or it is the hold command."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specvla_ros.core.safety.kinematics import ArmKinematics, rpy_matrix
+from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.safety.gate import SafetyGate
 from specvla_ros.core.types import RobotState, SafetyStatus
@@ -165,3 +168,74 @@ def test_joint_envelope_actions_respect_joint_limits(space: str) -> None:
         _assert_safe(gate, q, v)
         assert v.status not in (SafetyStatus.HALT_JOINT_LIMIT,), v.reason
         assert "joint speed" not in v.reason and "raw action" not in v.reason
+
+
+# --- near the table and objects: the slide never trades a halt for a collision -------------
+_OBJECTS = [SceneObject("block", (0.5, 0.06, 0.03), (0.05, 0.05, 0.06)),
+            SceneObject("cube", (0.42, -0.12, 0.025), (0.05, 0.05, 0.05), gripper_may_touch=True)]
+_NEAR_GATE = SafetyGate(load_safety_config(), _KIN)
+_NEAR_GATE.set_scene_objects(_OBJECTS)
+
+
+def _near_pool(n: int = 40) -> list[np.ndarray]:
+    """Valid states with the fingers 0-2 cm from the table or 0-2 cm beside the block."""
+    gate = _NEAR_GATE
+    cfg = gate.config
+    rng = np.random.default_rng(99)
+    _, R0 = _KIN.fk(HOME_Q)
+    pool: list[np.ndarray] = []
+    while len(pool) < n:
+        if rng.random() < 0.5:
+            p = np.array([rng.uniform(0.3, 0.65), rng.uniform(-0.3, 0.3), rng.uniform(0.012, 0.035)])
+        else:  # beside the block's -y face, or above it
+            p = np.array([rng.uniform(0.47, 0.53), rng.uniform(0.0, 0.03), rng.uniform(0.03, 0.1)])
+        res = _KIN.ik(p, rpy_matrix(*rng.uniform(-0.3, 0.3, 3)) @ R0, HOME_Q)
+        if not (res.success and _valid(gate, res.q)):
+            continue
+        d = gate.scene.distances(res.q)
+        if d.object >= cfg.min_object_distance and min(d.obstacle, d.object) < 0.02:
+            pool.append(res.q)
+    return pool
+
+
+NEAR = _near_pool()
+_motion = st.lists(st.floats(-0.06, 0.06, allow_nan=False), min_size=3, max_size=3)
+
+
+@PROPS
+@given(idx=st.integers(0, len(NEAR) - 1), motion=_motion, rot=st.lists(st.floats(-0.2, 0.2), min_size=3, max_size=3))
+def test_near_obstacles_no_command_comes_closer_inside_a_margin(idx: int, motion: list[float],
+                                                               rot: list[float]) -> None:
+    gate = _NEAR_GATE
+    cfg = gate.config
+    q = NEAR[idx]
+    v = gate.check(np.array([*motion, *rot, 1.0]), RobotState(q=q, gripper=0.04), DT)
+    _assert_safe(gate, q, v)
+    if v.is_halt:
+        return
+    before, after = gate.scene.distances(q), gate.scene.distances(v.joint_command)
+    for kind, lim in (("obstacle", cfg.min_obstacle_distance), ("object", cfg.min_object_distance),
+                      ("self_", cfg.min_self_distance)):
+        d0, d1 = getattr(before, kind), getattr(after, kind)
+        assert d1 >= lim or d1 >= d0 - 1e-9, (kind, d0, d1, v.reason)
+
+
+def test_near_obstacles_most_motions_still_move() -> None:
+    """Safe must not mean stuck: from states next to the table or the block, motions a policy asks
+    for (a few cm, any direction) are slid rather than refused -- and refused without the slide."""
+    rng = np.random.default_rng(3)
+    halt = SafetyGate(dataclasses.replace(_NEAR_GATE.config, slide_along_obstacles=False), _KIN)
+    halt.set_scene_objects(_OBJECTS)
+    moved = {True: 0, False: 0}
+    blocked = 0
+    for q in NEAR:
+        for _ in range(5):
+            a = np.array([*rng.uniform(-0.04, 0.04, 2), rng.uniform(-0.04, 0.0), 0.0, 0.0, 0.0, 1.0])
+            v_halt = halt.check(a, RobotState(q=q, gripper=0.04), DT)
+            if v_halt.status != SafetyStatus.HALT_COLLISION:
+                continue
+            blocked += 1
+            v = _NEAR_GATE.check(a, RobotState(q=q, gripper=0.04), DT)
+            moved[not v.is_halt and np.max(np.abs(v.joint_command - q)) > 1e-4] += 1
+    assert blocked >= 20, blocked  # the states are really next to something
+    assert moved[True] >= 0.9 * blocked, moved

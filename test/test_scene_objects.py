@@ -34,7 +34,8 @@ def kin() -> ArmKinematics:
 
 @pytest.fixture
 def gate(kin: ArmKinematics) -> SafetyGate:
-    return SafetyGate(load_safety_config(), kin)
+    # what is detected: the gate halts instead of sliding (the slide has its own tests)
+    return SafetyGate(load_safety_config(slide_along_obstacles=False), kin)
 
 
 def _state(q: np.ndarray = HOME_Q) -> RobotState:
@@ -87,7 +88,7 @@ def test_a_new_list_replaces_the_old_one(gate: SafetyGate) -> None:
 
 
 def test_more_objects_than_slots_grow_the_pool(kin: ArmKinematics) -> None:
-    gate = SafetyGate(load_safety_config(scene_object_slots=2), kin)
+    gate = SafetyGate(load_safety_config(scene_object_slots=2, slide_along_obstacles=False), kin)
     assert gate.scene.object_slots == 2
     many = [SceneObject(f"ball{i}", (0.3 + 0.05 * i, -0.3, 0.022), (0.044,) * 3) for i in range(5)]
     gate.set_scene_objects([*many, SceneObject("block", **BLOCK)])  # the one in the way comes last
@@ -142,11 +143,13 @@ def test_config_settings_are_validated_and_loaded(kin: ArmKinematics, tmp_path: 
         SafetyConfig(joint_limits=jl, scene_object_slots=-1)
     with pytest.raises(ValueError, match="gripper_links"):
         SafetyGate(SafetyConfig(joint_limits=jl, gripper_links=("panda_claw",)), kin)
+    assert base.slide_along_obstacles is True
     text = Path(base.source).read_text().replace("min_object_distance: 0.002", "min_object_distance: 0.03")
+    text = text.replace("slide_along_obstacles: true", "slide_along_obstacles: false")
     (tmp_path / "safety.yaml").write_text(text)
     (tmp_path / "panda_joint_limits.yaml").write_text((Path(base.source).parent / "panda_joint_limits.yaml").read_text())
     cfg = load_safety_config(tmp_path / "safety.yaml")
-    assert cfg.min_object_distance == pytest.approx(0.03)
+    assert cfg.min_object_distance == pytest.approx(0.03) and cfg.slide_along_obstacles is False
     # a larger margin refuses what the default allows: the hand 10 cm above a box top
     gate = SafetyGate(cfg, kin)
     gate.set_scene_objects([SceneObject("block", (0.496, 0.0, 0.185), (0.1, 0.1, 0.04))])
@@ -206,7 +209,7 @@ def test_gate_with_the_sim_objects_stops_the_arm_before_a_distractor(env, kin: A
         for _ in range(5):
             env.step_control()
         env.episode_collisions.clear()
-        gate = SafetyGate(load_safety_config(), kin)
+        gate = SafetyGate(load_safety_config(slide_along_obstacles=False), kin)
         statuses = []
         for _ in range(6):
             gate.set_scene_objects(task_scene_objects(env) if with_objects else [])
@@ -225,7 +228,7 @@ def test_gate_with_the_sim_objects_stops_the_arm_before_a_distractor(env, kin: A
 def test_space_between_the_locked_open_fingers_counts_against_objects(kin: ArmKinematics) -> None:
     # a 4.4 cm cube fits between the model's open fingers (8 cm); the real gripper may be closed
     cube = SceneObject("cube", (0.496, 0.0, 0.19), (0.044, 0.044, 0.044))
-    gate = SafetyGate(load_safety_config(), kin)
+    gate = SafetyGate(load_safety_config(slide_along_obstacles=False), kin)
     gate.set_scene_objects([cube])
     v = gate.check(DOWN, _state(), DT)
     assert v.status == SafetyStatus.HALT_COLLISION and "panda_finger_gap" in v.reason, v.reason
@@ -234,3 +237,71 @@ def test_space_between_the_locked_open_fingers_counts_against_objects(kin: ArmKi
     assert no_gap.check(DOWN, _state(), DT).status == SafetyStatus.OK
     # the table is unaffected by the gap box: the same pairs as before
     assert gate.scene.distances(HOME_Q).obstacle == pytest.approx(no_gap.scene.distances(HOME_Q).obstacle)
+
+
+def test_with_the_slide_the_arm_gets_around_a_distractor_without_touching_it(env, kin: ArmKinematics) -> None:
+    """Asked to move down and sideways from above a distractor (gripper closed), the halting gate
+    stops the arm on top of it for good; the sliding gate moves it along the top, past the edge and
+    down beside it -- and the simulator records no contact with it either way."""
+    from specvla_ros.sim.known_objects import task_scene_objects
+
+    results = {}
+    for slide in (False, True):
+        env.reset(seed=4, task="push")
+        victim = env.layout.distractors[0]
+        _, R = kin.fk(HOME_Q)
+        above = kin.ik(np.array([victim.xy[0], victim.xy[1], 0.12]), R, env.robot_state().q)
+        assert above.success
+        env.command(above.q, 0.0)
+        for _ in range(5):
+            env.step_control()
+        env.episode_collisions.clear()
+        gate = SafetyGate(load_safety_config(slide_along_obstacles=slide), kin)
+        label = f"{victim.color}_{victim.shape}"
+        top = max(o.center[2] + o.size[2] / 2 for o in task_scene_objects(env) if o.name == label)
+        statuses = []
+        for _ in range(14):
+            gate.set_scene_objects(task_scene_objects(env))
+            v = gate.check(np.array([0.0, 0.02, -0.03, 0.0, 0.0, 0.0, 0.0]), env.robot_state(), DT)
+            statuses.append(v.status)
+            env.command(v.joint_command, v.gripper_command)
+            env.step_control()
+        tcp = kin.fk(env.robot_state().q)[0]
+        results[slide] = (statuses, tcp, any(label in pair for pair in env.episode_collisions))
+    statuses, tcp, hit = results[False]
+    assert not hit and statuses[-1] == SafetyStatus.HALT_COLLISION and tcp[2] > top, results[False]
+    statuses, tcp, hit = results[True]
+    assert not hit, results[True]
+    assert SafetyStatus.HALT_COLLISION not in statuses, statuses
+    assert tcp[2] < top, (tcp, top)  # past the edge and down beside it
+
+
+def test_a_step_whose_ends_are_clear_but_whose_path_crosses_an_object_is_caught(kin: ArmKinematics) -> None:
+    """Joint 1 turns 0.7 rad in one step: the fingers sweep an arc through a cube that is far from
+    both ends. The controller interpolates the joints, so the path is checked, not only the target;
+    a slid command's whole path keeps the margin too."""
+    dt = 0.5
+    overrides = dict(action_space="joint_delta", action_low=(-1.0,) * 7, action_high=(1.0,) * 7,
+                     tcp_max_speed=2.0, tcp_max_angular_speed=10.0)
+    r = float(np.linalg.norm(kin.fk(HOME_Q)[0][:2]))
+    cube = SceneObject("cube", (r * np.cos(0.35), r * np.sin(0.35), 0.25), (0.03, 0.03, 0.03))
+    action = np.array([0.7, 0, 0, 0, 0, 0, 0])
+    halting = SafetyGate(load_safety_config(slide_along_obstacles=False, **overrides), kin)
+    halting.set_scene_objects([cube])
+    lim = halting.config.min_object_distance
+    assert halting.scene.distances(HOME_Q).object > 0.05 and halting.scene.distances(HOME_Q + action).object > 0.05
+    v = halting.check(action, _state(), dt)
+    assert v.status == SafetyStatus.HALT_COLLISION and "of the way to the target" in v.reason, v.reason
+    # sliding: whatever it commands keeps the margin along the whole interpolated path
+    sliding = SafetyGate(load_safety_config(**overrides), kin)
+    sliding.set_scene_objects([cube])
+    slid = 0
+    for turn in (0.3, 0.4, 0.5, 0.6, 0.7):
+        v = sliding.check(np.array([turn, 0, 0, 0, 0, 0, 0]), _state(), dt)
+        if v.is_halt:
+            assert v.status == SafetyStatus.HALT_COLLISION, v.reason
+            continue
+        slid += 1
+        path = [HOME_Q + t * (v.joint_command - HOME_Q) for t in np.linspace(0.0, 1.0, 81)]
+        assert min(sliding.scene.distances(q).object for q in path) >= lim - 5e-4, (turn, v.reason)
+    assert slid >= 2, slid

@@ -87,3 +87,24 @@ def test_a_reversal_is_limited_by_the_acceleration_between_points() -> None:
         v = (p - q_prev) / DT
         assert np.all(np.abs(v - v_prev) <= gate.amax * DT + 1e-9)
         q_prev, v_prev = p, v
+
+
+def test_a_chunk_that_would_dive_into_a_box_is_slid_along_its_top_not_cut() -> None:
+    """Sliding applies per point: a chunk moving sideways and down over a box keeps every point,
+    each above the box's margin; the halting gate cuts it where the fingers reach the margin."""
+    from specvla_ros.core.safety.config import BoxObstacle
+
+    box = BoxObstacle("block", center=(0.5, 0.0, 0.1), size=(0.3, 0.3, 0.2))  # top 4.5 cm under the fingers
+    kin = ArmKinematics.from_urdf()
+    chunk = _chunk(*[(0.0, 0.015, -0.02)] * 6)
+    state = RobotState(q=HOME_Q, gripper=0.08)
+    cut = TrajectoryGate(SafetyGate(load_safety_config(boxes=(box,), slide_along_obstacles=False), kin))
+    tv_cut = cut.check(chunk, state, DT)
+    assert 0 < tv_cut.published < 6 and tv_cut.status == SafetyStatus.HALT_COLLISION, tv_cut.reason
+    gate = SafetyGate(load_safety_config(boxes=(box,)), kin)
+    tv = TrajectoryGate(gate).check(chunk, state, DT)
+    assert tv.published == 6 and tv.status == SafetyStatus.SCALED and "slid" in tv.reason, tv.reason
+    lim = gate.config.min_obstacle_distance
+    assert all(gate.scene.distances(p).obstacle >= lim for p in tv.points)
+    y = [gate.kin.fk(p)[0][1] for p in tv.points]
+    assert y[-1] > 0.8 * 6 * 0.015  # the sideways part kept through the whole chunk

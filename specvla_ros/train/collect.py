@@ -55,6 +55,9 @@ class CollectConfig:
     # Policy episodes are written whether or not they succeed (their labels are the expert's).
     policy_dir: str | None = None
     policy_beta: float = 0.3
+    # the driving policy's draft model (speculative exact decoding: the same actions, faster);
+    # None = the target decodes alone
+    policy_draft_dir: str | None = None
     # action-chunk labels: at every state also record the expert's next chunk_horizon actions
     # (the expert rolled forward in the simulation from that state, then put back)
     chunk_horizon: int = 1
@@ -68,6 +71,11 @@ class CollectConfig:
             raise ValueError(f"policy_beta must be in [0, 1], got {self.policy_beta}")
         if self.policy_dir is not None and not Path(self.policy_dir).is_dir():
             raise ValueError(f"policy_dir {self.policy_dir} is not a checkpoint directory")
+        if self.policy_draft_dir is not None:
+            if self.policy_dir is None:
+                raise ValueError("policy_draft_dir needs policy_dir")
+            if not Path(self.policy_draft_dir).is_dir():
+                raise ValueError(f"policy_draft_dir {self.policy_draft_dir} is not a checkpoint directory")
         if self.detour_steps < 0:
             raise ValueError(f"detour_steps must be >= 0, got {self.detour_steps}")
         if self.episodes < 1:
@@ -239,7 +247,9 @@ def collect(cfg: CollectConfig) -> dict:
     if cfg.policy_dir is not None:
         from specvla_ros.core.policy import Policy, PolicyConfig
 
-        policy = Policy(PolicyConfig(target_dir=str(cfg.policy_dir), draft_dir=None, drafter="none", device="cpu",
+        draft = cfg.policy_draft_dir
+        policy = Policy(PolicyConfig(target_dir=str(cfg.policy_dir), draft_dir=draft,
+                                     drafter="model" if draft else "none", device="cpu",
                                      control_period_s=env.config.control_period_s))
     all_actions, all_proprio = [], []
     per_task = {t: {"episodes": 0, "success": 0, "collision": 0, "steps": 0} for t in cfg.tasks}
@@ -293,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="up to this many first steps execute random moves (expert actions recorded)")
     parser.add_argument("--policy", default=None,
                         help="DAgger: this target checkpoint drives (expert actions recorded)")
+    parser.add_argument("--policy-draft", default=None,
+                        help="with --policy: its draft model (exact speculative decoding, same actions)")
     parser.add_argument("--policy-beta", type=float, default=0.3,
                         help="with --policy: probability per step that the expert drives instead")
     parser.add_argument("--chunk-horizon", type=int, default=1,
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
                             seed=args.seed, image_size=tuple(args.image_size), hold_steps=args.hold_steps,
                             keep_failures=args.keep_failures, exec_noise_m=args.exec_noise,
-                            detour_steps=args.detour_steps, policy_dir=args.policy,
+                            detour_steps=args.detour_steps, policy_dir=args.policy, policy_draft_dir=args.policy_draft,
                             policy_beta=args.policy_beta, chunk_horizon=args.chunk_horizon,
                             progress=not args.no_progress)
     except ValueError as exc:

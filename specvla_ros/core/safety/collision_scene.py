@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import coal
 import numpy as np
@@ -78,6 +78,12 @@ class SceneObject:
         object.__setattr__(self, "gripper_may_touch", bool(self.gripper_may_touch))
 
 
+def _bounding_radius(geometry: coal.CollisionGeometry) -> float:
+    """Largest distance of a point of ``geometry`` from its frame's origin [m]."""
+    geometry.computeLocalAABB()
+    return float(geometry.aabb_radius + np.linalg.norm(np.asarray(geometry.aabb_center)))
+
+
 @dataclass
 class Distances:
     """Smallest distances [m] (negative = penetration) and the pairs they belong to.
@@ -92,6 +98,10 @@ class Distances:
     self_pair: tuple[str, str]
     object: float = math.inf
     object_pair: tuple[str, str] = ("", "")
+    #: collision-pair index of the closest (obstacle, object, self) pair; -1 where there is none
+    pair_index: tuple[int, int, int] = (-1, -1, -1)
+    #: every pair's distance, by pair index (inf for pairs switched off)
+    per_pair: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @property
     def minimum(self) -> float:
@@ -180,6 +190,12 @@ class CollisionScene:
             self._slot_grip_pairs.append(grip)
         self._kind = np.array(kinds, dtype=np.int8)
         self.data = model.createData()
+        # per pair (robot primitive first in every table/box/object pair), per joint: how far a point
+        # of the robot's primitive can lie from that joint's axis; 0 for self pairs (not used)
+        self._pair_reach = np.zeros((len(kinds), model.nv))
+        for i, pair in enumerate(self.geom.collisionPairs):
+            if kinds[i] != _SELF:
+                self._pair_reach[i] = self._joint_reach(pair.first)
         self.geom_data = pin.GeometryData(self.geom)
         for req in self.geom_data.distanceRequests:
             req.enable_signed_distance = True
@@ -190,6 +206,21 @@ class CollisionScene:
             self._set_slot_pairs(k, False, False)
         self._refresh_active()
         self.objects: tuple = ()
+
+    def _joint_reach(self, geom: int) -> np.ndarray:
+        """Per joint, the furthest [m] a point of primitive ``geom`` can lie from that joint's axis in any
+        pose (0 for joints that do not move it): the joint-to-joint lengths down to the primitive's
+        joint plus the primitive's own extent."""
+        model = self.kin.model
+        pin.forwardKinematics(model, self.data, pin.neutral(model))
+        obj = self.geom.geometryObjects[geom]
+        own = float(np.linalg.norm(obj.placement.translation)) + _bounding_radius(obj.geometry)
+        reach = np.zeros(model.nv)
+        chain = 0.0
+        for j in range(obj.parentJoint, 0, -1):
+            reach[model.joints[j].idx_v] = chain + own
+            chain += float(np.linalg.norm(self.data.oMi[j].translation - self.data.oMi[model.parents[j]].translation))
+        return reach
 
     def _finger_gap(self, fingers: tuple[str, ...], robot_ids: list[int], link_of: dict[int, str]) -> int:
         """Add the box spanning the two finger boxes (centre to centre) on their common joint."""
@@ -271,14 +302,65 @@ class CollisionScene:
         results = self.geom_data.distanceResults
         idx = self._active_idx
         d = np.fromiter((results[i].min_distance for i in self._active_list), dtype=np.float64, count=idx.size)
-        out: list[tuple[float, tuple[str, str]]] = []
+        out: list[tuple[float, tuple[str, str], int]] = []
         for mask in self._masks:
             if not mask.any():
-                out.append((math.inf, ("", "")))
+                out.append((math.inf, ("", ""), -1))
                 continue
             sub = np.where(mask, d, np.inf)
             j = int(np.argmin(sub))
-            out.append((float(sub[j]), self.pair_names[int(idx[j])]))
-        (obs, obs_pair), (obj, obj_pair), (slf, slf_pair) = out
+            out.append((float(sub[j]), self.pair_names[int(idx[j])], int(idx[j])))
+        (obs, obs_pair, i_obs), (obj, obj_pair, i_obj), (slf, slf_pair, i_slf) = out
+        per_pair = np.full(self.n_pairs, np.inf)
+        per_pair[idx] = d
         return Distances(obstacle=obs, self_=slf, obstacle_pair=obs_pair, self_pair=slf_pair,
-                         object=obj, object_pair=obj_pair)
+                         object=obj, object_pair=obj_pair, pair_index=(i_obs, i_obj, i_slf), per_pair=per_pair)
+
+    def path_pairs(self, q0: np.ndarray, q1: np.ndarray, d0: Distances | None, d1: Distances,
+                   limits: tuple[float, float]) -> np.ndarray:
+        """Table/box and object pairs that could come within their limit (``limits``: obstacle, object)
+        somewhere on the joint-space segment q0 -> q1, given their distances at both ends: a point of
+        the robot's primitive travels at most L = sum_i |dq_i| reach_i, so on the way it stays within
+        t L of its start and (1 - t) L of its end, and a pair with (d0 + d1 - L) / 2 >= limit cannot
+        (without d0: d1 - L >= limit, a looser test that needs no distances at q0). Self pairs are not
+        returned (see ``SafetyGate``)."""
+        dq = np.abs(np.asarray(q1, dtype=np.float64) - np.asarray(q0, dtype=np.float64))
+        length = self._pair_reach @ dq
+        lim = np.where(self._kind == _OBJECT, limits[1], limits[0])
+        room = d1.per_pair - length if d0 is None else (d0.per_pair + d1.per_pair - length) / 2
+        risky = (self._kind != _SELF) & self._active & (room < lim)
+        return np.flatnonzero(risky)
+
+    def path_length(self, q0: np.ndarray, q1: np.ndarray, pairs: np.ndarray) -> float:
+        """The longest path bound [m] among ``pairs`` on the segment q0 -> q1 (see ``path_pairs``)."""
+        dq = np.abs(np.asarray(q1, dtype=np.float64) - np.asarray(q0, dtype=np.float64))
+        return float(np.max(self._pair_reach[pairs] @ dq)) if len(pairs) else 0.0
+
+    def pair_distances(self, q: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """Signed distances [m] of just these pairs at q (cheaper than ``distances`` for a few)."""
+        pin.updateGeometryPlacements(self.kin.model, self.data, self.geom, self.geom_data,
+                                     np.asarray(q, dtype=np.float64))
+        return np.array([pin.computeDistance(self.geom, self.geom_data, int(p)).min_distance for p in pairs])
+
+    def kind_of(self, pair: int) -> int:
+        """0 for a table/box pair, 1 for an object pair, 2 for a self pair."""
+        return int(self._kind[pair])
+
+    def pair_distance_gradient(self, q: np.ndarray, pair: int, step: float = 1e-4) -> tuple[float, np.ndarray]:
+        """One collision pair's signed distance [m] at q and its gradient d(distance)/dq [m/rad]
+        (forward differences of ``step`` rad; only that pair is computed, so it is cheap)."""
+        if not 0 <= pair < self.n_pairs:
+            raise ValueError(f"collision pair {pair} out of range (0..{self.n_pairs - 1})")
+        q = np.asarray(q, dtype=np.float64).reshape(-1)
+
+        def dist(qq: np.ndarray) -> float:
+            pin.updateGeometryPlacements(self.kin.model, self.data, self.geom, self.geom_data, qq)
+            return float(pin.computeDistance(self.geom, self.geom_data, pair).min_distance)
+
+        d0 = dist(q)
+        grad = np.empty(q.size)
+        for i in range(q.size):
+            qq = q.copy()
+            qq[i] += step
+            grad[i] = (dist(qq) - d0) / step
+        return d0, grad

@@ -135,6 +135,11 @@ class SafetyConfig:
     # joints and move with the others (the least-squares closest TCP motion; a minimal change to a
     # safe action, checked like any other) -- a robot parked near a limit can still move away
     hold_limit_joints: bool = True
+    # instead of halting a motion that would come too close to an obstacle, a scene object or
+    # the arm itself (and closer than now): keep its part along the surface and drop the part
+    # into it (the first-order closest joint target that keeps the distance; checked like any
+    # other) -- a robot started next to an object, or skimming the table, can still move
+    slide_along_obstacles: bool = True
     # [rad] measured positions further outside the limits are bad input (broken encoder, wrong
     # units): nothing is commanded from them, not even a hold at them
     joint_state_tolerance: float = 0.05
@@ -250,6 +255,7 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
         raise ValueError(f"{path}: expected a top-level 'safety:' mapping")
     s = data["safety"]
     known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin", "hold_limit_joints",
+             "slide_along_obstacles",
              "joint_state_tolerance", "velocity_scale",
              "tcp_max_speed", "tcp_max_angular_speed", "speed_envelope", "workspace", "action_bounds", "gripper",
              "collision", "singularity", "ik"}
@@ -261,10 +267,11 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not jl_file.is_absolute():
         jl_file = path.parent / jl_file
     kw: dict[str, Any] = {"joint_limits": load_joint_limits(jl_file, names), "source": str(path)}
-    if "hold_limit_joints" in s:
-        if not isinstance(s["hold_limit_joints"], bool):
-            raise ValueError(f"{path}: hold_limit_joints must be true or false, got {s['hold_limit_joints']!r}")
-        kw["hold_limit_joints"] = s["hold_limit_joints"]
+    for key in ("hold_limit_joints", "slide_along_obstacles"):
+        if key in s:
+            if not isinstance(s[key], bool):
+                raise ValueError(f"{path}: {key} must be true or false, got {s[key]!r}")
+            kw[key] = s[key]
     for key in ("action_space", "joint_limit_margin", "joint_state_tolerance", "velocity_scale", "tcp_max_speed", "tcp_max_angular_speed",
                 "speed_envelope"):
         if key in s:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import pinocchio as pin
 
-from specvla_ros.core.safety.collision_scene import CollisionScene, SceneObject
+from specvla_ros.core.safety.collision_scene import CollisionScene, Distances, SceneObject
 from specvla_ros.core.safety.command_guard import CommandGuard
 from specvla_ros.core.safety.kinematics import ArmKinematics, apply_ee_delta, rpy_matrix
 from specvla_ros.core.safety.config import SafetyConfig
@@ -40,6 +40,18 @@ from specvla_ros.core.types import ACTION_DIM_NAMES, RobotState, SafetyStatus, V
 _SCALE_TOL = 1e-6
 #: Re-targeting rounds when the target's joint/TCP speeds still exceed a limit.
 _SPEED_ROUNDS = 8
+#: Projection rounds of a target that would collide (each may meet another closest pair).
+_SLIDE_ROUNDS = 10
+#: A slid target aims this much [m] past the distance it must keep (the projection is first order).
+_SLIDE_CLEARANCE = 5e-4
+#: Poses between a step's ends are collision-checked this far apart [m] of path length ...
+_PATH_RESOLUTION = 0.005
+#: ... with at most this many substeps.
+_PATH_MAX_SUBSTEPS = 16
+#: How a slide weighs changes of the TCP twist: 1 per m, and 0.1 m per rad of rotation.
+_SLIDE_TWIST_WEIGHT = np.array([1.0, 1.0, 1.0, 0.01, 0.01, 0.01])
+#: ... and of the joints themselves [m^2 per rad^2]: small, so the null space is not free.
+_SLIDE_JOINT_WEIGHT = 1e-4
 
 _log = logging.getLogger(__name__)
 
@@ -261,64 +273,23 @@ class SafetyGate:
                               "speed limits still exceeded after scaling: " + "; ".join(reasons), scale=s)
 
         adjusted = ""
-        m = cfg.joint_limit_margin
         if cfg.hold_limit_joints:
             q_t, adjusted = self._hold_limit_joints(q, q_t, s * motion if ee else None, pos0, R0, dt, dq_meas)
-        dq = q_t - q
-        pos_t, R_t = self.kin.fk(q_t)
-        figures = {
-            "scale": float(s),
-            "tcp_speed": float(np.linalg.norm(pos_t - pos0) / dt),
-            "worst_joint_margin": float(np.min(np.minimum(q_t - self.lower, self.upper - q_t))),
-        }
-
-        # joint limits: inside the margin and moving toward the limit
-        toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
-        if np.any(toward):
-            j = np.flatnonzero(toward)
-            names = [self.kin.joint_names[i] for i in j]
-            return self._halt(state, a, SafetyStatus.HALT_JOINT_LIMIT,
-                              f"{', '.join(names)} within {m} rad of a limit and moving toward it "
-                              f"(target {np.round(q_t[j], 4).tolist()})", **figures)
-
-        # workspace: the TCP stays in the box, or at least moves no further out
-        tol = cfg.ik_position_tolerance
-        out = ((pos_t < self._wmin - tol) & (pos_t < pos0 - tol)) | ((pos_t > self._wmax + tol) & (pos_t > pos0 + tol))
-        if np.any(out):
-            axes = [("x", "y", "z")[i] for i in np.flatnonzero(out)]
-            return self._halt(state, a, SafetyStatus.HALT_WORKSPACE,
-                              f"TCP target {np.round(pos_t, 4).tolist()} leaves the workspace along {', '.join(axes)}",
-                              **figures)
-
-        # singularity: condition number past the threshold and growing
-        cond_t = self.kin.condition_number(q_t)
-        if cond_t > cfg.singularity_halt_condition and cond_t > self.kin.condition_number(q):
-            return self._halt(state, a, SafetyStatus.HALT_SINGULARITY,
-                              f"Jacobian condition number {cond_t:.1f} > {cfg.singularity_halt_condition} and rising",
-                              **figures)
-
-        # collision: too close and getting closer
-        if self.collision_checking and self.scene is not None:
-            d_t = self.scene.distances(q_t)
-            figures["min_distance"] = d_t.minimum
-            obs_bad = d_t.obstacle < cfg.min_obstacle_distance
-            obj_bad = d_t.object < cfg.min_object_distance
-            self_bad = d_t.self_ < cfg.min_self_distance
-            if obs_bad or obj_bad or self_bad:
-                d_0 = self.scene.distances(q)
-                if obs_bad and d_t.obstacle < d_0.obstacle - 1e-9:
-                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
-                                      f"{d_t.obstacle_pair[0]} would come within {d_t.obstacle * 1000:.1f} mm of "
-                                      f"{d_t.obstacle_pair[1]} (min {cfg.min_obstacle_distance * 1000:.1f} mm)", **figures)
-                if obj_bad and d_t.object < d_0.object - 1e-9:
-                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
-                                      f"{d_t.object_pair[0]} would come within {d_t.object * 1000:.1f} mm of scene "
-                                      f"object {d_t.object_pair[1]!r} (min {cfg.min_object_distance * 1000:.1f} mm)",
-                                      **figures)
-                if self_bad and d_t.self_ < d_0.self_ - 1e-9:
-                    return self._halt(state, a, SafetyStatus.HALT_COLLISION,
-                                      f"{d_t.self_pair[0]} would come within {d_t.self_ * 1000:.1f} mm of "
-                                      f"{d_t.self_pair[1]} (min {cfg.min_self_distance * 1000:.1f} mm)", **figures)
+        figures = self._figures(s, q_t, pos0, dt)
+        problem = self._target_problem(q, q_t, pos0, figures)
+        if problem is not None and problem[0] == SafetyStatus.HALT_COLLISION and cfg.slide_along_obstacles:
+            # minimal change instead of a halt: keep the motion along what it would hit (re-checked in full)
+            slid = self._slide(q, q_t, pos0, R0, dt, dq_meas)
+            if slid is not None:
+                q_s, how = slid
+                figures_s = self._figures(s, q_s, pos0, dt)
+                if self._target_problem(q, q_s, pos0, figures_s) is None:
+                    off = np.linalg.norm(self.kin.fk(q_s)[0] - self.kin.fk(q_t)[0])
+                    how += f"; TCP {off * 1000:.1f} mm from the asked position"
+                    q_t, figures, problem = q_s, figures_s, None
+                    adjusted = f"{adjusted}; {how}" if adjusted else how
+        if problem is not None:
+            return self._halt(state, a, problem[0], problem[1], **figures)
 
         scaled = s < 1.0 - _SCALE_TOL
         status = SafetyStatus.SCALED if scaled or adjusted else SafetyStatus.OK
@@ -327,6 +298,179 @@ class SafetyGate:
             reason = adjusted if not scaled else f"{reason}; {adjusted}"
         return Verdict(status=status, reason=reason, joint_command=q_t, gripper_command=gripper,
                        raw_action=a.copy(), **figures)
+
+    def _figures(self, s: float, q_t: np.ndarray, pos0: np.ndarray, dt: float) -> dict[str, float]:
+        pos_t, _ = self.kin.fk(q_t)
+        return {
+            "scale": float(s),
+            "tcp_speed": float(np.linalg.norm(pos_t - pos0) / dt),
+            "worst_joint_margin": float(np.min(np.minimum(q_t - self.lower, self.upper - q_t))),
+        }
+
+    def _target_problem(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray,
+                        figures: dict[str, float]) -> tuple[SafetyStatus, str] | None:
+        """Joint limits, workspace, singularity and collision of the step q -> q_t: the first failing
+        check's (status, reason), or None. Adds ``min_distance`` to ``figures``."""
+        cfg = self.config
+        m = cfg.joint_limit_margin
+        dq = q_t - q
+        # joint limits: inside the margin and moving toward the limit
+        toward = ((q_t < self.lower + m) & (dq < -1e-9)) | ((q_t > self.upper - m) & (dq > 1e-9))
+        if np.any(toward):
+            j = np.flatnonzero(toward)
+            names = [self.kin.joint_names[i] for i in j]
+            return (SafetyStatus.HALT_JOINT_LIMIT, f"{', '.join(names)} within {m} rad of a limit and moving "
+                    f"toward it (target {np.round(q_t[j], 4).tolist()})")
+
+        # workspace: the TCP stays in the box, or at least moves no further out
+        pos_t, _ = self.kin.fk(q_t)
+        tol = cfg.ik_position_tolerance
+        out = ((pos_t < self._wmin - tol) & (pos_t < pos0 - tol)) | ((pos_t > self._wmax + tol) & (pos_t > pos0 + tol))
+        if np.any(out):
+            axes = [("x", "y", "z")[i] for i in np.flatnonzero(out)]
+            return (SafetyStatus.HALT_WORKSPACE,
+                    f"TCP target {np.round(pos_t, 4).tolist()} leaves the workspace along {', '.join(axes)}")
+
+        # singularity: condition number past the threshold and growing
+        cond_t = self.kin.condition_number(q_t)
+        if cond_t > cfg.singularity_halt_condition and cond_t > self.kin.condition_number(q):
+            return (SafetyStatus.HALT_SINGULARITY,
+                    f"Jacobian condition number {cond_t:.1f} > {cfg.singularity_halt_condition} and rising")
+
+        # collision: too close and getting closer
+        if not (self.collision_checking and self.scene is not None):
+            return None
+        d_t = self.scene.distances(q_t)
+        figures["min_distance"] = d_t.minimum
+        bad = self._collision_along(q, q_t, d_t)
+        if bad is None:
+            return None
+        t, kind, d_at, _ = bad
+        d, pair, what, limit = {
+            0: (d_at.obstacle, d_at.obstacle_pair, "", cfg.min_obstacle_distance),
+            1: (d_at.object, d_at.object_pair, "scene object ", cfg.min_object_distance),
+            2: (d_at.self_, d_at.self_pair, "", cfg.min_self_distance),
+        }[kind]
+        other = f"{what}{pair[1]!r}" if what else pair[1]
+        where = "" if t >= 1.0 else f" {t:.0%} of the way to the target"
+        return (SafetyStatus.HALT_COLLISION,
+                f"{pair[0]} would come within {d * 1000:.1f} mm of {other}{where} (min {limit * 1000:.1f} mm)")
+
+    def _limits(self) -> tuple[float, float, float]:
+        cfg = self.config
+        return cfg.min_obstacle_distance, cfg.min_object_distance, cfg.min_self_distance
+
+    def _closing_in(self, d_t: Distances, q: np.ndarray, d_0: Distances | None = None) -> tuple[int, Distances] | None:
+        """The first kind (0 obstacle, 1 object, 2 self) that is too close at the target and closer than
+        at q, with the distances at q; None when every kind passes (q's distances computed only then)."""
+        mins = self._limits()
+        now = (d_t.obstacle, d_t.object, d_t.self_)
+        if not any(v < lim for v, lim in zip(now, mins)):
+            return None
+        if d_0 is None:
+            if self.scene is None:
+                return None
+            d_0 = self.scene.distances(q)
+        before = (d_0.obstacle, d_0.object, d_0.self_)
+        for k in range(3):
+            if now[k] < mins[k] and now[k] < before[k] - 1e-9:
+                return k, d_0
+        return None
+
+    def _collision_along(self, q: np.ndarray, q_t: np.ndarray, d_t: Distances,
+                         d_0: Distances | None = None) -> tuple[float, int, Distances, Distances] | None:
+        """(t, kind, distances there, distances at q) of the first pose on the joint-space segment
+        q -> q_t (what the controller interpolates; t = 1 is the target) where a kind is closer than
+        its limit and closer than at q; None when the whole segment passes. Poses between the ends
+        are checked every ``_PATH_RESOLUTION`` of the arm's path length, and only where that length
+        could bring a kind within its limit."""
+        scene = self.scene
+        if scene is None:
+            return None
+        bad = self._closing_in(d_t, q, d_0)
+        if bad is not None:
+            return 1.0, bad[0], d_t, bad[1]
+        mins = self._limits()
+        # only pairs whose distances at both ends leave less room than their path could take (see
+        # CollisionScene.path_pairs) are checked between the ends. Self distances are checked at the
+        # ends only: the links' relative motion is small within one speed-limited step and the
+        # 10 mm self margin covers it
+        if d_0 is None and scene.path_pairs(q, q_t, None, d_t, (mins[0], mins[1])).size == 0:
+            return None  # without the distances at q
+        d_0 = scene.distances(q) if d_0 is None else d_0
+        pairs = scene.path_pairs(q, q_t, d_0, d_t, (mins[0], mins[1]))
+        if pairs.size == 0:
+            return None
+        n = int(min(_PATH_MAX_SUBSTEPS, max(2, np.ceil(scene.path_length(q, q_t, pairs) / _PATH_RESOLUTION))))
+        kinds = np.array([scene.kind_of(p) for p in pairs])
+        lim = np.where(kinds == 1, mins[1], mins[0])
+        before = np.where(kinds == 1, d_0.object, d_0.obstacle)
+        for i in range(1, n):
+            t = i / n
+            q_m = q + t * (q_t - q)
+            d = scene.pair_distances(q_m, pairs)
+            if np.any((d < lim) & (d < before - 1e-9)):
+                d_m = scene.distances(q_m)  # the kind's closest pair there, for the reason and the slide
+                bad = self._closing_in(d_m, q, d_0)
+                if bad is not None and bad[0] != 2:
+                    return t, bad[0], d_m, d_0
+        return None
+
+    def _slide(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
+               dq_meas: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        """The target closest to ``q_t`` (to first order, measured by the TCP's motion) that comes no
+        closer to what it was about to hit than the limit or the present distance, whichever is
+        smaller: the motion along the surface is kept, the part into it removed. In rounds: another
+        pair may be the closest after a projection, and a projected target over a speed limit is
+        scaled toward q (as the main path scales) and checked again. None when no round ends clear;
+        the caller re-runs every check on the result."""
+        scene = self.scene
+        if scene is None:
+            return None
+        mins = self._limits()
+        d_0 = scene.distances(q)
+        before = (d_0.obstacle, d_0.object, d_0.self_)
+        cand = q_t.copy()
+        pairs: list[str] = []
+        # every surface met so far, linearised where it was met: (gradient, offset) with the
+        # constraint grad . x >= offset; the asked target is projected onto all of them at once, so
+        # two faces of a corner do not push it back and forth
+        rows: dict[tuple[int, float], tuple[np.ndarray, float]] = {}
+        scale = 1.0  # of the asked motion: over a speed limit, a shorter motion is slid instead
+        for _ in range(_SLIDE_ROUNDS):
+            bad = self._collision_along(q, cand, scene.distances(cand), d_0)
+            if bad is None:
+                f = self._speed_factor(q, cand, pos0, R0, dt, dq_meas, [])
+                if f >= 1.0 - _SCALE_TOL:
+                    break
+                if f <= 0.0:
+                    return None
+                scale *= f * 0.98
+            else:
+                # met at q_m = q + t (x - q) on the way to x: linearised there, as a constraint on x
+                t, k, d_at, _ = bad
+                pair = d_at.pair_index[k]
+                want = min(mins[k], before[k]) + _SLIDE_CLEARANCE
+                q_m = q + t * (cand - q)
+                d, grad = scene.pair_distance_gradient(q_m, pair)
+                rows[(pair, round(t, 3))] = (t * grad, want - d + t * float(grad @ cand))
+                names = scene.pair_names[pair]
+                label = f"{names[0]} along {names[1]}"
+                if label not in pairs:
+                    pairs.append(label)
+            # smallest change of the TCP's motion (not of the joints'): metric J^T W J, a little
+            # joint-space weight for the null space
+            J = self.kin.jacobian(cand)
+            metric = J.T @ (_SLIDE_TWIST_WEIGHT[:, None] * J) + _SLIDE_JOINT_WEIGHT * np.eye(self.n)
+            projected = _project(q + scale * (q_t - q), metric, rows)
+            if projected is None:
+                return None  # no joint moves these pairs apart
+            cand = projected
+        else:
+            return None
+        if not pairs or np.max(np.abs(cand - q)) < 1e-6:
+            return None
+        return cand, "adjusted: slid " + ", ".join(pairs)
 
     def _hold_limit_joints(self, q: np.ndarray, q_t: np.ndarray, ee_motion: np.ndarray | None, pos0: np.ndarray,
                            R0: np.ndarray, dt: float, dq_meas: np.ndarray | None) -> tuple[np.ndarray, str]:
@@ -443,6 +587,32 @@ class SafetyGate:
             f = min(f, cfg.tcp_max_angular_speed * dt / ang)
             reasons.append(f"TCP angular speed {ang / dt:.3f} rad/s > {cfg.tcp_max_angular_speed}")
         return max(f, 0.0)
+
+
+def _project(x: np.ndarray, metric: np.ndarray, rows: dict[tuple[int, float], tuple[np.ndarray, float]]) -> np.ndarray | None:
+    """The point closest to x in the metric with g . y >= b for every (g, b) in rows: y = x + M^-1 G^T l,
+    l >= 0 (active set: constraints x already meets, or that would pull back, are dropped). None
+    when the active constraints are degenerate."""
+    G = np.array([g for g, _ in rows.values()])
+    b = np.array([c for _, c in rows.values()])
+    MinvGt = np.linalg.solve(metric, G.T)
+    active = G @ x < b - 1e-12
+    for _ in range(len(b) + 1):
+        if not active.any():
+            return x
+        A = G[active] @ MinvGt[:, active]
+        if np.linalg.cond(A) > 1e12:
+            return None
+        lam = np.linalg.solve(A, b[active] - G[active] @ x)
+        if np.all(lam >= -1e-12):
+            y = x + MinvGt[:, active] @ lam
+            if np.all(G @ y >= b - 1e-9):
+                return y
+            active |= G @ y < b - 1e-9
+            continue
+        idx = np.flatnonzero(active)
+        active[idx[lam < 0]] = False
+    return None
 
 
 def _rotation_angle(R: np.ndarray) -> float:

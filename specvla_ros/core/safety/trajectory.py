@@ -6,7 +6,8 @@ velocity the previous step implies as the measured one. So every point gets the 
 checks a single action gets — finiteness, joint limits, workspace and IK, joint and TCP
 speed, acceleration between consecutive points (and from the measured state to the first),
 singularity, collisions with the table, static boxes, the robot itself and the scene
-objects — and a point the gate scales is the base of the next. The gate keeps the longest
+objects (along the joint-space segment from the point before, as a controller interpolates
+it) — and a point the gate scales or slides is the base of the next. The gate keeps the longest
 prefix in which every point passed; the first point that fails ends the path there (the
 points after it were planned from it). When the first point fails the robot holds, with the
 usual status and reason.

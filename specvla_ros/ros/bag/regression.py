@@ -540,6 +540,11 @@ def load_outputs(path: str | Path) -> OutputBag:
     return OutputBag(meta, frames, index)
 
 
+#: Exact (greedy) comparisons allow this much [robot units] between action values: rounding,
+#: far below one action bin (about 1e-4 of the range), so a different token still shows.
+EXACT_FLOAT_TOLERANCE = 1e-9
+
+
 def _floats_differ(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
     if len(a) != len(b):
         return True
@@ -582,16 +587,18 @@ def compare(golden: str | Path, candidate: str | Path, action_tolerance: float =
             exact: bool | None = None) -> RegressionReport:
     """Diff two output bags frame by frame, message by message.
 
-    exact: compare actions exactly (default: when the golden's mode is greedy);
-    otherwise action values (raw actions, joint and gripper commands) may differ by
-    action_tolerance. Verdict status, narration and trajectory layout always match exactly.
+    exact: compare actions exactly (default: when the golden's mode is greedy): the same tokens,
+    so the same values up to ``EXACT_FLOAT_TOLERANCE`` (the last bits of the IK and the gate's
+    floating point differ between CPUs and library builds); otherwise action values (raw
+    actions, joint and gripper commands) may differ by action_tolerance. Verdict status,
+    narration and trajectory layout always match exactly.
     """
     if action_tolerance < 0:
         raise ValueError(f"action_tolerance must be >= 0, got {action_tolerance}")
     gold, cand = load_outputs(golden), load_outputs(candidate)
     mode = str(gold.meta.get("settings", {}).get("mode", "greedy"))
     exact = (mode == "greedy") if exact is None else exact
-    tol = 0.0 if exact else action_tolerance
+    tol = EXACT_FLOAT_TOLERANCE if exact else action_tolerance
     diffs: list[Difference] = []
     notes: list[str] = []
     gs, cs = gold.meta.get("settings", {}), cand.meta.get("settings", {})
