@@ -63,6 +63,8 @@ class EvalConfig:
     backend: str = "direct"  # "direct" (Policy.step on the simulator) | "ros" (specvla_sim + specvla_node graph)
     horizon: int = 0  # actions decoded per decision (0 = the model's chunk length)
     execute_steps: int = 1  # plan points executed before the next decision (receding horizon)
+    ensemble: bool = False  # temporal ensembling of overlapping chunks (PolicyConfig.ensemble)
+    ensemble_coeff: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.horizon <= MAX_CHUNK_HORIZON:
@@ -155,6 +157,8 @@ def _policy_config(cfg: EvalConfig, mode: str):
         dtype=cfg.dtype,
         control_period_s=cfg.control_period_s,
         safe_envelope=mode != "baseline_nogate",
+        ensemble=cfg.ensemble,
+        ensemble_coeff=cfg.ensemble_coeff,
     )
 
 
@@ -175,7 +179,8 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
     dt = env.config.control_period_s
     res = EpisodeResult(mode=mode, task=task, seed=seed, success=False, collision=False, steps=0, unsafe_actions=0)
     plan: list[tuple[np.ndarray, float]] = []
-    since_plan = 1
+    since_plan = 0
+    running = False  # a plan of the last decision is being executed (else the arm holds: shift 0)
     measured = [np.asarray(env.robot_state().q, dtype=np.float64).copy()]
     step = 0
     while step < limit:
@@ -188,7 +193,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
             # the gate knows the objects on the table, as specvla_node does from /specvla/scene_objects
             policy.set_scene_objects(task_scene_objects(env))
             t0 = time.perf_counter()
-            out: PolicyOutput = policy.step(obs, state, shift=since_plan)
+            out: PolicyOutput = policy.step(obs, state, shift=since_plan if running else 0)
             res.latencies_s.append(time.perf_counter() - t0)
             res.decisions += 1
             v = out.verdict
@@ -217,6 +222,7 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
                 plan = []
                 env.command(v.joint_command, v.gripper_command)  # hold
             since_plan = 0
+            running = bool(plan)
         if plan:
             q, gripper = plan.pop(0)
             env.command(q, gripper)
@@ -416,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="actions decoded per decision (0 = the model's chunk length; fewer is allowed)")
     p.add_argument("--execute-steps", type=int, default=1,
                    help="plan points executed before the next decision (receding horizon)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="temporal ensembling of overlapping chunks (blend each plan with earlier plans' predictions)")
+    p.add_argument("--ensemble-coeff", type=float, default=0.01,
+                   help="ensembling weight decay, w_i = exp(-coeff i), i = 0 the oldest prediction")
     p.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
@@ -444,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                          relax_bins=args.relax_bins, draft_len=args.draft_len, target_dir=args.target,
                          draft_dir=args.draft, drafter=args.drafter, max_steps=args.max_steps,
                          seed_base=args.seed_base, device=args.device, dtype=args.dtype, backend=args.backend,
-                         horizon=args.horizon, execute_steps=args.execute_steps)
+                         horizon=args.horizon, execute_steps=args.execute_steps, ensemble=args.ensemble,
+                         ensemble_coeff=args.ensemble_coeff)
     except ValueError as exc:
         print(f"specvla_eval: {exc}", file=sys.stderr)
         return 2

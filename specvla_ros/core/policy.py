@@ -27,6 +27,7 @@ from specvla_ros.core.safety.collision_scene import SceneObject
 from specvla_ros.core.models.checkpoint_io import STATS_FILE
 from specvla_ros.core.models.frame_resize import ResizeMethod, resize_frame
 from specvla_ros.core.models.interface import ModelLoadError, VLAModel
+from specvla_ros.core.chunk_ensemble import ChunkEnsembler, EnsembleConfig
 from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
 from specvla_ros.core.safety.config import load_safety_config
@@ -59,6 +60,9 @@ class PolicyConfig:
     safety_config: safety.yaml path (None = the shipped one).
     safe_envelope: mask the decoder's action bins with the safety envelope.
     redecode_shrink: envelope scale (0, 1] for the one re-decode after a refused action.
+    ensemble: blend each chunk with the earlier chunks' predictions for the same steps
+        (temporal ensembling, ``core.chunk_ensemble``) before the gate; a hold or a new
+        instruction starts afresh. ensemble_coeff: its weight decay (0 = plain mean).
     """
 
     target_dir: str = str(DEFAULT_TARGET_DIR)
@@ -72,6 +76,8 @@ class PolicyConfig:
     safety_config: str | None = None
     safe_envelope: bool = True
     redecode_shrink: float = 0.5
+    ensemble: bool = False
+    ensemble_coeff: float = 0.01
 
     def __post_init__(self) -> None:
         if self.drafter not in DRAFTERS:
@@ -86,6 +92,7 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.control_period_s must be finite and > 0, got {self.control_period_s}")
         if not (0.0 < self.redecode_shrink <= 1.0):
             raise ValueError(f"PolicyConfig.redecode_shrink must be in (0, 1], got {self.redecode_shrink}")
+        EnsembleConfig(self.ensemble_coeff)  # validates
 
     @property
     def speculative(self) -> bool:
@@ -118,6 +125,8 @@ class Policy:
         self._bin_values = self.target.action_tokenizer.bin_values()
         self._image_size = _model_image_size(self.target)
         self._proprio_dim = getattr(getattr(self.target, "config", None), "proprio_dim", None)
+        self.ensembler = (ChunkEnsembler(EnsembleConfig(config.ensemble_coeff, gripper_dims=(ACTION_DIM - 1,)))
+                          if config.ensemble else None)
 
     # --- properties the node reads -----------------------------------------------
     @property
@@ -181,7 +190,8 @@ class Policy:
         """Decide the next action chunk. Bad inputs give a HALT_* verdict (hold), never an exception.
 
         shift: control steps executed since the previous decision (the previous chunk's tail from
-            there is this decision's free draft).
+            there is this decision's free draft); 0 when no plan has been running since (the arm
+            held): nothing of the earlier chunks is blended then.
         """
         t0 = time.perf_counter()
         problem = self._input_problem(obs, state)
@@ -190,11 +200,15 @@ class Policy:
             stats = DecodeStats(mode=self.config.decode.mode, safety_path="halted", chunk_len=self.horizon)
             stats.total_time_s = time.perf_counter() - t0
             hold = self.gate.hold(state, status, reason)
+            if self.ensembler is not None:
+                self.ensembler.reset()
             return PolicyOutput("", np.full(ACTION_DIM, np.nan), hold, stats, plan=TrajectoryVerdict.held(hold, self.horizon, self.gate.n))
         if obs.image.shape[:2] != self._image_size:
             obs = replace(obs, image=resize_frame(obs.image, self._image_size, self.target.image_resize))
 
         dt = self.config.control_period_s
+        if shift == 0 and self.ensembler is not None:
+            self.ensembler.reset()
         gate_time = 0.0
         mask = None
         if self.config.safe_envelope:
@@ -202,7 +216,8 @@ class Policy:
             mask = self.action_mask(state, 1.0)
             gate_time += time.perf_counter() - tg
         result = self.decoder.decode(obs, mask, shift)
-        plan = self.trajectory_gate.check(result.actions, state, dt)
+        actions = self._blend(result.actions, shift, obs.instruction)
+        plan = self.trajectory_gate.check(actions, state, dt)
         gate_time += plan.check_time_s
         stats = result.stats
         if not plan.is_halt:
@@ -216,7 +231,8 @@ class Policy:
             result = self.decoder.decode(obs, mask, shift)
             _merge_stats(stats, result.stats)
             stats.redecoded = 1
-            plan = self.trajectory_gate.check(result.actions, state, dt)
+            actions = self._blend(result.actions, shift, obs.instruction)
+            plan = self.trajectory_gate.check(actions, state, dt)
             gate_time += plan.check_time_s
             if plan.is_halt:
                 stats.safety_path = "halted"
@@ -227,7 +243,19 @@ class Policy:
         stats.points_published, stats.points_cut = plan.published, plan.cut
         stats.total_time_s = time.perf_counter() - t0
         verdict = plan.hold if plan.is_halt else plan.verdicts[0]
-        return PolicyOutput(result.narration, result.action, verdict, stats, plan=plan, actions=result.actions)
+        if self.ensembler is None:
+            return PolicyOutput(result.narration, result.action, verdict, stats, plan=plan, actions=result.actions)
+        if plan.is_halt:
+            self.ensembler.reset()  # the robot holds: the old plans no longer describe what comes next
+        else:
+            self.ensembler.push(result.actions, shift, obs.instruction)
+        return PolicyOutput(result.narration, actions[0].copy(), verdict, stats, plan=plan, actions=actions)
+
+    def _blend(self, actions: np.ndarray, shift: int, instruction: str) -> np.ndarray:
+        """The chunk the gate checks: the decoded one, or its ensemble with earlier chunks."""
+        if self.ensembler is None:
+            return actions
+        return self.ensembler.blend(actions, shift, instruction)
 
     def action_mask(self, state: RobotState, shrink: float = 1.0) -> np.ndarray:
         """Allowed action bins from the safety envelope: (7, n_bins) for one action, (H, 7, n_bins)

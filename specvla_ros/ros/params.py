@@ -92,6 +92,10 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("safe_envelope", BOOL, f"Accept/resample only action bins inside the safety envelope {_MODEL}"),
     ParamSpec("redecode_shrink", DOUBLE, f"Envelope shrink factor when re-decoding a halted action [1] {_MODEL}",
               min=0.0, max=1.0),
+    ParamSpec("ensemble", BOOL, f"Blend each plan with the earlier plans' predictions for the same steps "
+              f"(temporal ensembling of overlapping chunks) before the safety gate {_MODEL}"),
+    ParamSpec("ensemble_coeff", DOUBLE, f"Ensembling weight decay, w_i = exp(-coeff i) with i = 0 the oldest "
+              f"prediction (0 = plain mean) [1] {_MODEL}", min=0.0, max=10.0),
     ParamSpec("warmup_steps", INT, f"Decisions run on configure to warm up the models [steps] {_MODEL}",
               min=0, max=50),
     ParamSpec("decode.mode", STRING, f"Accept rule of the speculative decoder {_MODEL}",

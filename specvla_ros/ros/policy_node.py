@@ -730,9 +730,10 @@ class PolicyNode(LifecycleNode):
 
     def _plan_shift(self, now: float) -> int:
         """Control steps of the running plan begun since it was planned (the previous chunk's offset
-        for this decision's free draft)."""
+        for this decision's free draft); 0 when no plan runs (the arm holds: the previous chunk's
+        steps are all still ahead, and none of the earlier chunks may be blended into this one)."""
         plan = self._plan
-        return max(1, plan.begun(now)) if plan is not None else 1
+        return max(1, plan.begun(now)) if plan is not None else 0
 
     def _inference_lost(self, problem: str, snap: _Inputs) -> _Decision:
         """Hold while the inference process is gone, and start a new one (once at a time)."""
@@ -1003,7 +1004,8 @@ def policy_config(values: dict[str, Any]):  # -> specvla_ros.core.policy.PolicyC
         drafter=values["drafter"], decode=decode, device=values["device"], dtype=values["dtype"],
         unnorm_key=values["unnorm_key"] or None, control_period_s=float(values["control_period"]),
         safety_config=values["safety_config"] or None, safe_envelope=bool(values["safe_envelope"]),
-        redecode_shrink=float(values["redecode_shrink"]))
+        redecode_shrink=float(values["redecode_shrink"]), ensemble=bool(values["ensemble"]),
+        ensemble_coeff=float(values["ensemble_coeff"]))
     if values["target_dir"] != "default":
         kwargs["target_dir"] = values["target_dir"]
     if values["draft_dir"] != "default":
