@@ -339,3 +339,15 @@ def test_named_keypoint_target_trains_from_a_keypoint_checkpoint(demos, tmp_path
         obs = Observation(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "pick up the blue cube",
                           rng.normal(size=8).astype(np.float32) * 0.3, frame_id=i)
         assert spec.decode(obs).token_ids == base.decode(obs).token_ids
+
+
+def test_bf16_autocast_is_used_only_where_the_cpu_has_it() -> None:
+    from specvla_ros.train.cpu_features import native_bf16, resolve_bf16
+
+    amd = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+    sapphire = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert not native_bf16(amd) and native_bf16(sapphire)
+    assert not native_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
+    assert resolve_bf16("on") and not resolve_bf16("off") and resolve_bf16("auto") == native_bf16()
+    with pytest.raises(ValueError, match="bf16"):
+        resolve_bf16("maybe")
