@@ -125,7 +125,9 @@ class Policy:
         self._bin_values = self.target.action_tokenizer.bin_values()
         self._image_size = _model_image_size(self.target)
         self._proprio_dim = getattr(getattr(self.target, "config", None), "proprio_dim", None)
-        self.ensembler = (ChunkEnsembler(EnsembleConfig(config.ensemble_coeff, gripper_dims=(ACTION_DIM - 1,)))
+        # the gripper is the last action dimension of ee_delta (7 = 6 + 1); a 7-joint joint-space action has none
+        gripper = (ACTION_DIM - 1,) if self.gate.config.action_space == "ee_delta" or self.gate.n < ACTION_DIM else ()
+        self.ensembler = (ChunkEnsembler(EnsembleConfig(config.ensemble_coeff, gripper_dims=gripper))
                           if config.ensemble else None)
 
     # --- properties the node reads -----------------------------------------------
@@ -231,7 +233,7 @@ class Policy:
             result = self.decoder.decode(obs, mask, shift)
             _merge_stats(stats, result.stats)
             stats.redecoded = 1
-            actions = self._blend(result.actions, shift, obs.instruction)
+            actions = result.actions  # not blended: the earlier chunks may be what made the first plan fail
             plan = self.trajectory_gate.check(actions, state, dt)
             gate_time += plan.check_time_s
             if plan.is_halt:

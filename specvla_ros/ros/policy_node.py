@@ -121,6 +121,7 @@ class _ActivePlan:
     inputs: tuple | None = None  # (instruction, scene signature) it was decided against
     streamed: int = 0  # the last point whose step the stream has begun (point 0: sent with the decision)
     final_sent: bool = False  # interpolating: the last point itself has been sent
+    hold: bool = False  # a hold (the measured position), not a decision's plan
 
     def begun(self, now: float) -> int:
         """Points whose control step has begun by ``now``."""
@@ -733,7 +734,7 @@ class PolicyNode(LifecycleNode):
         for this decision's free draft); 0 when no plan runs (the arm holds: the previous chunk's
         steps are all still ahead, and none of the earlier chunks may be blended into this one)."""
         plan = self._plan
-        return max(1, plan.begun(now)) if plan is not None else 0
+        return max(1, plan.begun(now)) if plan is not None and not plan.hold else 0
 
     def _inference_lost(self, problem: str, snap: _Inputs) -> _Decision:
         """Hold while the inference process is gone, and start a new one (once at a time)."""
@@ -876,7 +877,8 @@ class PolicyNode(LifecycleNode):
                                   raw_action=verdict.raw_action)
         if problem is None:
             points, grippers = self._checked_plan(q, gripper, plan if not verdict.is_halt else None)
-            self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]), inputs)
+            self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]), inputs,
+                                     hold=verdict.is_halt)
             self._publish_position(points if self._p["command_interface"] == "joint_trajectory" else q)
             if math.isfinite(gripper):
                 self._pubs["gripper"].publish(conv.gripper_command(gripper))

@@ -35,6 +35,11 @@ _TABLE_DEPTH = 1.0
 _STATIC, _OBJECT, _SELF = 0, 1, 2
 #: Largest object edge accepted [m]: anything bigger is a perception error, not an object on a table.
 MAX_OBJECT_SIZE = 5.0
+#: Travel counted for a prismatic joint without finite limits when bounding path lengths [m].
+_UNBOUNDED_TRAVEL = 10.0
+#: Largest distance of an object's centre from the robot base accepted [m]: further is a perception
+#: or units error (and coal's distances lose meaning at absurd ranges).
+MAX_OBJECT_RANGE = 10.0
 #: Name of the box between the two fingers in verdict messages.
 FINGER_GAP = "panda_finger_gap"
 
@@ -70,6 +75,8 @@ class SceneObject:
                              "must have 3 values each")
         if not all(math.isfinite(v) for v in c):
             raise ValueError(f"scene object {self.name!r}: center {c} is not finite")
+        if math.dist(c, (0.0, 0.0, 0.0)) > MAX_OBJECT_RANGE:
+            raise ValueError(f"scene object {self.name!r}: center {c} is more than {MAX_OBJECT_RANGE} m from the base")
         if not all(math.isfinite(v) and 0.0 < v <= MAX_OBJECT_SIZE for v in s):
             raise ValueError(f"scene object {self.name!r}: size {s} must be finite, > 0 and <= "
                              f"{MAX_OBJECT_SIZE} m")
@@ -193,9 +200,12 @@ class CollisionScene:
         # per pair (robot primitive first in every table/box/object pair), per joint: how far a point
         # of the robot's primitive can lie from that joint's axis; 0 for self pairs (not used)
         self._pair_reach = np.zeros((len(kinds), model.nv))
+        self._pair_robot = np.array([pair.first for pair in self.geom.collisionPairs])
+        self._geom_radius = np.zeros(self.geom.ngeoms)
         for i, pair in enumerate(self.geom.collisionPairs):
             if kinds[i] != _SELF:
                 self._pair_reach[i] = self._joint_reach(pair.first)
+                self._geom_radius[pair.first] = _bounding_radius(self.geom.geometryObjects[pair.first].geometry)
         self.geom_data = pin.GeometryData(self.geom)
         for req in self.geom_data.distanceRequests:
             req.enable_signed_distance = True
@@ -208,9 +218,10 @@ class CollisionScene:
         self.objects: tuple = ()
 
     def _joint_reach(self, geom: int) -> np.ndarray:
-        """Per joint, the furthest [m] a point of primitive ``geom`` can lie from that joint's axis in any
-        pose (0 for joints that do not move it): the joint-to-joint lengths down to the primitive's
-        joint plus the primitive's own extent."""
+        """Per joint, how far [m] a point of primitive ``geom`` can move per unit of that joint in any
+        pose (0 for joints that do not move it). Revolute: its furthest distance from the joint, the
+        joint-to-joint lengths down to the primitive's joint plus the primitive's own extent, each
+        prismatic joint between them counted at its full travel. Prismatic: 1 (a translation)."""
         model = self.kin.model
         pin.forwardKinematics(model, self.data, pin.neutral(model))
         obj = self.geom.geometryObjects[geom]
@@ -218,7 +229,15 @@ class CollisionScene:
         reach = np.zeros(model.nv)
         chain = 0.0
         for j in range(obj.parentJoint, 0, -1):
-            reach[model.joints[j].idx_v] = chain + own
+            joint = model.joints[j]
+            prismatic = "Prismatic" in joint.shortname() or joint.shortname() in ("JointModelPX", "JointModelPY",
+                                                                                  "JointModelPZ")
+            if prismatic:
+                reach[joint.idx_v] = 1.0
+                lo, hi = model.lowerPositionLimit[joint.idx_q], model.upperPositionLimit[joint.idx_q]
+                chain += float(hi - lo) if np.isfinite(hi - lo) else _UNBOUNDED_TRAVEL
+            else:
+                reach[joint.idx_v] = chain + own
             chain += float(np.linalg.norm(self.data.oMi[j].translation - self.data.oMi[model.parents[j]].translation))
         return reach
 
@@ -316,35 +335,46 @@ class CollisionScene:
         return Distances(obstacle=obs, self_=slf, obstacle_pair=obs_pair, self_pair=slf_pair,
                          object=obj, object_pair=obj_pair, pair_index=(i_obs, i_obj, i_slf), per_pair=per_pair)
 
-    def path_pairs(self, q0: np.ndarray, q1: np.ndarray, d0: Distances | None, d1: Distances,
-                   limits: tuple[float, float]) -> np.ndarray:
-        """Table/box and object pairs that could come within their limit (``limits``: obstacle, object)
-        somewhere on the joint-space segment q0 -> q1, given their distances at both ends: a point of
-        the robot's primitive travels at most L = sum_i |dq_i| reach_i, so on the way it stays within
-        t L of its start and (1 - t) L of its end, and a pair with (d0 + d1 - L) / 2 >= limit cannot
-        (without d0: d1 - L >= limit, a looser test that needs no distances at q0). Self pairs are not
-        returned (see ``SafetyGate``)."""
-        dq = np.abs(np.asarray(q1, dtype=np.float64) - np.asarray(q0, dtype=np.float64))
-        length = self._pair_reach @ dq
-        lim = np.where(self._kind == _OBJECT, limits[1], limits[0])
-        room = d1.per_pair - length if d0 is None else (d0.per_pair + d1.per_pair - length) / 2
-        risky = (self._kind != _SELF) & self._active & (room < lim)
-        return np.flatnonzero(risky)
+    @property
+    def pair_kinds(self) -> np.ndarray:
+        """Per collision pair: 0 robot vs table/box, 1 robot vs scene object, 2 robot vs itself."""
+        return self._kind
 
-    def path_length(self, q0: np.ndarray, q1: np.ndarray, pairs: np.ndarray) -> float:
-        """The longest path bound [m] among ``pairs`` on the segment q0 -> q1 (see ``path_pairs``)."""
+    @property
+    def path_checked(self) -> np.ndarray:
+        """Mask of the pairs checked along a step's path: the active table/box and object pairs."""
+        return self._active & (self._kind != _SELF)
+
+    def path_bounds(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        """Per pair, an upper bound L [m] on the length of the path any point of its robot primitive
+        travels on the joint-space segment q0 -> q1: sum over joints of |dq_i| times how far that
+        joint moves the primitive per unit (see ``_joint_reach``); 0 for self pairs (not bounded).
+        At fraction t of the way such a point is within t L of its start and (1 - t) L of its end,
+        so the pair's distance there is at least (d0 + d1 - L) / 2."""
         dq = np.abs(np.asarray(q1, dtype=np.float64) - np.asarray(q0, dtype=np.float64))
-        return float(np.max(self._pair_reach[pairs] @ dq)) if len(pairs) else 0.0
+        return self._pair_reach @ dq
+
+    def pair_sweeps(self, q0: np.ndarray, q1: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """Per pair, how far its robot primitive moves between poses q0 and q1 [m]: its origin's
+        displacement plus its extent times its rotation angle (the end-to-end motion; a short
+        joint-space step moves it along a nearly straight path)."""
+        geoms = self._pair_robot[pairs]
+        places = []
+        for q in (q0, q1):
+            pin.updateGeometryPlacements(self.kin.model, self.data, self.geom, self.geom_data,
+                                         np.asarray(q, dtype=np.float64))
+            places.append([self.geom_data.oMg[int(g)].copy() for g in geoms])
+        out = np.empty(len(geoms))
+        for k, (a, b) in enumerate(zip(*places)):
+            angle = float(np.linalg.norm(pin.log3(a.rotation.T @ b.rotation)))
+            out[k] = float(np.linalg.norm(b.translation - a.translation)) + self._geom_radius[int(geoms[k])] * angle
+        return out
 
     def pair_distances(self, q: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         """Signed distances [m] of just these pairs at q (cheaper than ``distances`` for a few)."""
         pin.updateGeometryPlacements(self.kin.model, self.data, self.geom, self.geom_data,
                                      np.asarray(q, dtype=np.float64))
         return np.array([pin.computeDistance(self.geom, self.geom_data, int(p)).min_distance for p in pairs])
-
-    def kind_of(self, pair: int) -> int:
-        """0 for a table/box pair, 1 for an object pair, 2 for a self pair."""
-        return int(self._kind[pair])
 
     def pair_distance_gradient(self, q: np.ndarray, pair: int, step: float = 1e-4) -> tuple[float, np.ndarray]:
         """One collision pair's signed distance [m] at q and its gradient d(distance)/dq [m/rad]

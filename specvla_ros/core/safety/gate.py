@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pinocchio as pin
@@ -41,19 +42,31 @@ _SCALE_TOL = 1e-6
 #: Re-targeting rounds when the target's joint/TCP speeds still exceed a limit.
 _SPEED_ROUNDS = 8
 #: Projection rounds of a target that would collide (each may meet another closest pair).
-_SLIDE_ROUNDS = 10
+_SLIDE_ROUNDS = 24
 #: A slid target aims this much [m] past the distance it must keep (the projection is first order).
 _SLIDE_CLEARANCE = 5e-4
-#: Poses between a step's ends are collision-checked this far apart [m] of path length ...
-_PATH_RESOLUTION = 0.005
-#: ... with at most this many substeps.
-_PATH_MAX_SUBSTEPS = 16
+#: Distance computations (of the undecided pairs only) a step's path may take to be shown clear.
+_PATH_MAX_EVALS = 64
+#: A primitive's path on a step is taken this much longer than its end-to-end motion (its curve).
+_SWEEP_FACTOR = 1.25
 #: How a slide weighs changes of the TCP twist: 1 per m, and 0.1 m per rad of rotation.
 _SLIDE_TWIST_WEIGHT = np.array([1.0, 1.0, 1.0, 0.01, 0.01, 0.01])
 #: ... and of the joints themselves [m^2 per rad^2]: small, so the null space is not free.
-_SLIDE_JOINT_WEIGHT = 1e-4
+_SLIDE_JOINT_WEIGHT = 0.003
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Contact:
+    """Where a step comes too close: t of the way to the target (1 = the target), the collision pair
+    and its distance there [m]; certified False when the path could not be shown clear (not a
+    measured contact)."""
+
+    t: float
+    pair: int
+    distance: float
+    certified: bool = True
 
 
 class SafetyGate:
@@ -279,10 +292,14 @@ class SafetyGate:
         problem = self._target_problem(q, q_t, pos0, figures)
         if problem is not None and problem[0] == SafetyStatus.HALT_COLLISION and cfg.slide_along_obstacles:
             # minimal change instead of a halt: keep the motion along what it would hit (re-checked in full)
-            slid = self._slide(q, q_t, pos0, R0, dt, dq_meas)
+            try:
+                slid = self._slide(q, q_t, pos0, R0, dt, dq_meas)
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+                _log.warning("slide failed (%s): the halt stands", exc)
+                slid = None
             if slid is not None:
-                q_s, how = slid
-                figures_s = self._figures(s, q_s, pos0, dt)
+                q_s, how, slide_scale = slid
+                figures_s = self._figures(s * slide_scale, q_s, pos0, dt)
                 if self._target_problem(q, q_s, pos0, figures_s) is None:
                     off = np.linalg.norm(self.kin.fk(q_s)[0] - self.kin.fk(q_t)[0])
                     how += f"; TCP {off * 1000:.1f} mm from the asked position"
@@ -342,117 +359,128 @@ class SafetyGate:
             return None
         d_t = self.scene.distances(q_t)
         figures["min_distance"] = d_t.minimum
-        bad = self._collision_along(q, q_t, d_t)
-        if bad is None:
+        contact = self._collision_along(q, q_t, d_t)
+        if contact is None:
             return None
-        t, kind, d_at, _ = bad
-        d, pair, what, limit = {
-            0: (d_at.obstacle, d_at.obstacle_pair, "", cfg.min_obstacle_distance),
-            1: (d_at.object, d_at.object_pair, "scene object ", cfg.min_object_distance),
-            2: (d_at.self_, d_at.self_pair, "", cfg.min_self_distance),
-        }[kind]
-        other = f"{what}{pair[1]!r}" if what else pair[1]
-        where = "" if t >= 1.0 else f" {t:.0%} of the way to the target"
+        names = self.scene.pair_names[contact.pair]
+        kind = self.scene.pair_kinds[contact.pair]
+        other = f"scene object {names[1]!r}" if kind == 1 else names[1]
+        limit = float(self._pair_limits()[contact.pair])
+        where = "" if contact.t >= 1.0 else f" {contact.t:.0%} of the way to the target"
+        if not contact.certified:
+            return (SafetyStatus.HALT_COLLISION,
+                    f"{names[0]} cannot be shown to stay {limit * 1000:.1f} mm from {other} on the way to the target "
+                    f"({contact.distance * 1000:.1f} mm near{where})")
         return (SafetyStatus.HALT_COLLISION,
-                f"{pair[0]} would come within {d * 1000:.1f} mm of {other}{where} (min {limit * 1000:.1f} mm)")
+                f"{names[0]} would come within {contact.distance * 1000:.1f} mm of {other}{where} "
+                f"(min {limit * 1000:.1f} mm)")
 
-    def _limits(self) -> tuple[float, float, float]:
+    def _pair_limits(self) -> np.ndarray:
+        """The distance each collision pair must keep [m] (by its kind: table/box, object, self)."""
         cfg = self.config
-        return cfg.min_obstacle_distance, cfg.min_object_distance, cfg.min_self_distance
-
-    def _closing_in(self, d_t: Distances, q: np.ndarray, d_0: Distances | None = None) -> tuple[int, Distances] | None:
-        """The first kind (0 obstacle, 1 object, 2 self) that is too close at the target and closer than
-        at q, with the distances at q; None when every kind passes (q's distances computed only then)."""
-        mins = self._limits()
-        now = (d_t.obstacle, d_t.object, d_t.self_)
-        if not any(v < lim for v, lim in zip(now, mins)):
-            return None
-        if d_0 is None:
-            if self.scene is None:
-                return None
-            d_0 = self.scene.distances(q)
-        before = (d_0.obstacle, d_0.object, d_0.self_)
-        for k in range(3):
-            if now[k] < mins[k] and now[k] < before[k] - 1e-9:
-                return k, d_0
-        return None
+        kinds = self.scene.pair_kinds if self.scene is not None else np.empty(0, dtype=np.int8)
+        return np.choose(kinds, (cfg.min_obstacle_distance, cfg.min_object_distance, cfg.min_self_distance))
 
     def _collision_along(self, q: np.ndarray, q_t: np.ndarray, d_t: Distances,
-                         d_0: Distances | None = None) -> tuple[float, int, Distances, Distances] | None:
-        """(t, kind, distances there, distances at q) of the first pose on the joint-space segment
-        q -> q_t (what the controller interpolates; t = 1 is the target) where a kind is closer than
-        its limit and closer than at q; None when the whole segment passes. Poses between the ends
-        are checked every ``_PATH_RESOLUTION`` of the arm's path length, and only where that length
-        could bring a kind within its limit."""
+                         d_0: Distances | None = None) -> _Contact | None:
+        """The first place on the joint-space segment q -> q_t (what the controller interpolates) where a
+        collision pair is closer than its limit and closer than it is at q (each pair on its own: one
+        pair already inside its margin lets no other pair come closer), or None when the whole
+        segment passes.
+
+        The ends are computed. Between them, a pair whose distances at both ends leave room for a
+        bound on how far its robot primitive can travel (``CollisionScene.path_bounds``: (d0 + d1 - L)
+        / 2 keeps what it must) is clear without a look; the others are bisected with their
+        primitives' estimated path length until every piece is shown clear, a computed pose is too
+        close, or ``_PATH_MAX_EVALS`` computations are spent (then the step counts as too close).
+        Self pairs are checked at the ends only: their relative motion within one speed-limited step
+        is small and the 10 mm self margin covers it."""
         scene = self.scene
         if scene is None:
             return None
-        bad = self._closing_in(d_t, q, d_0)
-        if bad is not None:
-            return 1.0, bad[0], d_t, bad[1]
-        mins = self._limits()
-        # only pairs whose distances at both ends leave less room than their path could take (see
-        # CollisionScene.path_pairs) are checked between the ends. Self distances are checked at the
-        # ends only: the links' relative motion is small within one speed-limited step and the
-        # 10 mm self margin covers it
-        if d_0 is None and scene.path_pairs(q, q_t, None, d_t, (mins[0], mins[1])).size == 0:
-            return None  # without the distances at q
+        lim = self._pair_limits()
+        end = d_t.per_pair
+        length = scene.path_bounds(q, q_t)
+        moving = scene.path_checked  # active table/box/object pairs
+        low_end = ~(end >= lim)  # NaN counts as too close
+        if not low_end.any() and np.all(end[moving] - length[moving] >= lim[moving]):
+            return None  # clear at the end and all the way, without the distances at q
         d_0 = scene.distances(q) if d_0 is None else d_0
-        pairs = scene.path_pairs(q, q_t, d_0, d_t, (mins[0], mins[1]))
+        # what each pair must keep: its limit, or where it already is inside that, the present distance
+        keep = np.minimum(lim, d_0.per_pair - 1e-9)
+        bad = ~(end >= keep)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[np.argmin(end[bad])])
+            return _Contact(1.0, i, float(end[i]))
+        pairs = np.flatnonzero(moving & ((d_0.per_pair + end - length) / 2 < keep))
         if pairs.size == 0:
             return None
-        n = int(min(_PATH_MAX_SUBSTEPS, max(2, np.ceil(scene.path_length(q, q_t, pairs) / _PATH_RESOLUTION))))
-        kinds = np.array([scene.kind_of(p) for p in pairs])
-        lim = np.where(kinds == 1, mins[1], mins[0])
-        before = np.where(kinds == 1, d_0.object, d_0.obstacle)
-        for i in range(1, n):
-            t = i / n
-            q_m = q + t * (q_t - q)
-            d = scene.pair_distances(q_m, pairs)
-            if np.any((d < lim) & (d < before - 1e-9)):
-                d_m = scene.distances(q_m)  # the kind's closest pair there, for the reason and the slide
-                bad = self._closing_in(d_m, q, d_0)
-                if bad is not None and bad[0] != 2:
-                    return t, bad[0], d_m, d_0
+        # the rest: an interval [a, b] of the way is clear for a pair when (d_a + d_b - S (b - a)) / 2
+        # keeps what it must, S the length of its primitive's path (its end-to-end motion, longer by
+        # _SWEEP_FACTOR for the curve); otherwise its middle is computed and both halves looked at, up
+        # to _PATH_MAX_EVALS computations -- a path still not shown clear then counts as too close
+        sweep = scene.pair_sweeps(q, q_t, pairs) * _SWEEP_FACTOR
+        stack = [(0.0, 1.0, np.arange(pairs.size), d_0.per_pair[pairs], end[pairs])]
+        evals = 0
+        while stack:
+            ta, tb, ks, da, db = stack.pop()
+            open_ = (da + db - sweep[ks] * (tb - ta)) / 2 < keep[pairs[ks]]
+            if not open_.any():
+                continue
+            ks, da, db = ks[open_], da[open_], db[open_]
+            tm = (ta + tb) / 2
+            if evals >= _PATH_MAX_EVALS:
+                j = int(np.argmin(np.minimum(da, db)))
+                return _Contact(tm, int(pairs[ks[j]]), float(min(da[j], db[j])), certified=False)
+            dm = scene.pair_distances(q + tm * (q_t - q), pairs[ks])
+            evals += 1
+            low = ~(dm >= keep[pairs[ks]])
+            if low.any():
+                j = int(np.flatnonzero(low)[np.argmin(dm[low])])
+                return _Contact(tm, int(pairs[ks[j]]), float(dm[j]))
+            stack.append((tm, tb, ks, dm, db))
+            stack.append((ta, tm, ks, da, dm))  # popped first: the earlier half
         return None
 
     def _slide(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
-               dq_meas: np.ndarray | None) -> tuple[np.ndarray, str] | None:
-        """The target closest to ``q_t`` (to first order, measured by the TCP's motion) that comes no
-        closer to what it was about to hit than the limit or the present distance, whichever is
-        smaller: the motion along the surface is kept, the part into it removed. In rounds: another
-        pair may be the closest after a projection, and a projected target over a speed limit is
-        scaled toward q (as the main path scales) and checked again. None when no round ends clear;
-        the caller re-runs every check on the result."""
+               dq_meas: np.ndarray | None) -> tuple[np.ndarray, str, float] | None:
+        """The target closest to ``q_t`` (to first order, measured by the TCP's motion) that brings no
+        pair closer than its limit or its present distance, whichever is smaller: the motion along the
+        surface is kept, the part into it removed. In rounds: another pair may come too close after a
+        projection, and a projected target over a speed limit or the raw action bounds is slid again
+        from a shorter asked motion. Returns (target, what was done, the asked motion's scale), or
+        None when no round ends clear; the caller re-runs every check on the result."""
         scene = self.scene
         if scene is None:
             return None
-        mins = self._limits()
+        lim = self._pair_limits()
         d_0 = scene.distances(q)
-        before = (d_0.obstacle, d_0.object, d_0.self_)
+        keep = np.minimum(lim, d_0.per_pair)
         cand = q_t.copy()
         pairs: list[str] = []
         # every surface met so far, linearised where it was met: (gradient, offset) with the
         # constraint grad . x >= offset; the asked target is projected onto all of them at once, so
         # two faces of a corner do not push it back and forth
         rows: dict[tuple[int, float], tuple[np.ndarray, float]] = {}
-        scale = 1.0  # of the asked motion: over a speed limit, a shorter motion is slid instead
+        scale = 1.0  # of the asked motion: over a speed limit or a raw bound, a shorter motion is slid
         for _ in range(_SLIDE_ROUNDS):
-            bad = self._collision_along(q, cand, scene.distances(cand), d_0)
-            if bad is None:
+            contact = self._collision_along(q, cand, scene.distances(cand), d_0)
+            if contact is None:
                 f = self._speed_factor(q, cand, pos0, R0, dt, dq_meas, [])
-                if f >= 1.0 - _SCALE_TOL:
-                    break
                 if f <= 0.0:
                     return None
-                scale *= f * 0.98
+                if f < 1.0 - _SCALE_TOL:
+                    scale *= f * 0.98
+                elif not self._within_raw_bounds(q, cand, pos0, R0):
+                    scale *= 0.9
+                else:
+                    break
             else:
                 # met at q_m = q + t (x - q) on the way to x: linearised there, as a constraint on x
-                t, k, d_at, _ = bad
-                pair = d_at.pair_index[k]
-                want = min(mins[k], before[k]) + _SLIDE_CLEARANCE
+                t, pair = contact.t, contact.pair
                 q_m = q + t * (cand - q)
                 d, grad = scene.pair_distance_gradient(q_m, pair)
+                want = keep[pair] + _SLIDE_CLEARANCE
                 rows[(pair, round(t, 3))] = (t * grad, want - d + t * float(grad @ cand))
                 names = scene.pair_names[pair]
                 label = f"{names[0]} along {names[1]}"
@@ -470,7 +498,25 @@ class SafetyGate:
             return None
         if not pairs or np.max(np.abs(cand - q)) < 1e-6:
             return None
-        return cand, "adjusted: slid " + ", ".join(pairs)
+        return cand, "adjusted: slid " + ", ".join(pairs), scale
+
+    def _within_raw_bounds(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray) -> bool:
+        """Whether the step q -> q_t stays inside the raw action bounds (what the main path scales or
+        refuses before IK): ee_delta per-axis TCP translation and the rotation angle, joint_delta the
+        per-joint step, joint_position the absolute target."""
+        cfg = self.config
+        if cfg.action_space == "joint_position":
+            return bool(np.all(q_t >= self._lo_raw[:self.n]) and np.all(q_t <= self._hi_raw[:self.n]))
+        if cfg.action_space == "joint_delta":
+            dq = q_t - q
+            return bool(np.all(dq >= self._lo_raw[:self.n] - 1e-12) and np.all(dq <= self._hi_raw[:self.n] + 1e-12))
+        pos_t, R_t = self.kin.fk(q_t)
+        tol = cfg.ik_position_tolerance
+        move = pos_t - pos0
+        if np.any(move < self._lo_raw[:3] - tol) or np.any(move > self._hi_raw[:3] + tol):
+            return False
+        max_angle = float(np.min(np.maximum(-self._lo_raw[3:6], self._hi_raw[3:6])))
+        return _rotation_angle(R_t @ R0.T) <= max_angle + cfg.ik_rotation_tolerance
 
     def _hold_limit_joints(self, q: np.ndarray, q_t: np.ndarray, ee_motion: np.ndarray | None, pos0: np.ndarray,
                            R0: np.ndarray, dt: float, dq_meas: np.ndarray | None) -> tuple[np.ndarray, str]:
@@ -589,30 +635,44 @@ class SafetyGate:
         return max(f, 0.0)
 
 
-def _project(x: np.ndarray, metric: np.ndarray, rows: dict[tuple[int, float], tuple[np.ndarray, float]]) -> np.ndarray | None:
-    """The point closest to x in the metric with g . y >= b for every (g, b) in rows: y = x + M^-1 G^T l,
-    l >= 0 (active set: constraints x already meets, or that would pull back, are dropped). None
-    when the active constraints are degenerate."""
+def _project(x: np.ndarray, metric: np.ndarray, rows: dict[tuple[int, float], tuple[np.ndarray, float]]
+             ) -> np.ndarray | None:
+    """The point closest to x in the metric M with g . y >= b for every (g, b) in rows, or None when the
+    rows cannot all be met. y = x + M^-1 G^T l with l >= 0 minimising 1/2 l^T A l - r^T l, A = G M^-1 G^T,
+    r = b - G x (the dual), solved by Lawson-Hanson's active set; the result is checked against
+    every row."""
+    if not rows:
+        return x
     G = np.array([g for g, _ in rows.values()])
     b = np.array([c for _, c in rows.values()])
+    if np.all(G @ x >= b - 1e-12):
+        return x
     MinvGt = np.linalg.solve(metric, G.T)
-    active = G @ x < b - 1e-12
-    for _ in range(len(b) + 1):
-        if not active.any():
-            return x
-        A = G[active] @ MinvGt[:, active]
-        if np.linalg.cond(A) > 1e12:
-            return None
-        lam = np.linalg.solve(A, b[active] - G[active] @ x)
-        if np.all(lam >= -1e-12):
-            y = x + MinvGt[:, active] @ lam
-            if np.all(G @ y >= b - 1e-9):
-                return y
-            active |= G @ y < b - 1e-9
-            continue
-        idx = np.flatnonzero(active)
-        active[idx[lam < 0]] = False
-    return None
+    A = G @ MinvGt
+    r = b - G @ x
+    m = len(b)
+    lam = np.zeros(m)
+    free = np.zeros(m, dtype=bool)  # the passive set: rows whose multiplier may be > 0
+    for _ in range(3 * m + 3):
+        w = r - A @ lam
+        cand = np.flatnonzero(~free & (w > 1e-12))
+        if cand.size == 0:
+            break
+        free[cand[np.argmax(w[cand])]] = True
+        for _ in range(3 * m + 3):
+            z = np.zeros(m)
+            idx = np.flatnonzero(free)
+            z[idx] = np.linalg.lstsq(A[np.ix_(idx, idx)], r[idx], rcond=None)[0]
+            if np.all(z[idx] > 1e-15):
+                lam = z
+                break
+            neg = idx[z[idx] <= 1e-15]
+            step = np.min(lam[neg] / np.maximum(lam[neg] - z[neg], 1e-300))
+            lam = lam + step * (z - lam)
+            free &= lam > 1e-15
+            lam[~free] = 0.0
+    y = x + MinvGt @ lam
+    return y if np.all(G @ y >= b - 1e-9) else None
 
 
 def _rotation_angle(R: np.ndarray) -> float:
