@@ -17,7 +17,7 @@ PROMPT = "pick up the red cube"
 
 def _chunk(seed: int, h: int = H) -> np.ndarray:
     c = np.random.default_rng(seed).uniform(-0.02, 0.02, (h, 7))
-    c[:, 6] = np.random.default_rng(seed + 100).uniform(0, 1, h)
+    c[:, 6] = np.random.default_rng(seed + 100).uniform(0.5, 1, h)  # open (one gripper phase), not all alike
     return c
 
 
@@ -91,7 +91,9 @@ def test_the_policy_blends_before_the_gate_and_starts_afresh_after_a_hold(chunk_
     np.testing.assert_array_equal(first.actions, raw[0])
     second = blended.step(_obs(1), state, shift=1)
     expected = raw[1].copy()
-    expected[:H - 1, :6] = (raw[0][1:, :6] + raw[1][:H - 1, :6]) / 2
+    for k in range(H - 1):  # blended where both chunks agree on the gripper's phase at that step
+        if (raw[0][k + 1, 6] < 0.5) == (raw[1][k, 6] < 0.5):
+            expected[k, :6] = (raw[0][k + 1, :6] + raw[1][k, :6]) / 2
     np.testing.assert_allclose(second.actions, expected, atol=1e-12)
     np.testing.assert_allclose(second.action, expected[0], atol=1e-12)
     # what the gate checked is the blend: its first point is the blended first action's target
@@ -100,3 +102,17 @@ def test_the_policy_blends_before_the_gate_and_starts_afresh_after_a_hold(chunk_
     # shift 0 (the arm held): nothing earlier is blended
     third = blended.step(_obs(2), state, shift=0)
     np.testing.assert_array_equal(third.actions, plain.step(_obs(2), state, shift=0).actions)
+
+
+def test_predictions_from_the_other_gripper_phase_are_not_blended() -> None:
+    """A chunk decided before the grasp planned the way down; once the newest chunk closes the
+    gripper at a step, only predictions that close it there too are averaged."""
+    ens = ChunkEnsembler(EnsembleConfig(0.0))
+    before = _chunk(1)
+    before[:, 6] = 1.0  # open all along: still approaching
+    after = _chunk(2)
+    after[:, 6] = [1.0, 0.0, 0.0, 0.0]  # closes from step 1 on
+    ens.push(before, 0, PROMPT)
+    out = ens.blend(after, 1, PROMPT)
+    np.testing.assert_allclose(out[0, :6], (before[1, :6] + after[0, :6]) / 2)  # both open at step 0
+    np.testing.assert_array_equal(out[1:], after[1:])  # the grasp's steps: the newest chunk alone

@@ -10,6 +10,9 @@ way from the predictions that reach it.
 Actions are the robot's per-step motions (ee_delta: the TCP's motion during that step), so the
 mean is a mean of motions for the same step. The gripper dimension is not averaged: the
 expert's gripper labels switch, a mean would only delay the switch; it is the newest chunk's.
+And only predictions that agree with the newest chunk on the gripper (open or closed at that
+step) are blended: one made before a grasp or a release planned the other phase's motion (down
+to the object, not up with it), and averaging it in delays the new phase.
 The blend is made before the trajectory gate, which checks the result like any other plan.
 """
 from __future__ import annotations
@@ -17,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+#: Gripper actions below this are "closing/closed", above "open" (the action is 0..1).
+_GRIPPER_SPLIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,9 @@ class ChunkEnsembler:
         keep = [d for d in self.config.gripper_dims if d < new.shape[1]]
         for k in range(new.shape[0]):
             preds = [c[age + k] for c, age in older if age + k < c.shape[0] and c.shape[1] == new.shape[1]]
+            if keep:  # the same gripper phase as the newest chunk at this step
+                closed = new[k, keep] < _GRIPPER_SPLIT
+                preds = [p for p in preds if np.array_equal(p[keep] < _GRIPPER_SPLIT, closed)]
             if not preds:
                 continue
             preds.append(new[k])  # the newest last: oldest first, as the weights count
