@@ -55,6 +55,7 @@ class Feeder:
     joints: JointState | None = field(default_factory=joint_state)
     stamp_offset: float = 0.0  # [s] added to each frame's stamp (a camera clock that is off)
     frames_sent: int = 0
+    restamp: bool = True  # False: the frame keeps its stamp (one frame sent again and again)
 
     def __post_init__(self) -> None:
         compressed = isinstance(self.image, CompressedImage)
@@ -68,8 +69,9 @@ class Feeder:
     def _tick(self) -> None:
         if self.image is not None:
             self.frames_sent += 1
-            now = self.node.get_clock().now().nanoseconds + int(self.stamp_offset * 1e9)
-            self.image.header.stamp.sec, self.image.header.stamp.nanosec = divmod(now, 10**9)
+            if self.restamp:
+                now = self.node.get_clock().now().nanoseconds + int(self.stamp_offset * 1e9)
+                self.image.header.stamp.sec, self.image.header.stamp.nanosec = divmod(now, 10**9)
             self.image_pub.publish(self.image)
         if self.joints is not None:
             self.joint_pub.publish(self.joints)

@@ -17,7 +17,7 @@ from specvla_ros.core.safety.config import load_safety_config
 from specvla_ros.core.types import SafetyStatus
 from specvla_ros.ros import qos
 import test_ros_node
-from test_ros_node import PERIOD, WAIT, first_status, is_hold, start
+from test_ros_node import PERIOD, WAIT, decided, first_status, is_hold, start
 
 make_graph = test_ros_node.make_graph  # the node + feeder + observers fixture
 
@@ -103,7 +103,7 @@ def test_interpolated_stream_ends_on_the_plans_last_point(make_graph, chunk_dirs
     when no new plan comes the last point itself is sent (the controller then holds it)."""
     g = make_graph(28, command_interface="forward_position", replan_below=1, command_rate=20.0, **chunk_dirs)
     node = g.policy
-    node._plan_due = lambda inputs: node._plan is None  # one plan only: watch it run out
+    node._plan_due = lambda inputs, frame: node._plan is None  # one plan only: watch it run out
     plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
     start(g)
     first = plans.wait_for(lambda p: len(p.points) > 1, timeout=WAIT)
@@ -152,3 +152,43 @@ def test_a_decision_begun_before_an_estop_press_and_release_is_dropped(make_grap
     assert cmds and all(is_hold(c) and len(c.points) <= 1 for c in cmds[-1:])
     # and the node decides again afterwards
     assert g.commands.wait_for(lambda c: len(c.points) > 1, timeout=WAIT, after=t_drop)
+
+
+def test_no_second_plan_from_the_same_camera_frame(make_graph, chunk_dirs) -> None:
+    """Planning every period, but a camera that resends one frame (same stamp): the node plans once
+    from it and lets that plan run (planning again would restart it and repeat its first steps);
+    the next new frame is planned from at once."""
+    g = make_graph(29, check_camera_stamp=False, **chunk_dirs)
+    g.feeder.restamp = False
+    g.feeder.image.header.stamp.sec, g.feeder.image.header.stamp.nanosec = 1000, 0
+    plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
+    start(g)
+    first = plans.wait_for(lambda p: True, timeout=WAIT)
+    assert first is not None, "no plan"
+    time.sleep(6 * PERIOD)  # six control periods, the same frame arriving all along
+    assert len(plans.msgs) == 1, f"{len(plans.msgs)} plans from one frame"
+    assert all(decided(v) for v in g.verdicts.since(first[0])), "the plan was not left to run"
+    g.feeder.image.header.stamp.sec = 1001  # a new frame
+    t_new = time.monotonic()
+    second = plans.wait_for(lambda p: p.header.stamp.sec == 1001, timeout=WAIT, after=t_new)
+    assert second is not None, "no plan from the new frame"
+
+
+def test_a_new_instruction_is_planned_from_a_newer_frame(make_graph, chunk_dirs) -> None:
+    """An instruction that changes is acted on from the first camera frame received after it (the frame
+    before may show a scene it does not refer to, as at a simulator's reset); a decision still running
+    for the old instruction is not published."""
+    g = make_graph(30, **chunk_dirs)
+    plans = Collector(g.probe, JointTrajectory, "/specvla_node/plan", qos.STATUS)
+    start(g)
+    assert plans.wait_for(lambda p: True, timeout=WAIT) is not None
+    frame = g.feeder.image
+    g.feeder.image = None  # the camera pauses (joint states go on)
+    time.sleep(0.1)
+    g.feeder.instruct("push the blue block to the target")
+    t_instr = time.monotonic()
+    time.sleep(0.3)  # under max_input_age: no hold for a stale frame yet, and no plan either
+    late = [p for t, p in plans.msgs if t >= t_instr + 0.05]
+    assert late == [], "planned for the new instruction from a frame older than it"
+    g.feeder.image = frame
+    assert plans.wait_for(lambda p: True, timeout=WAIT, after=t_instr + 0.3) is not None

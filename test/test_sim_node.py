@@ -98,6 +98,29 @@ def test_lockstep_publishes_and_follows_commands() -> None:
         assert clock.wait_for(lambda m: abs(m.clock.sec + m.clock.nanosec * 1e-9 - 0.8) < 1e-6) is not None
 
 
+def test_lockstep_resends_an_unchanged_observation_with_its_own_stamps() -> None:
+    """Waiting for a command, the lockstep simulator resends the last frame and joint state (one may
+    have been lost) with the stamps they were taken with: a frame resent later must not look newer
+    to a policy (it would decide again from a world its last command has not moved yet)."""
+    with sim_graph(47, lockstep=True, task="reach", seed=5, image_width=32, image_height=32,
+                   camera_rate=20.0) as (sim, probe, _):
+        images = Collector(probe, Image, topics.IMAGE, qos.CAMERA)
+        joints = Collector(probe, JointState, topics.JOINT_STATES, qos.JOINT_STATES)
+        assert wait_until(lambda: len(images.msgs) >= 4 and len(joints.msgs) >= 4, timeout=20.0)
+        stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in images.msgs}
+        assert len(stamps) == 1 and next(iter(stamps)) != (0, 0)
+        assert len({(m.header.stamp.sec, m.header.stamp.nanosec) for _, m in joints.msgs}) == 1
+        assert len({bytes(m.data) for _, m in images.msgs}) == 1
+        # a command steps the world: the next frame is new, with a later stamp
+        forward = probe.create_publisher(Float64MultiArray, topics.FORWARD, qos.COMMAND)
+        assert wait_until(lambda: forward.get_subscription_count() > 0)
+        t0 = time.monotonic()
+        forward.publish(Float64MultiArray(data=sim.env.robot_state().q.tolist()))
+        got = images.wait_for(lambda m: (m.header.stamp.sec, m.header.stamp.nanosec) not in stamps,
+                              timeout=10.0, after=t0)
+        assert got is not None and sim.env.steps == 1
+
+
 def test_trajectory_command_with_reordered_joints_and_bad_commands_ignored() -> None:
     with sim_graph(42, lockstep=True, task="pick", seed=1, image_width=32, image_height=32) as (sim, probe, _):
         status = Collector(probe, TaskStatus, topics.SIM_STATUS, qos.STATUS)

@@ -370,12 +370,12 @@ def test_action_history_reuse_is_lossless(kind, mode, lookahead, tiny_checkpoint
 
 
 def test_narration_reuse_in_sampling_mode_with_shipped_pair():
-    """Sampling with a reused (one-hot q) narration: the shipped pair says a steady phrase, so later
-    decisions reuse it, and every decision is still a whole phrase + 7 action tokens."""
-    from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
+    """Sampling with a reused (one-hot q) narration: the shipped one-action pair says a steady phrase, so
+    later decisions reuse it, and every decision is still a whole phrase + 7 action tokens."""
+    from specvla_ros.core.paths import ONE_ACTION_DRAFT_DIR, ONE_ACTION_TARGET_DIR
 
-    target = load_vla(DEFAULT_TARGET_DIR, device="cpu")
-    drafter = load_drafter(DEFAULT_DRAFT_DIR, target)
+    target = load_vla(ONE_ACTION_TARGET_DIR, device="cpu")
+    drafter = load_drafter(ONE_ACTION_DRAFT_DIR, target)
     spec = SpeculativeDecoder(target, drafter, DecodeConfig(mode="sample", draft_len=3, seed=3, temperature=0.5))
     o = obs(2, "reach the red cube", 1)
     reused, narrations = 0, set()

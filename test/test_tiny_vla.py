@@ -10,7 +10,7 @@ import torch
 from specvla_ros.core.models import loading as model_loading
 from specvla_ros.core.models.interface import KVCache, ModelLoadError, VLAModel
 from specvla_ros.core.models.loading import load_drafter, load_vla, parse_dtype, register_model_type, resolve_device
-from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR
+from specvla_ros.core.paths import DEFAULT_DRAFT_DIR, DEFAULT_TARGET_DIR, ONE_ACTION_DRAFT_DIR, ONE_ACTION_TARGET_DIR
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
 from specvla_ros.core.models.tiny_vla import SELECTION_GAIN, TinyVLA, TinyVLAConfig
 from specvla_ros.core.models.checkpoint_io import checkpoint_megabytes, count_parameters
@@ -284,8 +284,11 @@ def test_bad_inputs(target):
 
 
 def test_default_paths_point_into_package():
-    assert DEFAULT_TARGET_DIR.parts[-3:] == ("data", "models", "target")
-    assert DEFAULT_DRAFT_DIR.parts[-3:] == ("data", "models", "draft")
+    """The default pair is the chunk pair; the one-action pair ships beside it."""
+    assert DEFAULT_TARGET_DIR.parts[-3:] == ("data", "models", "chunk_target")
+    assert DEFAULT_DRAFT_DIR.parts[-3:] == ("data", "models", "chunk_draft")
+    assert ONE_ACTION_TARGET_DIR.parts[-3:] == ("data", "models", "target")
+    assert ONE_ACTION_DRAFT_DIR.parts[-3:] == ("data", "models", "draft")
 
 
 def test_named_keypoint_token_is_the_selected_keypoint(named_target):

@@ -2,7 +2,7 @@
 
 One prepared script, sized to finish in well under 5 minutes on one GPU:
 
-1. ``shipped``: the shipped pair (``specvla_ros/data/models/{target,draft}``) when present.
+1. ``shipped``: the shipped default pair (``specvla_ros/data/models/{chunk_target,chunk_draft}``) when present.
 2. ``openvla7b_random``: a random-weight model of OpenVLA-7B's shape (LLaMA-2 7B:
    32 x 4096, 11008 MLP, 32 heads, vocab 32000 (+64 padding); DINOv2 ViT-L/14 + SigLIP
    So400m/14 at 224 px, fused projector) in bf16, with a random EAGLE head of

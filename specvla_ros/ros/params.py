@@ -143,7 +143,7 @@ SCHEMA: tuple[ParamSpec, ...] = (
               "camera whose clock is not synchronised with this machine's)", read_only=False),
     ParamSpec("replan_below", INT,
               "Plan again when fewer than this many points of the current plan are left unexecuted; 0 = plan "
-              "every control period [points]", read_only=False, min=0, max=32),
+              "every control period that brings a new camera frame [points]", read_only=False, min=0, max=32),
     ParamSpec("command_rate", DOUBLE,
               "forward_position: rate at which the plan is streamed, interpolated between its points; 0 = one "
               "command per control period [Hz] (restart)", min=0.0, max=1000.0),

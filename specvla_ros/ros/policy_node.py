@@ -81,6 +81,7 @@ class _Inputs:
     estop: bool = False
     scene_objects: Any = None  # specvla_msgs/SceneObjects
     scene_objects_received: float = 0.0
+    instruction_frame: int = 0  # image_seq when the instruction last changed
 
 
 @dataclass
@@ -107,6 +108,7 @@ class _Decision:
     plan: Any = None  # core.safety.trajectory.TrajectoryVerdict: the checked chunk (None: a hold)
     inputs: tuple | None = None  # (instruction, scene signature) the plan was decided against
     estop_presses: int | None = None  # e-stop presses counted when the decision began
+    frame: int | None = None  # key of the camera frame it was decided from (stamp, or arrival count)
 
 
 @dataclass
@@ -122,6 +124,7 @@ class _ActivePlan:
     streamed: int = 0  # the last point whose step the stream has begun (point 0: sent with the decision)
     final_sent: bool = False  # interpolating: the last point itself has been sent
     hold: bool = False  # a hold (the measured position), not a decision's plan
+    frame: int | None = None  # the camera frame it was decided from
 
     def begun(self, now: float) -> int:
         """Points whose control step has begun by ``now``."""
@@ -451,6 +454,8 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
+            if self._in.instruction is not None and msg.data != self._in.instruction:
+                self._in.instruction_frame = self._in.image_seq  # a change, not the first instruction
             self._in.instruction = msg.data
 
     def _on_joint_states(self, msg: JointState) -> None:
@@ -488,7 +493,12 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             return _Inputs(self._in.image, self._in.image_received, self._in.image_seq,
                            dict(self._in.joints), self._in.instruction, self._in.estop,
-                           self._in.scene_objects, self._in.scene_objects_received)
+                           self._in.scene_objects, self._in.scene_objects_received, self._in.instruction_frame)
+
+    def _current_instruction(self) -> str | None:
+        with self._lock:
+            text = self._in.instruction
+        return text.strip() if text is not None else None
 
     def latest_inputs(self) -> _Inputs:
         """A copy of the newest stored inputs (what the next control tick decides on).
@@ -645,14 +655,19 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().error(f"{problem} -> holding")
             self._publish_diagnostics()
 
-    def _plan_due(self, inputs: tuple) -> bool:
+    def _plan_due(self, inputs: tuple, frame: int) -> bool:
         """Whether this tick plans: every period (replan_below 0), when fewer than replan_below points
         of the running plan are left, or when the instruction or the scene objects changed since it
-        was decided (it was checked against the old scene)."""
-        below = int(self._p["replan_below"])
+        was decided (it was checked against the old scene). Never again from the frame the running
+        plan was decided from: that would only restart the same plan from its first point, applying
+        its first steps twice (a decision that outlasts a period, or a simulator in lockstep)."""
         plan = self._plan
-        return (below == 0 or plan is None or plan.inputs != inputs
-                or plan.remaining(self._now()) < below)
+        if plan is None or plan.hold or plan.inputs != inputs:
+            return True
+        if plan.frame == frame:
+            return False
+        below = int(self._p["replan_below"])
+        return below == 0 or plan.remaining(self._now()) < below
 
     def _now(self) -> float:
         """Node-clock seconds (sim time under use_sim_time): the plan's time base."""
@@ -693,15 +708,20 @@ class PolicyNode(LifecycleNode):
         if problem:
             return self._hold(SafetyStatus.HALT_STALE_INPUT, problem, snap=snap)
         inputs = (text, self._scene_signature)
-        if not self._plan_due(inputs):
+        stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
+        # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.
+        frame = stamp if stamp > 0 else -snap.image_seq
+        if snap.image_seq <= snap.instruction_frame:
+            # A changed instruction is acted on from the first frame that arrives after it: the frame
+            # before may show a scene it does not refer to (a simulator reset to a new task).
+            return None
+        if not self._plan_due(inputs, frame):
             return None
         with self._pub_lock:
             presses = self._estop_presses
         proprio = np.concatenate([state.q, [state.gripper]]).astype(np.float32)
-        stamp = conv.stamp_ns(snap.image.header.stamp)  # type: ignore[union-attr]
-        # Unstamped cameras: fall back to the arrival counter so each frame is encoded once.
         obs = Observation(image=rgb, instruction=text, proprio=proprio,  # type: ignore[arg-type]
-                          frame_id=stamp if stamp > 0 else -snap.image_seq)
+                          frame_id=frame)
         deadline = float(self._p["decision_deadline"])
         t_request = time.monotonic()
         timing.frame_wait = tick - snap.image_received
@@ -727,7 +747,7 @@ class PolicyNode(LifecycleNode):
             reason = f"decision took {took:.3f} s (decision_deadline {deadline:.3f} s)"
             return self._hold(SafetyStatus.HALT_DEADLINE, reason, out.stats, snap=snap)
         return _Decision(out.verdict, out.stats, out.narration, snap.image.header.stamp, timing,  # type: ignore[union-attr]
-                         out.plan, inputs, presses)
+                         out.plan, inputs, presses, frame)
 
     def _plan_shift(self, now: float) -> int:
         """Control steps of the running plan begun since it was planned (the previous chunk's offset
@@ -835,7 +855,11 @@ class PolicyNode(LifecycleNode):
             elif decision.estop_presses is not None and decision.estop_presses != self._estop_presses:
                 # begun before an e-stop that was pressed and released meanwhile: decided on an old state
                 decision = self._hold(SafetyStatus.HALT_ESTOP, "decided before the last emergency stop; deciding again")
-            verdict = self._send_command(decision.verdict, decision.plan, decision.inputs)
+            elif decision.inputs is not None and decision.inputs[0] != self._current_instruction():
+                # the instruction changed while deciding: this plan is for the old one; decide again now
+                self._tick_wake.set()
+                return
+            verdict = self._send_command(decision.verdict, decision.plan, decision.inputs, decision.frame)
             as_decided = verdict is decision.verdict  # not refused at the publisher
             stamp = decision.stamp if decision.stamp is not None and as_decided else self.get_clock().now().to_msg()
             header = Header(stamp=stamp)
@@ -856,7 +880,8 @@ class PolicyNode(LifecycleNode):
             self._last_status = SafetyStatus(verdict.status)
         self._diag.record_tick(time.monotonic(), verdict, decision.stats if as_decided else None)
 
-    def _send_command(self, verdict: Verdict, plan: Any = None, inputs: tuple | None = None) -> Verdict:
+    def _send_command(self, verdict: Verdict, plan: Any = None, inputs: tuple | None = None,
+                      frame: int | None = None) -> Verdict:
         """Publish the verdict's command (with ``plan``, the plan's points) if it passes the final
         check; returns the verdict to report.
 
@@ -878,7 +903,7 @@ class PolicyNode(LifecycleNode):
         if problem is None:
             points, grippers = self._checked_plan(q, gripper, plan if not verdict.is_halt else None)
             self._plan = _ActivePlan(self._now(), points, grippers, float(self._p["control_period"]), inputs,
-                                     hold=verdict.is_halt)
+                                     hold=verdict.is_halt, frame=frame)
             self._publish_position(points if self._p["command_interface"] == "joint_trajectory" else q)
             if math.isfinite(gripper):
                 self._pubs["gripper"].publish(conv.gripper_command(gripper))

@@ -187,6 +187,9 @@ class SimNode(Node):
         self._grip_cmd: float | None = None
         self._hold_requested = False
         self._arm_seq = 0  # arm commands received (lockstep steps on each new one)
+        self._last_joints: JointState | None = None  # the observation last published (lockstep resends it)
+        self._last_image: Image | None = None
+        self._last_objects: Any = None
         self._grip_seq = 0
         self._wake = threading.Condition(self._lock)
         self._resets: queue.Queue = queue.Queue()
@@ -400,8 +403,7 @@ class SimNode(Node):
                 seen_arm = self._arm_seq
                 continue
             if not new_arm:
-                self._publish_joints()
-                self._publish_image()
+                self._republish_observation()
                 continue
             # the step's gripper command may follow the arm command: give it a moment
             with self._lock:
@@ -458,25 +460,42 @@ class SimNode(Node):
         state = self.env.robot_state()
         fingers = self.env.finger_positions()
         finger_v = self.env.finger_velocities()
-        self._pub_joints.publish(JointState(
+        self._last_joints = JointState(
             header=self._header(),
             name=[*PANDA_JOINT_NAMES, *PANDA_FINGER_JOINT_NAMES],
             position=[*state.q.tolist(), *fingers.tolist()],
             velocity=[*state.dq.tolist(), *finger_v.tolist()],
-        ))
+        )
+        self._pub_joints.publish(self._last_joints)
 
     def _publish_image(self) -> None:
         rgb = self.env.render()
         h, w = rgb.shape[:2]
-        self._pub_image.publish(Image(header=self._header(self.cfg.camera_frame_id), height=h, width=w,
-                                      encoding="rgb8", is_bigendian=0, step=3 * w, data=rgb.tobytes()))
+        self._last_image = Image(header=self._header(self.cfg.camera_frame_id), height=h, width=w,
+                                 encoding="rgb8", is_bigendian=0, step=3 * w, data=rgb.tobytes())
+        self._pub_image.publish(self._last_image)
         self._publish_scene_objects()
 
     def _publish_scene_objects(self) -> None:
         from specvla_ros.ros.conversions import scene_objects_to_msg
         from specvla_ros.sim.known_objects import BASE_FRAME, task_scene_objects
 
-        self._pub_objects.publish(scene_objects_to_msg(task_scene_objects(self.env), self._header(BASE_FRAME)))
+        self._last_objects = scene_objects_to_msg(task_scene_objects(self.env), self._header(BASE_FRAME))
+        self._pub_objects.publish(self._last_objects)
+
+    def _republish_observation(self) -> None:
+        """Lockstep, no new command: send the last observation again (one may have been lost) with its
+        original stamps. The world has not moved, and a new stamp would pass an old frame off as a
+        new one: a policy deciding again from it, after its last command but before the step that
+        command makes, would apply that command's first step twice."""
+        if self._last_joints is None or self._last_image is None:
+            self._publish_joints()
+            self._publish_image()
+            return
+        self._pub_joints.publish(self._last_joints)
+        self._pub_image.publish(self._last_image)
+        if self._last_objects is not None:
+            self._pub_objects.publish(self._last_objects)
 
     def _publish_status(self) -> None:
         env = self.env

@@ -248,6 +248,7 @@ class _LockstepReplay:
         self.chosen: dict[int, tuple[int, int, int]] = {}  # verdict source ts -> (frame index, frame stamp, tick ns)
         self.joints: dict[str, float] = {}
         self.frame_stamps: list[int] = []
+        self.last_frame: bytes | None = None  # the last camera frame played (serialized)
         self.ticks = 0
         self.stale = 0
         self.clock0 = 0
@@ -281,8 +282,7 @@ class _LockstepReplay:
             self._start_node()
             self._subscribe_outputs()
             self._play()
-            # A fence: one more decision, so everything of the last frame has arrived before it.
-            self._tick_and_wait()
+            self._fence()
             return ReplayResult(_group(self.received, self.chosen), self.settings, self.stale,
                                 time.monotonic() - started)
         finally:
@@ -367,6 +367,32 @@ class _LockstepReplay:
         src, _, _, raw = self._verdicts()[before]
         return src, raw, tick_ns
 
+    def _fence(self) -> None:
+        """One more decision, so everything of the last frame has arrived before it. The node plans
+        once per camera frame, so the last frame goes again with a stamp 1 ns later."""
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+
+        from specvla_ros.ros import qos
+
+        if self.last_frame is None:
+            self._tick_and_wait()
+            return
+        msg = deserialize_message(self.last_frame, Image)
+        frame_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec + 1
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(frame_ns, 10**9)
+        pub = self.harness.create_publisher(Image, topics.IMAGE, qos.CAMERA)
+        try:
+            deadline = time.monotonic() + 30.0
+            while not _node_holds(self.node, frame_ns, self.joints):  # sent again until matched and received
+                if time.monotonic() > deadline:
+                    raise TimeoutError("replay: timed out after 30 s waiting for the node to receive the fence frame")
+                pub.publish(msg)
+                time.sleep(0.05)
+            self._tick_and_wait()
+        finally:
+            self.harness.destroy_publisher(pub)
+
     def _after_publish(self, topic: str, msgtype: str, stamp_ns: int, raw: bytes) -> None:
         """After each bag message: keep joint states; after a camera frame, tick until the node decides on it."""
         from rclpy.serialization import deserialize_message
@@ -388,6 +414,7 @@ class _LockstepReplay:
             raise BagError(f"camera frame {index} in {self.config.input_bag} has a zero or repeated "
                            "header stamp; regression inputs need one unique stamp per frame")
         self.frame_stamps.append(frame_ns)
+        self.last_frame = raw
         _wait(lambda: _node_holds(self.node, frame_ns, self.joints), 30, f"the node to receive frame {index}")
         for _ in range(3):
             src, raw_verdict, tick_ns = self._tick_and_wait()
