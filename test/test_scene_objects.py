@@ -192,6 +192,21 @@ def test_task_scene_objects_match_the_layout(env) -> None:
         assert max(o.size) == pytest.approx(2 * half, abs=0.003)  # resting upright: its own box
 
 
+def _hover_over_a_distractor(env, kin: ArmKinematics, seed: int, height: float):
+    """A push layout with the closed gripper brought to ``height`` [m] above its first distractor
+    (contacts so far forgotten); -> that distractor."""
+    env.reset(seed=seed, task="push")
+    victim = env.layout.distractors[0]
+    _, R = kin.fk(HOME_Q)
+    above = kin.ik(np.array([victim.xy[0], victim.xy[1], height]), R, env.robot_state().q)
+    assert above.success
+    env.command(above.q, 0.0)
+    for _ in range(5):
+        env.step_control()
+    env.episode_collisions.clear()
+    return victim
+
+
 def test_gate_with_the_sim_objects_stops_the_arm_before_a_distractor(env, kin: ArmKinematics) -> None:
     """Drive the closed gripper down onto a distractor: without objects the gate
     lets it through and the simulator records the collision; with them it holds
@@ -200,15 +215,7 @@ def test_gate_with_the_sim_objects_stops_the_arm_before_a_distractor(env, kin: A
 
     outcomes = {}
     for with_objects in (False, True):
-        env.reset(seed=4, task="push")
-        victim = env.layout.distractors[0]
-        _, R = kin.fk(HOME_Q)
-        above = kin.ik(np.array([victim.xy[0], victim.xy[1], 0.16]), R, env.robot_state().q)
-        assert above.success
-        env.command(above.q, 0.0)
-        for _ in range(5):
-            env.step_control()
-        env.episode_collisions.clear()
+        victim = _hover_over_a_distractor(env, kin, seed=4, height=0.16)
         gate = SafetyGate(load_safety_config(slide_along_obstacles=False), kin)
         statuses = []
         for _ in range(6):
@@ -250,15 +257,7 @@ def test_with_the_slide_the_arm_gets_around_a_distractor_without_touching_it(env
     seeds = range(5, 11)
     for seed in seeds:
         for slide in (False, True):
-            env.reset(seed=seed, task="push")
-            victim = env.layout.distractors[0]
-            _, R = kin.fk(HOME_Q)
-            above = kin.ik(np.array([victim.xy[0], victim.xy[1], 0.12]), R, env.robot_state().q)
-            assert above.success
-            env.command(above.q, 0.0)
-            for _ in range(5):
-                env.step_control()
-            env.episode_collisions.clear()
+            victim = _hover_over_a_distractor(env, kin, seed=seed, height=0.12)
             gate = SafetyGate(load_safety_config(slide_along_obstacles=slide), kin)
             label = f"{victim.color}_{victim.shape}"
             top = max(o.center[2] + o.size[2] / 2 for o in task_scene_objects(env) if o.name == label)
