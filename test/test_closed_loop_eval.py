@@ -81,5 +81,7 @@ def test_ros_backend_runs_the_node_in_the_loop(tiny_checkpoints, tmp_path, monke
     summaries, results = ev.evaluate(cfg, progress=False, out_dir=tmp_path)
     (r,) = results
     assert r.steps == 3 and r.decisions >= 3  # one verdict per control step at least
+    # the arm's joints measured once per step (the start and 3 steps): its jerk is known
+    assert r.points_executed == 3 and np.isfinite(r.jerk_rms) and r.jerk_rms >= 0.0
     assert len(r.latencies_s) >= 1 and r.target_passes >= 1
     assert summaries[0].mean_accepted_length >= 1.0

@@ -239,10 +239,16 @@ def run_episode(env, policy, mode: str, task: str, seed: int, max_steps: int | N
         if env.success:
             res.success = True
             break
-    if len(measured) >= 4:
-        jerk = np.diff(np.stack(measured), n=3, axis=0) / dt**3
-        res.jerk_rms = float(np.sqrt(np.mean(jerk**2)))
+    res.jerk_rms = jerk_rms(measured, dt)
     return res
+
+
+def jerk_rms(measured: list, dt: float) -> float:
+    """RMS joint jerk [rad/s^3] of joint positions measured once per control step (nan: too few)."""
+    if len(measured) < 4:
+        return float("nan")
+    jerk = np.diff(np.asarray(measured, dtype=np.float64), n=3, axis=0) / dt**3
+    return float(np.sqrt(np.mean(jerk**2)))
 
 
 def summarize(results: list[EpisodeResult], mode: str, dt: float = 0.2) -> ModeSummary:
@@ -310,7 +316,10 @@ def evaluate_ros(cfg: EvalConfig, out_dir: Path, progress: bool = True) -> list[
                                       collision=log.collision, steps=log.steps, unsafe_actions=log.unsafe,
                                       decisions=log.verdicts, latencies_s=[x / 1e3 for x in log.decision_ms],
                                       emitted=log.emitted, target_passes=log.target_passes, halts=dict(log.halts),
-                                      narrations=list(log.narrations))
+                                      narrations=list(log.narrations), points_cut=log.points_cut,
+                                      # lockstep: the simulator steps once per command, on the plan's first point
+                                      points_executed=log.steps,
+                                      jerk_rms=jerk_rms(log.joint_positions, cfg.control_period_s))
                     results.append(r)
                     if progress:
                         print(f"[{mode:15s}] {task:5s} ep {ep + 1}/{cfg.episodes} seed {r.seed}: "

@@ -40,6 +40,8 @@ class EpisodeLog:
     verdicts: int = 0
     unsafe: int = 0
     narrations: list[str] = field(default_factory=list)
+    points_cut: int = 0  # plan points the trajectory gate cut
+    joint_positions: list[list[float]] = field(default_factory=list)  # arm joints, one row per new joint state
 
 
 def write_params_file(base: Path, path: Path, node: dict, sim: dict) -> Path:
@@ -78,7 +80,7 @@ class _Observer:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import Image, JointState
         from specvla_msgs.msg import SafetyVerdict, SpecDecodeStats, TaskStatus
         from specvla_msgs.srv import ResetEpisode
         from std_msgs.msg import String
@@ -100,6 +102,9 @@ class _Observer:
         self.node.create_subscription(SafetyVerdict, topics.resolved(topics.SAFETY), self._on_safety, qos.STATUS)
         self.node.create_subscription(SpecDecodeStats, topics.resolved(topics.STATS), self._on_stats, qos.STATUS)
         self.node.create_subscription(TaskStatus, topics.SIM_STATUS, self._on_status, qos.STATUS)
+        self.node.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos.JOINT_STATES)
+        self._joints_stamp = 0  # [ns] newest joint state recorded
+        self._episode_start = 0  # [ns] when this episode's reset was asked for (the sim stamps with the same clock)
         self.reset_client = self.node.create_client(ResetEpisode, topics.SIM_RESET)
         self._reset_type = ResetEpisode
         self.executor = SingleThreadedExecutor()
@@ -114,6 +119,21 @@ class _Observer:
             if self.record_frames and ep is not None and not ep.done:
                 footer = f"{ep.task} | step {ep.steps}"
                 self.frames.append(_overlay(frame, self.narration or "...", footer))
+
+    def _on_joints(self, msg) -> None:
+        from specvla_ros.core.types import PANDA_JOINT_NAMES
+
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            ep = self.episode
+            # a state resent (same stamp: the arm has not moved) or from before this episode's reset
+            if ep is None or ep.done or stamp <= max(self._joints_stamp, self._episode_start):
+                return
+            self._joints_stamp = stamp
+            try:
+                ep.joint_positions.append([float(msg.position[msg.name.index(n)]) for n in PANDA_JOINT_NAMES])
+            except ValueError:  # not the arm's joints
+                return
 
     def _on_narration(self, msg) -> None:
         with self.lock:
@@ -138,6 +158,7 @@ class _Observer:
         with self.lock:
             ep = self.episode
             if ep is not None and not ep.done and msg.target_passes > 0:
+                ep.points_cut += int(msg.points_cut)
                 ep.decision_ms.append(1e3 * msg.total_time)
                 ep.emitted += msg.emitted
                 ep.target_passes += msg.target_passes
@@ -161,6 +182,7 @@ class _Observer:
         log = EpisodeLog(task=task, seed=seed)
         with self.lock:
             self.episode = log
+            self._episode_start = self.node.get_clock().now().nanoseconds
             self.narration = ""
         req = self._reset_type.Request(task=task, seed=seed)
         fut = self.reset_client.call_async(req)
