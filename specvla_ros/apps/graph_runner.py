@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from specvla_ros.core.types import PANDA_JOINT_NAMES
 from specvla_ros.ros import topics
 
 
@@ -121,8 +123,6 @@ class _Observer:
                 self.frames.append(_overlay(frame, self.narration or "...", footer))
 
     def _on_joints(self, msg) -> None:
-        from specvla_ros.core.types import PANDA_JOINT_NAMES
-
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
         with self.lock:
             ep = self.episode

@@ -6,6 +6,7 @@ cores emulate it), so the trainers use it only where it is native unless told ot
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 #: /proc/cpuinfo flags of native bfloat16 arithmetic.
@@ -21,6 +22,19 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
             return False
     flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
     return any(f in flags for f in BF16_FLAGS)
+
+
+def add_bf16_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainers' ``--bf16 auto|on|off`` (and the older ``--no-bf16``); read with ``bf16_from_args``."""
+    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
+                   help="bfloat16 autocast: auto = only on CPUs with native bfloat16 (AVX512-BF16/AMX; elsewhere it "
+                        "is emulated and far slower than float32)")
+    p.add_argument("--no-bf16", action="store_true", help="same as --bf16 off")
+
+
+def bf16_from_args(a: argparse.Namespace) -> bool:
+    """Whether to autocast, from the arguments ``add_bf16_arguments`` declared."""
+    return resolve_bf16("off" if a.no_bf16 else a.bf16)
 
 
 def resolve_bf16(choice: str) -> bool:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specvla_ros.train.cpu_features import resolve_bf16
+from specvla_ros.train.cpu_features import add_bf16_arguments, bf16_from_args
 from specvla_ros.core.models.checkpoint_io import DRAFT_MODEL_TYPE, count_parameters
 from specvla_ros.core.models.tiny_vla import DRAFT_PRESETS, TinyVLA, TinyVLAConfig
 from specvla_ros.core.types import ACTION_DIM, RobotState
@@ -408,10 +408,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--init-from", default="", help="start from this draft checkpoint dir's weights")
-    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
-                   help="bfloat16 autocast: auto = only on CPUs with native bfloat16 (AVX512-BF16/AMX; elsewhere it "
-                        "is emulated and far slower than float32)")
-    p.add_argument("--no-bf16", action="store_true", help="same as --bf16 off")
+    add_bf16_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -420,7 +417,7 @@ def config_from_args(a: argparse.Namespace) -> DraftTrainConfig:
         data=list(a.data), target=a.target, out=a.out, kind=a.kind, preset=a.preset, steps=a.steps,
         batch_size=a.batch_size, lr=a.lr, safety_weight=a.safety_weight, feature_weight=a.feature_weight,
         eval_every=a.eval_every, ckpt_every=a.ckpt_every, time_budget_min=a.time_budget_min,
-        max_episodes=a.max_episodes, seed=a.seed, threads=a.threads, bf16=resolve_bf16("off" if a.no_bf16 else a.bf16), progress=not a.no_progress,
+        max_episodes=a.max_episodes, seed=a.seed, threads=a.threads, bf16=bf16_from_args(a), progress=not a.no_progress,
         init_from=a.init_from,
     )
 

@@ -39,7 +39,7 @@ from specvla_ros.core.models.tiny_vla import (
 from specvla_ros.core.models.action_tokenizer import load_norm_stats
 from specvla_ros.core.models.checkpoint_io import STATS_FILE, count_parameters
 from specvla_ros.core.types import MAX_CHUNK_HORIZON
-from specvla_ros.train.cpu_features import resolve_bf16
+from specvla_ros.train.cpu_features import add_bf16_arguments, bf16_from_args
 from specvla_ros.train.dataset import DATASET_KEY, IGNORE, Batch, DemoDataset, epoch_batches, load_demos, make_batch
 
 STATE_FILE = "train_state.pt"
@@ -586,10 +586,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra weight on the decoder's named-object estimate (absolute and relative to the TCP)")
     p.add_argument("--reset-keypoint-identity", action="store_true",
                    help="re-draw the keypoint identity embeddings after --init-from")
-    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
-                   help="bfloat16 autocast: auto = only on CPUs with native bfloat16 (AVX512-BF16/AMX; elsewhere it "
-                        "is emulated and far slower than float32)")
-    p.add_argument("--no-bf16", action="store_true", help="same as --bf16 off")
+    add_bf16_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -600,7 +597,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         action_reg_weight=a.action_reg_weight,
         jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
-        bf16=resolve_bf16("off" if a.no_bf16 else a.bf16), aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
+        bf16=bf16_from_args(a), aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
         colour_keypoints=a.colour_keypoints, named_aux_weight=a.named_aux_weight,
         reset_keypoint_identity=a.reset_keypoint_identity, keep_init_stats=a.keep_init_stats,
