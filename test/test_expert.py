@@ -25,7 +25,7 @@ def test_expert_solves_task_without_collisions(setup, task: str) -> None:
     for seed in (11, 12):
         env.reset(seed=seed, task=task)
         ep = run_episode(env, expert, kin, hold_steps=1, record_images=False)
-        assert env.success_ever and env.success, (task, seed)
+        assert env.success_ever and env.success and env.settled, (task, seed)
         assert not env.episode_collisions, (task, seed, env.episode_collisions)
         assert ep.ik_failures == 0
         actions = np.stack(ep.actions)
@@ -35,6 +35,31 @@ def test_expert_solves_task_without_collisions(setup, task: str) -> None:
         assert set(ep.narrations) <= corpus
         assert ep.narrations[-1] == "holding still"
         assert len(ep.actions) <= env.max_steps
+
+
+def test_reach_keeps_going_past_the_success_threshold_to_its_margin(setup) -> None:
+    """Between "successful" and "settled" the expert still moves toward the point: an expert that holds
+    at the success threshold teaches the policy to stop just short of it."""
+    from specvla_ros.sim.language import HOLD
+    from specvla_ros.sim.tasks import REACH_SETTLE, REACH_TOLERANCE, reach_point
+
+    env, expert, kin = setup
+    env.reset(seed=11, task="reach")
+    expert.reset()
+    goal = reach_point(env.target_position(), env.layout.target)
+    off = np.array([0.6, 0.8, 0.0]) * (REACH_SETTLE + REACH_TOLERANCE) / 2  # between the two thresholds
+    for _ in range(8):  # bring the TCP there through the same IK
+        tcp = env.tcp_pose()[0]
+        execute_ee_delta(env, kin, np.concatenate([np.clip(goal + off - tcp, -0.03, 0.03), np.zeros(3), [1.0]]))
+    assert env.success and not env.settled, env.success_report
+    action, narration = expert.act()
+    assert narration != HOLD
+    toward = goal - env.tcp_pose()[0]
+    assert action[:3] @ toward / np.linalg.norm(toward) > 0.9 * np.linalg.norm(toward) - 1e-3
+    for _ in range(4):
+        action, narration = expert.act()
+        execute_ee_delta(env, kin, action)
+    assert env.settled and expert.act()[1] == HOLD
 
 
 def test_pick_narrates_its_phases_in_order(setup) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from specvla_ros.core.types import RobotState
 from specvla_ros.sim import scene
-from specvla_ros.sim.tasks import Layout, is_success, sample_layout, success_report
+from specvla_ros.sim.tasks import Layout, is_settled, is_success, sample_layout, success_report
 
 PARK_XY = (-1.2, 0.0)  # unused object slots rest on the floor here, out of view
 SETTLE_S = 0.1  # [s] of physics after a reset so objects rest on the table
@@ -250,6 +250,11 @@ class TaskEnv:
     def success(self) -> bool:
         """Whether the task is achieved in the current state."""
         return is_success(self.layout, self.tcp_pose()[0], self.target_position())
+
+    @property
+    def settled(self) -> bool:
+        """Whether the task is achieved with the expert's margin (``tasks.is_settled``)."""
+        return is_settled(self.layout, self.tcp_pose()[0], self.target_position())
 
     @property
     def success_report(self) -> str:

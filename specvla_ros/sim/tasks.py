@@ -27,6 +27,10 @@ REACH_HOVER = 0.05  # [m] the reach point is this far above the object's top
 REACH_TOLERANCE = 0.03  # [m] TCP distance to the reach point
 PUSH_TOLERANCE = 0.035  # [m] object centre to target centre (xy)
 LIFT_HEIGHT = 0.05  # [m] the picked object must rise this far above its resting height
+#: Where the expert stops (tighter than success): an expert that stops right at the success threshold
+#: teaches a policy to stop there, and the policy's few-centimetre errors then fall on both sides of it.
+REACH_SETTLE = 0.01  # [m] TCP distance to the reach point
+PUSH_SETTLE = 0.015  # [m] object centre to target centre (xy)
 
 #: Control steps an episode may last, per task (0.2 s each).
 MAX_STEPS: dict[str, int] = {"reach": 30, "push": 60, "pick": 60}
@@ -157,6 +161,17 @@ def is_success(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> b
         return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < PUSH_TOLERANCE
                     and target_pos[2] < layout.target.rest_z + 0.01)
     return bool(target_pos[2] > layout.target.rest_z + LIFT_HEIGHT)
+
+
+def is_settled(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> bool:
+    """Whether the task is achieved with margin (the expert holds still from here; pick: lifted)."""
+    target_pos = np.asarray(target_pos, dtype=float)
+    if layout.task == "reach":
+        return bool(np.linalg.norm(np.asarray(tcp_pos) - reach_point(target_pos, layout.target)) < REACH_SETTLE)
+    if layout.task == "push":
+        return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < PUSH_SETTLE
+                    and target_pos[2] < layout.target.rest_z + 0.01)
+    return is_success(layout, tcp_pos, target_pos)
 
 
 def success_report(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> str:

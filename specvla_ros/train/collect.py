@@ -161,8 +161,8 @@ def _expert_drives(env, kin, action: np.ndarray, narration: str, rng: np.random.
 def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = True,  # noqa: ANN001
                 exec_noise_m: float = 0.0, detour_steps: int = 0, policy=None,  # noqa: ANN001
                 policy_beta: float = 0.0, chunk_horizon: int = 1) -> Episode:
-    """Roll out the expert from the env's current reset until it has held success
-    for hold_steps steps or the step budget runs out. With exec_noise_m > 0 the
+    """Roll out the expert from the env's current reset until it has held still (``TaskEnv.settled``:
+    success with a margin) for hold_steps steps or the step budget runs out. With exec_noise_m > 0 the
     executed translation is perturbed (seeded by the episode's seed); the recorded
     action stays the expert's. With a ``policy`` (core.policy.Policy) the policy drives
     each step with probability 1 - policy_beta while the expert's action is recorded. With
@@ -191,7 +191,7 @@ def run_episode(env, expert, kin, hold_steps: int = 2, record_images: bool = Tru
         else:
             ep.ik_failures += int(not _expert_drives(env, kin, action, narration, rng, exec_noise_m,
                                                      detour=env.steps < n_detour).success)
-        if env.success_ever:
+        if env.settled:
             if held >= hold_steps:
                 break
             held += 1
