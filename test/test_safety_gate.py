@@ -264,7 +264,8 @@ def test_halt_ik_when_target_is_out_of_reach(gate: SafetyGate, kin: ArmKinematic
 
 
 def test_halt_singularity_when_moving_into_one(kin: ArmKinematics) -> None:
-    gate = _gate(kin, action_space="joint_delta", workspace_max=(0.8, 0.45, 0.8), **JOINT_BOUNDS)
+    overrides = dict(action_space="joint_delta", workspace_max=(0.8, 0.45, 0.8), **JOINT_BOUNDS)
+    gate = _gate(kin, steer_from_singularity=False, **overrides)
     q = np.array([0.0, 0.8, 0.0, -0.3, 0.0, 1.4, np.pi / 4])  # condition number ~80
     toward = np.array([0.0, 0.0, 0.0, -0.1, 0.0, 0.0, 0.0])
     v = gate.check(toward, _state(q), DT)
@@ -273,6 +274,42 @@ def test_halt_singularity_when_moving_into_one(kin: ArmKinematics) -> None:
     _assert_hold(v, q)
     v = gate.check(-toward, _state(q), DT)  # leaving it is fine
     assert not v.is_halt, v.reason
+    # steering (the default): another target, short of the threshold, instead of the hold
+    v = _gate(kin, **overrides).check(toward, _state(q), DT)
+    assert v.status == SafetyStatus.SCALED and "steered clear of a singular pose" in v.reason, v.reason
+    assert kin.condition_number(v.joint_command) <= 90.0
+    assert np.max(np.abs(v.joint_command - q)) > 1e-3
+
+
+#: A pose a learnt push policy folded the elbow into (joint 4 0.11 rad from its limit, condition number
+#: 59) and the 7 mm step it kept asking for there (condition number 97 at its IK target): recorded in
+#: closed loop, where the gate held it for the rest of the episode.
+FOLDED_Q = np.array([0.78304, -0.11172, -1.25704, -2.96314, -0.502, 2.70557, 0.76805])
+FOLDED_ASK = np.array([0.00014, 0.0038, -0.00686, -0.0001, -0.00052, -0.00013, 0.0])
+
+
+def test_a_policy_insisting_on_a_singular_pose_is_steered_past_it_not_held(kin: ArmKinematics) -> None:
+    """Safe must not mean stuck: the same asked step, step after step, from where the gate used to
+    hold it. Steered, the arm keeps (nearly) the asked TCP motion, never raises the condition number
+    past the threshold, and gets through; without steering it is held at every step."""
+    held = _gate(kin, steer_from_singularity=False)
+    v = held.check(FOLDED_ASK, _state(FOLDED_Q, gripper=0.0), DT)
+    assert v.status == SafetyStatus.HALT_SINGULARITY, v.reason
+    gate = _gate(kin)
+    q, dq = FOLDED_Q.copy(), np.zeros(7)
+    start = kin.fk(q)[0]
+    steered = 0
+    for _ in range(6):
+        v = gate.check(FOLDED_ASK, _state(q, gripper=0.0, dq=dq), DT)
+        assert not v.is_halt, v.reason
+        steered += "steered" in v.reason
+        asked_pos = kin.fk(q)[0] + FOLDED_ASK[:3]
+        assert np.linalg.norm(kin.fk(v.joint_command)[0] - asked_pos) < 0.003
+        assert kin.condition_number(v.joint_command) <= max(90.0, kin.condition_number(q)) + 1e-9
+        dq, q = (v.joint_command - q) / DT, v.joint_command
+    assert steered >= 1
+    assert kin.fk(q)[0][2] < start[2] - 0.03  # it went on down, as asked
+    assert kin.condition_number(q) < 90.0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

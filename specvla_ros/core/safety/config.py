@@ -140,6 +140,11 @@ class SafetyConfig:
     # into it (the first-order closest joint target that keeps the distance; checked like any
     # other) -- a robot started next to an object, or skimming the table, can still move
     slide_along_obstacles: bool = True
+    # instead of halting a motion that would raise the Jacobian's condition number past the
+    # singularity threshold: drop the part that folds the arm into the singular pose and turn the
+    # redundant joints away from it (the first-order closest target; checked like any other) --
+    # a policy that drove the arm near a singularity can still move on
+    steer_from_singularity: bool = True
     # [rad] measured positions further outside the limits are bad input (broken encoder, wrong
     # units): nothing is commanded from them, not even a hold at them
     joint_state_tolerance: float = 0.05
@@ -255,7 +260,7 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
         raise ValueError(f"{path}: expected a top-level 'safety:' mapping")
     s = data["safety"]
     known = {"action_space", "joint_limits_file", "joint_names", "urdf", "joint_limit_margin", "hold_limit_joints",
-             "slide_along_obstacles",
+             "slide_along_obstacles", "steer_from_singularity",
              "joint_state_tolerance", "velocity_scale",
              "tcp_max_speed", "tcp_max_angular_speed", "speed_envelope", "workspace", "action_bounds", "gripper",
              "collision", "singularity", "ik"}
@@ -267,7 +272,7 @@ def load_safety_config(path: str | Path | None = None, **overrides: Any) -> Safe
     if not jl_file.is_absolute():
         jl_file = path.parent / jl_file
     kw: dict[str, Any] = {"joint_limits": load_joint_limits(jl_file, names), "source": str(path)}
-    for key in ("hold_limit_joints", "slide_along_obstacles"):
+    for key in ("hold_limit_joints", "slide_along_obstacles", "steer_from_singularity"):
         if key in s:
             if not isinstance(s[key], bool):
                 raise ValueError(f"{path}: {key} must be true or false, got {s[key]!r}")

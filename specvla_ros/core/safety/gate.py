@@ -9,7 +9,10 @@ limit, away from an obstacle) is allowed so the robot can recover.
 
 Check order: input finiteness and shape, gripper clamp, raw bounds and speed
 (scale), target (IK for ee_delta), joint velocity/acceleration and TCP speed of
-the target (scale again), joint limits, workspace, singularity, collision.
+the target (scale again), joint limits, workspace, singularity, collision. A
+target that would collide or fold the arm into a singular pose is first moved
+to the closest one that does not (``_slide``, ``_steer_from_singularity``) and
+every check runs again on that.
 
 Collision covers the table and static boxes of the config, the robot itself,
 and known scene objects (``set_scene_objects``: perception's or the
@@ -53,6 +56,12 @@ _SWEEP_FACTOR = 1.25
 _SLIDE_TWIST_WEIGHT = np.array([1.0, 1.0, 1.0, 0.01, 0.01, 0.01])
 #: ... and of the joints themselves [m^2 per rad^2]: small, so the null space is not free.
 _SLIDE_JOINT_WEIGHT = 0.003
+#: Rounds of steering a target away from a singular pose (the condition number is far from linear).
+_STEER_ROUNDS = 12
+#: A steered target aims this fraction below the condition number it must keep (first order).
+_STEER_MARGIN = 0.03
+#: Joint step [rad] of the condition number's central-difference gradient.
+_COND_GRADIENT_STEP = 1e-5
 
 _log = logging.getLogger(__name__)
 
@@ -290,12 +299,17 @@ class SafetyGate:
             q_t, adjusted = self._hold_limit_joints(q, q_t, s * motion if ee else None, pos0, R0, dt, dq_meas)
         figures = self._figures(s, q_t, pos0, dt)
         problem = self._target_problem(q, q_t, pos0, figures)
+        remedy = None
         if problem is not None and problem[0] == SafetyStatus.HALT_COLLISION and cfg.slide_along_obstacles:
-            # minimal change instead of a halt: keep the motion along what it would hit (re-checked in full)
+            remedy = self._slide  # keep the motion along what it would hit
+        elif problem is not None and problem[0] == SafetyStatus.HALT_SINGULARITY and cfg.steer_from_singularity:
+            remedy = self._steer_from_singularity  # keep the motion that does not fold the arm further
+        if remedy is not None:
+            # minimal change instead of a halt, re-checked in full
             try:
-                slid = self._slide(q, q_t, pos0, R0, dt, dq_meas)
+                slid = remedy(q, q_t, pos0, R0, dt, dq_meas)
             except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-                _log.warning("slide failed (%s): the halt stands", exc)
+                _log.warning("%s failed (%s): the halt stands", remedy.__name__.strip("_"), exc)
                 slid = None
             if slid is not None:
                 q_s, how, slide_scale = slid
@@ -499,6 +513,61 @@ class SafetyGate:
         if not pairs or np.max(np.abs(cand - q)) < 1e-6:
             return None
         return cand, "adjusted: slid " + ", ".join(pairs), scale
+
+    def _steer_from_singularity(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
+                                dq_meas: np.ndarray | None) -> tuple[np.ndarray, str, float] | None:
+        """The target closest to ``q_t`` (to first order, in the slide's TCP-weighted metric) whose TCP
+        Jacobian condition number stays at or below the larger of the threshold and its present value:
+        the part of the motion that drives the arm into the singular pose is dropped, and the redundant
+        joints turn the arm away from it where that costs the TCP little. In rounds (the condition
+        number is far from linear near a singularity; a target over a speed limit or the raw bounds is
+        steered again from a shorter asked motion). Returns (target, what was done, the asked motion's
+        scale), or None; the caller re-runs every check on the result."""
+        kin = self.kin
+        limit = max(self.config.singularity_halt_condition, kin.condition_number(q))
+        if not np.isfinite(limit):
+            return None
+        want = limit * (1.0 - _STEER_MARGIN)
+        asked = kin.condition_number(q_t)
+        cand = q_t.copy()
+        rows: dict[tuple[int, float], tuple[np.ndarray, float]] = {}
+        scale = 1.0
+        for i in range(_STEER_ROUNDS):
+            c = kin.condition_number(cand)
+            if c <= limit:
+                f = self._speed_factor(q, cand, pos0, R0, dt, dq_meas, [])
+                if f <= 0.0:
+                    return None
+                if f < 1.0 - _SCALE_TOL:
+                    scale *= f * 0.98
+                elif not self._within_raw_bounds(q, cand, pos0, R0):
+                    scale *= 0.9
+                else:
+                    break
+            else:
+                if not np.isfinite(c):
+                    return None
+                g = self._condition_gradient(cand)
+                # cond(y) ~ c + g . (y - cand) <= want, as a row (-g) . y >= c - want - g . cand
+                rows[(i, 0.0)] = (-g, c - want - float(g @ cand))
+            J = kin.jacobian(cand)
+            metric = J.T @ (_SLIDE_TWIST_WEIGHT[:, None] * J) + _SLIDE_JOINT_WEIGHT * np.eye(self.n)
+            projected = _project(q + scale * (q_t - q), metric, rows)
+            if projected is None:
+                return None
+            cand = projected
+        else:
+            return None
+        if not rows or np.max(np.abs(cand - q)) < 1e-6:
+            return None
+        return (cand, f"adjusted: steered clear of a singular pose (condition number "
+                f"{kin.condition_number(cand):.1f}, asked {asked:.1f}, limit {limit:.1f})", scale)
+
+    def _condition_gradient(self, q: np.ndarray) -> np.ndarray:
+        """d cond / d q by central differences (the condition number has no closed-form gradient)."""
+        h = _COND_GRADIENT_STEP
+        eye = np.eye(self.n) * h
+        return np.array([(self.kin.condition_number(q + e) - self.kin.condition_number(q - e)) / (2 * h) for e in eye])
 
     def _within_raw_bounds(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray) -> bool:
         """Whether the step q -> q_t stays inside the raw action bounds (what the main path scales or
