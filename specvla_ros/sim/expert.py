@@ -20,6 +20,10 @@ from specvla_ros.sim.tasks import LIFT_HEIGHT, reach_point
 MAX_STEP_M = 0.04  # [m] TCP travel per control step when moving freely
 SLOW_STEP_M = 0.03  # [m] per step when lowering onto or pushing an object
 MAX_ROT_STEP = 0.1  # [rad] orientation correction per step and axis
+#: Orientation errors below this [rad] are left alone: corrections of tracking noise made the rotation
+#: labels jitter by a bin or two from step to step, which a learnt policy copies (chatter) and which
+#: makes consecutive chunks disagree token by token (weak free drafts for speculative decoding).
+ROT_DEADBAND = 0.02
 #: Fingers down, closing along the base y axis (the TCP's home orientation).
 DOWN = np.diag([1.0, -1.0, -1.0])
 APPROACH_HEIGHT = 0.1  # [m] TCP above the object centre before lowering
@@ -80,7 +84,8 @@ class ScriptedExpert:
 
     def _action(self, translation: np.ndarray, gripper: float) -> np.ndarray:
         _, rot = self.env.tcp_pose()
-        rpy = np.clip(zyx_from_matrix(DOWN @ rot.T), -MAX_ROT_STEP, MAX_ROT_STEP)
+        error = zyx_from_matrix(DOWN @ rot.T)
+        rpy = np.zeros(3) if np.linalg.norm(error) < ROT_DEADBAND else np.clip(error, -MAX_ROT_STEP, MAX_ROT_STEP)
         return np.concatenate([translation, rpy, [gripper]]).astype(np.float32)
 
     def _extent_along(self, direction: np.ndarray) -> float:
