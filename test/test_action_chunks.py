@@ -113,6 +113,32 @@ def test_history_moves_the_previous_chunk_by_the_executed_steps() -> None:
     assert h1.previous_output(g1, 1) == [1, eon, *acts[0]]
 
 
+def test_history_drafts_only_the_dimensions_it_has_been_matching() -> None:
+    """Each finished decision is scored against what the history would have drafted for it; a
+    dimension whose tokens keep changing (x here) drops below min_accept and is left to the model,
+    the steady ones are still drafted from the history."""
+    vocab, n_bins, eon = 300, 256, 5
+    text = np.zeros(vocab, dtype=bool)
+    text[:10] = True
+    g = OutputGrammar(vocab, eon, text, n_bins, max_narration=4, horizon=2)
+    h = HistorySource(eon, narration=True, action_dims=range(7), min_accept=0.8)
+    h.shift = 1
+
+    def output(i: int) -> list[int]:  # dim 0 moves a bin every decision, the others stay
+        return [1, eon] + [vocab - 1 - (i % 2 if d == 0 else 10 + d) for _ in range(2) for d in range(7)]
+
+    state = g.advance(g.advance(g.initial_state, 1), eon)
+    assert h.remember(output(0)) and h.candidate(g, state, [1, eon], []) is not None  # unmeasured: drafted
+    for i in range(1, 12):
+        assert h.remember(output(i))
+    assert h.match_rate[0] < 0.1 and np.all(h.match_rate[1:] > 0.99)
+    assert h.candidate(g, state, [1, eon], []) is None  # x: the model's
+    y_state = g.advance(state, vocab - 1)
+    assert h.candidate(g, y_state, [1, eon], [vocab - 1]) == (vocab - 1 - 11, h.last_eon + 1 + 7 + 1)
+    h.min_accept = 0.0  # 0: every dimension, as before
+    assert h.candidate(g, state, [1, eon], []) is not None
+
+
 # --- decoding a chunk ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def chunk_reference(target):

@@ -109,6 +109,10 @@ SCHEMA: tuple[ParamSpec, ...] = (
     ParamSpec("decode.adaptive_draft", BOOL, f"Adapt the draft length to acceptance {_MODEL}"),
     ParamSpec("decode.history_actions", BOOL,
               f"Also draft the previous decision's action tokens (free, lossless in greedy/sample) {_MODEL}"),
+    ParamSpec("decode.history_min_accept", DOUBLE,
+              f"history_actions drafts an action dimension only while the previous decision's tokens matched "
+              f"the target's at least this often there (running, per dimension; the draft model drafts the "
+              f"others; 0 = always) [1] {_MODEL}", min=0.0, max=1.0),
     ParamSpec("decode.lookahead", BOOL,
               f"Draft the target's own predictions past a rejected draft (free, lossless in greedy/sample) {_MODEL}"),
     ParamSpec("decode.whole_narration", BOOL,

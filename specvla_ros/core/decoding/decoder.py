@@ -58,6 +58,10 @@ class DecodeConfig:
     #   relaxed mode also verify its whole output in the target's prefill pass
     lookahead: bool | None = True  # past a rejected draft, the target's own predictions from that pass
     whole_narration: bool | None = True  # the draft model drafts the narration through [EON] in one proposal
+    # history_actions drafts an action dimension only while the previous decision's tokens have
+    # matched the target's at least this often there (measured per dimension, running); the draft
+    # model drafts the others. 0 = every dimension always (None keeps the drafter's own setting)
+    history_min_accept: float | None = 0.8
     history_narration: bool | None = None  # propose the rest of the previous decision's narration
     max_narration_tokens: int = 12
     # actions decoded per decision: 0 = the target's own chunk length (``VLAModel.chunk_horizon``);
@@ -87,7 +91,8 @@ class DecodeConfig:
         """What the drafter is configured with (once, when the decoder is built)."""
         return DraftSettings(draft_len=self.draft_len, max_draft_len=self.max_draft_len, adaptive=self.adaptive_draft,
                              history_narration=self.history_narration, history_actions=self.history_actions,
-                             lookahead=self.lookahead, whole_narration=self.whole_narration)
+                             lookahead=self.lookahead, whole_narration=self.whole_narration,
+                             history_min_accept=self.history_min_accept)
 
     @property
     def prefill_guess(self) -> bool:

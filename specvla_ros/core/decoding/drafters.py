@@ -86,10 +86,15 @@ class DraftSettings:
     history_actions: bool | None = None  # propose the previous decision's action tokens (every dimension)
     lookahead: bool | None = None  # propose the target's own predictions past a rejected draft
     whole_narration: bool | None = None  # the model drafts a narration through [EON] in one proposal
+    # an action dimension is drafted from the previous decision only while that draft's measured
+    # match rate for it is at least this (0: always); the model drafts it otherwise
+    history_min_accept: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_draft_len < 1 or not 1 <= self.draft_len <= self.max_draft_len:
             raise ValueError(f"draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
+        if self.history_min_accept is not None and not 0.0 <= self.history_min_accept <= 1.0:
+            raise ValueError(f"DraftSettings.history_min_accept must be in [0, 1] or None, got {self.history_min_accept}")
         for name in ("history_narration", "history_actions", "lookahead", "whole_narration"):
             if getattr(self, name) not in (True, False, None):
                 raise ValueError(f"DraftSettings.{name} must be true, false or None, got {getattr(self, name)!r}")
@@ -244,6 +249,10 @@ class LookaheadSource:
         return tok, hidden[j : j + 1]
 
 
+#: Weight of the newest decision in the running match rate of each action dimension's history draft.
+_MATCH_RATE_WEIGHT = 0.2
+
+
 class HistorySource:
     """The previous decision's output. At 10 Hz the robot says the same phrase for many frames in a
     row: with ``narration`` the rest of last decision's phrase (through [EON]) is proposed whenever
@@ -254,12 +263,21 @@ class HistorySource:
     past its end repeat its last action. With one action per decision and shift 1 that is last
     decision's action (the target's consecutive actions often repeat a bin). The feature is the
     token's index in last decision's sequence. ``previous_output`` is the whole of it, for the
-    target's prefill pass."""
+    target's prefill pass.
 
-    def __init__(self, eon_token_id: int, narration: bool = True, action_dims: Sequence[int] = ()) -> None:
+    A dimension whose tokens change from decision to decision (a bin or two of replanning) makes a
+    poor free draft: one wrong token wastes the rest of the proposal. So each finished decision is
+    scored against what this source would have drafted for it (free: no model runs), per
+    dimension, into a running match rate (``match_rate``), and a dimension is drafted here only
+    while its rate is at least ``min_accept`` (the model drafts it otherwise; 0: always here)."""
+
+    def __init__(self, eon_token_id: int, narration: bool = True, action_dims: Sequence[int] = (),
+                 min_accept: float = 0.0) -> None:
         self.eon_token_id = int(eon_token_id)
         self.narration = narration
         self.action_dims = _action_dims(action_dims)
+        self.min_accept = float(min_accept)
+        self.match_rate = np.ones(ACTION_DIM)  # optimistic until measured
         self.proposed = 0
         self.shift = 1
         self.last_seq: list[int] = []  # previous finished decision: narration, [EON], 7H action tokens
@@ -278,9 +296,25 @@ class HistorySource:
             eon = output.index(self.eon_token_id)
             n_action = len(output) - eon - 1
             if n_action > 0 and n_action % ACTION_DIM == 0:
+                self._score(output[eon + 1 :])
                 self.last_seq, self.last_eon, self.last_steps = list(output), eon, n_action // ACTION_DIM
                 return True
         return False
+
+    def _score(self, action_tokens: list[int]) -> None:
+        """Fold how well the history (before it is replaced) drafted these action tokens into the
+        per-dimension match rates."""
+        if not self.last_seq:
+            return
+        got = np.asarray(action_tokens, dtype=np.int64).reshape(-1, ACTION_DIM)
+        drafted = np.array([[self.last_seq[self._action_pos(step, dim, self.shift)] for dim in range(ACTION_DIM)]
+                            for step in range(got.shape[0])], dtype=np.int64)
+        matched = (got == drafted).mean(axis=0)
+        self.match_rate += _MATCH_RATE_WEIGHT * (matched - self.match_rate)
+
+    def drafts_dim(self, dim: int) -> bool:
+        """Whether action dimension ``dim`` is drafted from the history now."""
+        return dim in self.action_dims and self.match_rate[dim] >= self.min_accept
 
     def _action_pos(self, step: int, dim: int, shift: int) -> int:
         """Index in last_seq of the token drafted for (step, dim) of a decision ``shift`` steps later."""
@@ -313,7 +347,7 @@ class HistorySource:
                 return None
         else:
             step, dim = grammar.action_index(state)
-            if dim not in self.action_dims:
+            if not self.drafts_dim(dim):
                 return None
             pos = self._action_pos(step, dim, self.shift)
         tok = last[pos]
@@ -390,6 +424,8 @@ class SourcedDrafter(AdaptiveDraftLength):
             self.lookahead = settings.lookahead
         if settings.whole_narration is not None:
             self.whole_narration = settings.whole_narration
+        if settings.history_min_accept is not None:
+            self.history.min_accept = settings.history_min_accept
 
     def previous_output(self, grammar: OutputGrammar, shift: int = 1) -> list[int]:
         return self.history.previous_output(grammar, shift)
