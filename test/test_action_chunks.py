@@ -185,10 +185,24 @@ def test_speculative_chunk_equals_or_stays_near_the_targets_own_chunk(kind, mode
                 assert got.stats.chunk_len == H
 
 
+@pytest.mark.parametrize("cap", [3, 9])
+def test_no_verify_pass_checks_more_than_max_proposal_len(cap, chunk_ckpts, target, chunk_reference) -> None:
+    """The cap holds for free drafts too (the previous chunk, lookahead) and for the guess verified in
+    the prefill pass; greedy output is still exactly the target's."""
+    spec = SpeculativeDecoder(target, load_drafter(chunk_ckpts[1], target), DecodeConfig(max_proposal_len=cap))
+    for seed in range(3):
+        for shift in (1, 0):  # shift 0 on the same frame: the whole previous chunk would be the draft
+            got = spec.decode(obs(seed), shift=shift)
+            assert got.token_ids == chunk_reference[(seed, False)].token_ids
+            # every pass emits at most cap + 1 tokens: the accepted drafts and the target's own
+            assert got.stats.drafted <= cap * got.stats.target_passes
+            assert got.stats.target_passes >= -(-len(got.token_ids) // (cap + 1))
+
+
 def test_the_previous_chunk_is_verified_in_the_prefill_pass(chunk_ckpts, target) -> None:
     """Shift 0 on the same frame: the whole previous output is the target's own, accepted in one pass;
     shifted by one step the tail is drafted and greedy output is unchanged."""
-    spec = SpeculativeDecoder(target, load_drafter(chunk_ckpts[1], target), DecodeConfig())
+    spec = SpeculativeDecoder(target, load_drafter(chunk_ckpts[1], target), DecodeConfig(max_proposal_len=64))
     plain = SpeculativeDecoder(target, None, DecodeConfig())
     first = spec.decode(obs(7))
     same = spec.decode(obs(7), shift=0)

@@ -106,6 +106,8 @@ SCHEMA: tuple[ParamSpec, ...] = (
               min=1, max=64),
     ParamSpec("decode.max_draft_len", INT, f"Upper bound of the adaptive draft length [tokens] {_MODEL}",
               min=1, max=64),
+    ParamSpec("decode.max_proposal_len", INT, f"Most tokens one target pass verifies, free drafts and the prefill "
+              f"guess included [tokens] {_MODEL}", min=1, max=512),
     ParamSpec("decode.adaptive_draft", BOOL, f"Adapt the draft length to acceptance {_MODEL}"),
     ParamSpec("decode.history_actions", BOOL,
               f"Also draft the previous decision's action tokens (free, lossless in greedy/sample) {_MODEL}"),

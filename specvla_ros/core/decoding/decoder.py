@@ -52,6 +52,10 @@ class DecodeConfig:
     draft_len: int = 4
     max_draft_len: int = 8
     adaptive_draft: bool = True
+    # most tokens one target pass verifies, free drafts included (and the previous output guessed in
+    # the prefill pass): a verify pass costs more with every token, and past the first wrong one the
+    # rest of a long proposal is paid for and thrown away
+    max_proposal_len: int = 64
     # Free drafts (no model pass; greedy output stays exactly the target's and sampling keeps its
     # distribution). True switches a source on, False off, None keeps the drafter's own setting.
     history_actions: bool | None = True  # propose the previous decision's action tokens; in greedy and
@@ -79,6 +83,8 @@ class DecodeConfig:
             raise ValueError(f"DecodeConfig.max_draft_len must be >= 1, got {self.max_draft_len}")
         if not 1 <= self.draft_len <= self.max_draft_len:
             raise ValueError(f"DecodeConfig.draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
+        if self.max_proposal_len < 1:
+            raise ValueError(f"DecodeConfig.max_proposal_len must be >= 1, got {self.max_proposal_len}")
         if self.max_narration_tokens < 0:
             raise ValueError(f"DecodeConfig.max_narration_tokens must be >= 0, got {self.max_narration_tokens}")
         if not 0 <= self.horizon <= MAX_CHUNK_HORIZON:
@@ -90,6 +96,7 @@ class DecodeConfig:
     def draft_settings(self) -> DraftSettings:
         """What the drafter is configured with (once, when the decoder is built)."""
         return DraftSettings(draft_len=self.draft_len, max_draft_len=self.max_draft_len, adaptive=self.adaptive_draft,
+                             max_proposal_len=self.max_proposal_len,
                              history_narration=self.history_narration, history_actions=self.history_actions,
                              lookahead=self.lookahead, whole_narration=self.whole_narration,
                              history_min_accept=self.history_min_accept)
@@ -285,8 +292,8 @@ class SpeculativeDecoder:
         the first token and start the drafter -> the guess tokens verified in this pass, if any."""
         drafter, grammar, stats = self.drafter, run.grammar, run.stats
         need_hidden = drafter is not None and drafter.needs_target_hidden
-        guess = (drafter.previous_output(grammar, shift) if drafter is not None and self.config.prefill_guess
-                 and self.target.can_prefill_with_guess else [])
+        guess = (drafter.previous_output(grammar, shift)[: self.config.max_proposal_len]
+                 if drafter is not None and self.config.prefill_guess and self.target.can_prefill_with_guess else [])
         if guess:
             run.cache, out, guess_out = self.target.prefill_with_guess(
                 vision, obs.instruction, obs.proprio, guess, return_all_hidden=need_hidden)
@@ -329,6 +336,9 @@ class SpeculativeDecoder:
             if k > 0:
                 drafts, q = drafter.propose(k, grammar, run.state, self.config.mode == "sample",
                                             self.config.temperature, self.generator)
+                cap = self.config.max_proposal_len
+                if len(drafts) > cap:  # a drafter that ignores the cap: verify no more than it allows
+                    drafts, q = drafts[:cap], (q[:cap] if q is not None else None)
             t1 = self._clock()
             stats.draft_time_s += t1 - t0
             out = self.target.forward(torch.tensor([run.tokens[-1], *drafts], dtype=torch.long,

@@ -82,6 +82,7 @@ class DraftSettings:
     draft_len: int = 4
     max_draft_len: int = 8
     adaptive: bool = True
+    max_proposal_len: int = 64  # tokens per proposal, free ones included
     history_narration: bool | None = None  # propose the rest of the previous decision's narration
     history_actions: bool | None = None  # propose the previous decision's action tokens (every dimension)
     lookahead: bool | None = None  # propose the target's own predictions past a rejected draft
@@ -93,6 +94,8 @@ class DraftSettings:
     def __post_init__(self) -> None:
         if self.max_draft_len < 1 or not 1 <= self.draft_len <= self.max_draft_len:
             raise ValueError(f"draft_len must be in [1, max_draft_len={self.max_draft_len}], got {self.draft_len}")
+        if self.max_proposal_len < 1:
+            raise ValueError(f"max_proposal_len must be >= 1, got {self.max_proposal_len}")
         if self.history_min_accept is not None and not 0.0 <= self.history_min_accept <= 1.0:
             raise ValueError(f"DraftSettings.history_min_accept must be in [0, 1] or None, got {self.history_min_accept}")
         for name in ("history_narration", "history_actions", "lookahead", "whole_narration"):
@@ -159,6 +162,7 @@ class AdaptiveDraftLength:
         self.initial = settings.draft_len
         self.num_draft_tokens = settings.draft_len
         self.max_draft_len = settings.max_draft_len
+        self.max_proposal_len = settings.max_proposal_len
         self.adaptive = settings.adaptive
 
     def update(self, num_accepted: int, num_proposed: int) -> None:
@@ -497,7 +501,7 @@ class SourcedDrafter(AdaptiveDraftLength):
         vocab = grammar.bias.shape[-1]
         for source in self.sources:
             source.start_proposal()
-        while not grammar.is_done(state):
+        while not grammar.is_done(state) and len(drafts) < self.max_proposal_len:
             free = None
             for source in self.sources:
                 free = source.candidate(grammar, state, self._committed, drafts)
