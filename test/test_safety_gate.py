@@ -281,6 +281,46 @@ def test_halt_singularity_when_moving_into_one(kin: ArmKinematics) -> None:
     assert np.max(np.abs(v.joint_command - q)) > 1e-3
 
 
+def test_a_step_that_brings_two_links_together_on_the_way_halts(kin: ArmKinematics) -> None:
+    """Self-collision along the path, not only at its ends: both poses keep every link pair 10 mm
+    apart, but halfway link 6 passes within 5 mm of the base (found by random search)."""
+    q0 = np.array([1.3803, 0.468, 1.0537, -2.8097, 2.22, 1.8121, -1.166])
+    q1 = np.array([1.1787, 1.2171, 1.1221, -2.8445, 2.2535, 1.454, -1.0653])
+    gate = _gate(kin, action_space="joint_position", action_low=tuple(kin.lower), action_high=tuple(kin.upper))
+    scene, lim = gate.scene, gate.config.min_self_distance
+    selfs = scene.pair_kinds == 2
+    assert np.all(scene.distances(q0).per_pair[selfs] >= lim) and np.all(scene.distances(q1).per_pair[selfs] >= lim)
+    middle = scene.distances(q0 + 0.5 * (q1 - q0)).per_pair[selfs]
+    assert middle.min() < lim
+    v = gate.check(q1, _state(q0), 1.0)  # a long step: inside the speed limits
+    assert v.status == SafetyStatus.HALT_COLLISION and "panda_link6" in v.reason and "of the way" in v.reason, v.reason
+    _assert_hold(v, q0)
+
+
+def test_path_bounds_hold_for_every_pair_kind(kin: ArmKinematics) -> None:
+    """(d0 + d1 - L) / 2 is a lower bound of a pair's distance along a step (what lets the gate skip
+    looking between the ends): sampled finely on random steps, for table, object and self pairs
+    (a self pair's L counts only the joints that move one link and not the other)."""
+    from specvla_ros.core.safety.collision_scene import SceneObject
+
+    gate = _gate(kin)
+    gate.set_scene_objects([SceneObject("block", (0.5, 0.06, 0.03), (0.05, 0.05, 0.06))])
+    scene = gate.scene
+    active = scene.path_checked
+    rng = np.random.default_rng(3)
+    kinds_seen = set()
+    for _ in range(60):
+        q0 = rng.uniform(gate.lower + 0.1, gate.upper - 0.1)
+        q1 = np.clip(q0 + rng.normal(size=7) * 0.3, gate.lower, gate.upper)
+        d0, d1 = scene.distances(q0).per_pair, scene.distances(q1).per_pair
+        bound = (d0 + d1 - scene.path_bounds(q0, q1)) / 2
+        along = np.min([scene.distances(q0 + t * (q1 - q0)).per_pair for t in np.linspace(0, 1, 17)[1:-1]], axis=0)
+        ok = ~active | (along >= bound - 1e-6)
+        assert ok.all(), [scene.pair_names[i] for i in np.flatnonzero(~ok)]
+        kinds_seen |= set(scene.pair_kinds[active & (bound < 0.05)].tolist())
+    assert kinds_seen == {0, 1, 2}  # every kind came close enough for the bound to matter
+
+
 #: A pose a learnt push policy folded the elbow into (joint 4 0.11 rad from its limit, condition number
 #: 59) and the 7 mm step it kept asking for there (condition number 97 at its IK target): recorded in
 #: closed loop, where the gate held it for the rest of the episode.

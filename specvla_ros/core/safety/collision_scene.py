@@ -198,14 +198,22 @@ class CollisionScene:
         self._kind = np.array(kinds, dtype=np.int8)
         self.data = model.createData()
         # per pair (robot primitive first in every table/box/object pair), per joint: how far a point
-        # of the robot's primitive can lie from that joint's axis; 0 for self pairs (not used)
+        # of the robot's primitive can lie from that joint's axis. A self pair moves relative to itself
+        # only by the joints that move one primitive and not the other (a joint moving both moves them
+        # rigidly): the sum of the two primitives' reaches over those joints
         self._pair_reach = np.zeros((len(kinds), model.nv))
         self._pair_robot = np.array([pair.first for pair in self.geom.collisionPairs])
+        self._pair_other = np.array([pair.second for pair in self.geom.collisionPairs])
         self._geom_radius = np.zeros(self.geom.ngeoms)
+        reach = {r: self._joint_reach(r) for r in set(robot_ids) | {int(p.first) for p in self.geom.collisionPairs}}
+        for r in reach:
+            self._geom_radius[r] = _bounding_radius(self.geom.geometryObjects[r].geometry)
         for i, pair in enumerate(self.geom.collisionPairs):
             if kinds[i] != _SELF:
-                self._pair_reach[i] = self._joint_reach(pair.first)
-                self._geom_radius[pair.first] = _bounding_radius(self.geom.geometryObjects[pair.first].geometry)
+                self._pair_reach[i] = reach[pair.first]
+            else:
+                ra, rb = reach[pair.first], reach[pair.second]
+                self._pair_reach[i] = np.where((ra > 0) & (rb > 0), 0.0, ra + rb)
         self.geom_data = pin.GeometryData(self.geom)
         for req in self.geom_data.distanceRequests:
             req.enable_signed_distance = True
@@ -342,28 +350,33 @@ class CollisionScene:
 
     @property
     def path_checked(self) -> np.ndarray:
-        """Mask of the pairs checked along a step's path: the active table/box and object pairs."""
-        return self._active & (self._kind != _SELF)
+        """Mask of the pairs checked along a step's path: every active pair (table/box, object, self)."""
+        return self._active.copy()
 
     def path_bounds(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
         """Per pair, an upper bound L [m] on the length of the path any point of its robot primitive
-        travels on the joint-space segment q0 -> q1: sum over joints of |dq_i| times how far that
-        joint moves the primitive per unit (see ``_joint_reach``); 0 for self pairs (not bounded).
-        At fraction t of the way such a point is within t L of its start and (1 - t) L of its end,
-        so the pair's distance there is at least (d0 + d1 - L) / 2."""
+        travels on the joint-space segment q0 -> q1 (a self pair: relative to the other primitive):
+        sum over joints of |dq_i| times how far that joint moves the primitive per unit (see
+        ``_joint_reach``). At fraction t of the way such a point is within t L of its start and
+        (1 - t) L of its end, so the pair's distance there is at least (d0 + d1 - L) / 2."""
         dq = np.abs(np.asarray(q1, dtype=np.float64) - np.asarray(q0, dtype=np.float64))
         return self._pair_reach @ dq
 
     def pair_sweeps(self, q0: np.ndarray, q1: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """Per pair, how far its robot primitive moves between poses q0 and q1 [m]: its origin's
-        displacement plus its extent times its rotation angle (the end-to-end motion; a short
-        joint-space step moves it along a nearly straight path)."""
+        """Per pair, how far its robot primitive moves between poses q0 and q1 [m] (a self pair's first
+        primitive: in the frame of the second): its origin's displacement plus its extent times its
+        rotation angle (the end-to-end motion; a short joint-space step moves it along a nearly
+        straight path)."""
+        pairs = np.asarray(pairs, dtype=np.int64)
         geoms = self._pair_robot[pairs]
+        selfs = self._kind[pairs] == _SELF
+        others = self._pair_other[pairs]
         places = []
         for q in (q0, q1):
             pin.updateGeometryPlacements(self.kin.model, self.data, self.geom, self.geom_data,
                                          np.asarray(q, dtype=np.float64))
-            places.append([self.geom_data.oMg[int(g)].copy() for g in geoms])
+            places.append([self.geom_data.oMg[int(o)].actInv(self.geom_data.oMg[int(g)]) if own
+                           else self.geom_data.oMg[int(g)].copy() for g, o, own in zip(geoms, others, selfs)])
         out = np.empty(len(geoms))
         for k, (a, b) in enumerate(zip(*places)):
             angle = float(np.linalg.norm(pin.log3(a.rotation.T @ b.rotation)))

@@ -407,15 +407,14 @@ class SafetyGate:
         / 2 keeps what it must) is clear without a look; the others are bisected with their
         primitives' estimated path length until every piece is shown clear, a computed pose is too
         close, or ``_PATH_MAX_EVALS`` computations are spent (then the step counts as too close).
-        Self pairs are checked at the ends only: their relative motion within one speed-limited step
-        is small and the 10 mm self margin covers it."""
+        Self pairs the same way, with their primitives' motion relative to each other."""
         scene = self.scene
         if scene is None:
             return None
         lim = self._pair_limits()
         end = d_t.per_pair
         length = scene.path_bounds(q, q_t)
-        moving = scene.path_checked  # active table/box/object pairs
+        moving = scene.path_checked  # every active pair
         low_end = ~(end >= lim)  # NaN counts as too close
         if not low_end.any() and np.all(end[moving] - length[moving] >= lim[moving]):
             return None  # clear at the end and all the way, without the distances at q
