@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -469,49 +469,28 @@ class SafetyGate:
         lim = self._pair_limits()
         d_0 = scene.distances(q)
         keep = np.minimum(lim, d_0.per_pair)
-        cand = q_t.copy()
         pairs: list[str] = []
-        # every surface met so far, linearised where it was met: (gradient, offset) with the
-        # constraint grad . x >= offset; the asked target is projected onto all of them at once, so
-        # two faces of a corner do not push it back and forth
-        rows: dict[tuple[int, float], tuple[np.ndarray, float]] = {}
-        scale = 1.0  # of the asked motion: over a speed limit or a raw bound, a shorter motion is slid
-        for _ in range(_SLIDE_ROUNDS):
+
+        def linearise(cand: np.ndarray, rows: dict, _: int) -> bool:
             contact = self._collision_along(q, cand, scene.distances(cand), d_0)
             if contact is None:
-                f = self._speed_factor(q, cand, pos0, R0, dt, dq_meas, [])
-                if f <= 0.0:
-                    return None
-                if f < 1.0 - _SCALE_TOL:
-                    scale *= f * 0.98
-                elif not self._within_raw_bounds(q, cand, pos0, R0):
-                    scale *= 0.9
-                else:
-                    break
-            else:
-                # met at q_m = q + t (x - q) on the way to x: linearised there, as a constraint on x
-                t, pair = contact.t, contact.pair
-                q_m = q + t * (cand - q)
-                d, grad = scene.pair_distance_gradient(q_m, pair)
-                want = keep[pair] + _SLIDE_CLEARANCE
-                rows[(pair, round(t, 3))] = (t * grad, want - d + t * float(grad @ cand))
-                names = scene.pair_names[pair]
-                label = f"{names[0]} along {names[1]}"
-                if label not in pairs:
-                    pairs.append(label)
-            # smallest change of the TCP's motion (not of the joints'): metric J^T W J, a little
-            # joint-space weight for the null space
-            J = self.kin.jacobian(cand)
-            metric = J.T @ (_SLIDE_TWIST_WEIGHT[:, None] * J) + _SLIDE_JOINT_WEIGHT * np.eye(self.n)
-            projected = _project(q + scale * (q_t - q), metric, rows)
-            if projected is None:
-                return None  # no joint moves these pairs apart
-            cand = projected
-        else:
+                return False
+            # met at q_m = q + t (x - q) on the way to x: linearised there, as a constraint on x
+            t, pair = contact.t, contact.pair
+            q_m = q + t * (cand - q)
+            d, grad = scene.pair_distance_gradient(q_m, pair)
+            want = keep[pair] + _SLIDE_CLEARANCE
+            rows[(pair, round(t, 3))] = (t * grad, want - d + t * float(grad @ cand))
+            names = scene.pair_names[pair]
+            label = f"{names[0]} along {names[1]}"
+            if label not in pairs:
+                pairs.append(label)
+            return True
+
+        found = self._closest_passing(q, q_t, pos0, R0, dt, dq_meas, _SLIDE_ROUNDS, linearise)
+        if found is None:
             return None
-        if not pairs or np.max(np.abs(cand - q)) < 1e-6:
-            return None
-        return cand, "adjusted: slid " + ", ".join(pairs), scale
+        return found[0], "adjusted: slid " + ", ".join(pairs), found[1]
 
     def _steer_from_singularity(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
                                 dq_meas: np.ndarray | None) -> tuple[np.ndarray, str, float] | None:
@@ -527,13 +506,39 @@ class SafetyGate:
         if not np.isfinite(limit):
             return None
         want = limit * (1.0 - _STEER_MARGIN)
-        asked = kin.condition_number(q_t)
+
+        def linearise(cand: np.ndarray, rows: dict, i: int) -> bool:
+            c = kin.condition_number(cand)
+            if c <= limit:
+                return False
+            if not np.isfinite(c):
+                raise ValueError("singular target: the condition number is not finite")
+            g = self._condition_gradient(cand)
+            # cond(y) ~ c + g . (y - cand) <= want, as a row (-g) . y >= c - want - g . cand
+            rows[(i, 0.0)] = (-g, c - want - float(g @ cand))
+            return True
+
+        found = self._closest_passing(q, q_t, pos0, R0, dt, dq_meas, _STEER_ROUNDS, linearise)
+        if found is None:
+            return None
+        return (found[0], f"adjusted: steered clear of a singular pose (condition number "
+                f"{kin.condition_number(found[0]):.1f}, asked {kin.condition_number(q_t):.1f}, limit {limit:.1f})",
+                found[1])
+
+    def _closest_passing(self, q: np.ndarray, q_t: np.ndarray, pos0: np.ndarray, R0: np.ndarray, dt: float,
+                         dq_meas: np.ndarray | None, rounds: int,
+                         linearise: Callable[[np.ndarray, dict, int], bool]) -> tuple[np.ndarray, float] | None:
+        """The rounds the slide and the steer share: while ``linearise(candidate, rows, round)`` finds the
+        candidate failing its check, it adds a linear constraint row (gradient, offset: grad . x >=
+        offset) where it failed, and the asked target is projected onto every row so far at once (two
+        faces of a corner do not push it back and forth); a candidate that passes but is over a speed
+        limit or a raw bound is projected again from a shorter asked motion. -> (target, scale of the
+        asked motion), or None when no round ends passing or nothing would move."""
         cand = q_t.copy()
         rows: dict[tuple[int, float], tuple[np.ndarray, float]] = {}
         scale = 1.0
-        for i in range(_STEER_ROUNDS):
-            c = kin.condition_number(cand)
-            if c <= limit:
+        for i in range(rounds):
+            if not linearise(cand, rows, i):
                 f = self._speed_factor(q, cand, pos0, R0, dt, dq_meas, [])
                 if f <= 0.0:
                     return None
@@ -543,24 +548,19 @@ class SafetyGate:
                     scale *= 0.9
                 else:
                     break
-            else:
-                if not np.isfinite(c):
-                    return None
-                g = self._condition_gradient(cand)
-                # cond(y) ~ c + g . (y - cand) <= want, as a row (-g) . y >= c - want - g . cand
-                rows[(i, 0.0)] = (-g, c - want - float(g @ cand))
-            J = kin.jacobian(cand)
+            # smallest change of the TCP's motion (not of the joints'): metric J^T W J, a little
+            # joint-space weight for the null space
+            J = self.kin.jacobian(cand)
             metric = J.T @ (_SLIDE_TWIST_WEIGHT[:, None] * J) + _SLIDE_JOINT_WEIGHT * np.eye(self.n)
             projected = _project(q + scale * (q_t - q), metric, rows)
             if projected is None:
-                return None
+                return None  # the constraints cannot all be met
             cand = projected
         else:
             return None
         if not rows or np.max(np.abs(cand - q)) < 1e-6:
             return None
-        return (cand, f"adjusted: steered clear of a singular pose (condition number "
-                f"{kin.condition_number(cand):.1f}, asked {asked:.1f}, limit {limit:.1f})", scale)
+        return cand, scale
 
     def _condition_gradient(self, q: np.ndarray) -> np.ndarray:
         """d cond / d q by central differences (the condition number has no closed-form gradient)."""
