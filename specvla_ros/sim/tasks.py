@@ -152,26 +152,24 @@ def reach_point(obj_pos: np.ndarray, obj: ObjectSpec) -> np.ndarray:
 
 def is_success(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> bool:
     """Whether the task is achieved, from the TCP and the named object's position [m]."""
-    target_pos = np.asarray(target_pos, dtype=float)
-    if layout.task == "reach":
-        return bool(np.linalg.norm(np.asarray(tcp_pos) - reach_point(target_pos, layout.target))
-                    < REACH_TOLERANCE)
-    if layout.task == "push":
-        # must rest on the table at the goal (not carried there)
-        return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < PUSH_TOLERANCE
-                    and target_pos[2] < layout.target.rest_z + 0.01)
-    return bool(target_pos[2] > layout.target.rest_z + LIFT_HEIGHT)
+    return _achieved(layout, tcp_pos, target_pos, REACH_TOLERANCE, PUSH_TOLERANCE)
 
 
 def is_settled(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> bool:
     """Whether the task is achieved with margin (the expert holds still from here; pick: lifted)."""
+    return _achieved(layout, tcp_pos, target_pos, REACH_SETTLE, PUSH_SETTLE)
+
+
+def _achieved(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray, reach_tol: float,
+              push_tol: float) -> bool:
     target_pos = np.asarray(target_pos, dtype=float)
     if layout.task == "reach":
-        return bool(np.linalg.norm(np.asarray(tcp_pos) - reach_point(target_pos, layout.target)) < REACH_SETTLE)
+        return bool(np.linalg.norm(np.asarray(tcp_pos) - reach_point(target_pos, layout.target)) < reach_tol)
     if layout.task == "push":
-        return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < PUSH_SETTLE
+        # must rest on the table at the goal (not carried there)
+        return bool(np.linalg.norm(target_pos[:2] - np.asarray(layout.goal_xy)) < push_tol
                     and target_pos[2] < layout.target.rest_z + 0.01)
-    return is_success(layout, tcp_pos, target_pos)
+    return bool(target_pos[2] > layout.target.rest_z + LIFT_HEIGHT)
 
 
 def success_report(layout: Layout, tcp_pos: np.ndarray, target_pos: np.ndarray) -> str:

@@ -40,7 +40,7 @@ class CollectConfig:
     tasks: tuple[str, ...] = ("reach", "push", "pick")
     seed: int = 0  # episode i uses layout seed (seed + i)
     image_size: tuple[int, int] = (128, 128)  # (height, width) [px]
-    hold_steps: int = 2  # "holding still" steps recorded after success
+    hold_steps: int = 2  # "holding still" steps recorded once the task is settled (success with a margin)
     keep_failures: bool = False  # also write episodes the expert failed
     # DART-style: executed TCP translation gets Gaussian noise of this std [m]
     # while the clean expert action is recorded, so the data shows recoveries
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", default="reach,push,pick", help="comma-separated task families (cycled)")
     parser.add_argument("--seed", type=int, default=0, help="layout seed of the first episode")
     parser.add_argument("--image-size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
-    parser.add_argument("--hold-steps", type=int, default=2, help="holding-still steps after success")
+    parser.add_argument("--hold-steps", type=int, default=2, help="holding-still steps recorded once the task is settled (success with a margin)")
     parser.add_argument("--exec-noise", type=float, default=0.004,
                         help="std of the noise on executed TCP translation [m] (0 = none)")
     parser.add_argument("--detour-steps", type=int, default=0,
