@@ -33,6 +33,11 @@ PUSH_Z = 0.018  # [m] TCP height while pushing
 PUSH_STANDOFF = 0.035  # [m] gap between the object's face and the TCP before pushing
 PUSH_LOW_Z = 0.045  # [m] below this the hand is at the objects' height: it pushes, slides or rises
 PUSH_CORRIDOR = 0.02  # [m] lateral offset from the object -> goal line that still pushes
+#: [m] horizontal distance from the pushing start point within which the hand starts lowering (the
+#: descent steers onto the point on the way down). An exact arrival made "lowering" a label of a
+#: spot a learnt policy locates only to a centimetre or two: it hovered there, alternating "move
+#: a few cm this way" and "that way", and never went down.
+PUSH_LOWER_RADIUS = 0.025
 FINGER_HALF_WIDTH = 0.012  # [m] closed fingers' half thickness around the TCP
 #: The gripper counts as closed (on the object or on nothing) below this opening [m]: objects are
 #: at most 0.044 m across the fingers, open is 0.08, and one 0.2 s step closes it fully. Closing
@@ -190,7 +195,7 @@ class ScriptedExpert:
             # beside or past the object: straight up before moving round it
             up = np.array([tcp[0], tcp[1], APPROACH_HEIGHT])
             return self._action(_toward(tcp, up, MAX_STEP_M), 0.0), self._say(language.MOVE)
-        over_start = to_start < 0.012 or (to_start < 0.025 and tcp[2] < APPROACH_HEIGHT - 0.015)
+        over_start = to_start < PUSH_LOWER_RADIUS
         if over_start:
             waypoint = np.array([start_xy[0], start_xy[1], PUSH_Z])
             return self._action(_toward(tcp, waypoint, SLOW_STEP_M), 0.0), self._say(language.LOWER)
