@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from specvla_ros.core.safety.kinematics import ArmKinematics
-from specvla_ros.sim.expert import MAX_STEP_M, PUSH_LOW_Z, ScriptedExpert, zyx_from_matrix
+from specvla_ros.sim.expert import (APPROACH_HEIGHT, MAX_STEP_M, PUSH_LOW_Z, PUSH_LOWER_RADIUS, ScriptedExpert,
+                                    zyx_from_matrix)
 from specvla_ros.sim.language import TASKS, task_language_corpus
 from specvla_ros.sim.task_env import TaskEnv
 from specvla_ros.train.collect import _expert_drives, execute_ee_delta, run_episode
@@ -145,6 +146,14 @@ def test_push_labels_depend_only_on_what_the_policy_sees(setup) -> None:
         assert {"moving", "lowering", "pushing"} <= phrases
 
 
+def _drive_tcp_to(env: TaskEnv, kin: ArmKinematics, point: np.ndarray) -> None:
+    """Bring the TCP to ``point`` along the expert's IK path, 4 cm a step, no expert labels."""
+    for _ in range(20):
+        delta = np.asarray(point) - env.tcp_pose()[0]
+        step = delta * min(1.0, 0.04 / max(np.linalg.norm(delta), 1e-9))
+        execute_ee_delta(env, kin, np.concatenate([step, np.zeros(3), [0.0]]))
+
+
 def test_push_recovers_from_a_hand_lowered_beside_the_object(setup) -> None:
     """Hand brought down at pushing height beside the object (where the learnt policy used to
     end up): the expert lifts straight up first, then goes round and still pushes it home."""
@@ -152,14 +161,9 @@ def test_push_recovers_from_a_hand_lowered_beside_the_object(setup) -> None:
 
     env.reset(seed=43, task="push")
     obj = env.target_position()
-    goal = np.asarray(env.layout.goal_xy)
-    direction = (goal - obj[:2]) / np.linalg.norm(goal - obj[:2])
+    direction, _, _ = expert.push_line()
     side = obj[:2] + 0.06 * np.array([-direction[1], direction[0]])  # 6 cm off the line
-    for _ in range(20):  # drive the hand there (the expert's IK path, no expert labels)
-        tcp, _ = env.tcp_pose()
-        delta = np.array([side[0], side[1], 0.03]) - tcp
-        step = delta * min(1.0, 0.04 / max(np.linalg.norm(delta), 1e-9))
-        execute_ee_delta(env, kin, np.concatenate([step, np.zeros(3), [0.0]]))
+    _drive_tcp_to(env, kin, np.array([side[0], side[1], 0.03]))
     tcp, _ = env.tcp_pose()
     assert tcp[2] < PUSH_LOW_Z
     action, phrase = expert.act()
@@ -203,19 +207,11 @@ def test_push_lowers_from_anywhere_near_its_start_point(setup) -> None:
     the point on the way), not across: the learnt policy, which places that point to a centimetre
     or two, hovered there for whole episodes when only an exact arrival meant "lower"."""
     env, expert, kin = setup
-    from specvla_ros.sim.expert import APPROACH_HEIGHT, FINGER_HALF_WIDTH, PUSH_LOWER_RADIUS, PUSH_STANDOFF
 
     for seed, angle in ((44, 0.0), (45, 2.0), (46, 4.0)):
         env.reset(seed=seed, task="push")
-        obj = env.target_position()
-        goal = np.asarray(env.layout.goal_xy)
-        direction = (goal - obj[:2]) / np.linalg.norm(goal - obj[:2])
-        start = obj[:2] - direction * (expert._extent_along(direction) + FINGER_HALF_WIDTH + PUSH_STANDOFF)
-        hover = np.append(start + 0.02 * np.array([np.cos(angle), np.sin(angle)]), APPROACH_HEIGHT)
-        for _ in range(20):  # drive the hand there (the expert's IK path, no expert labels)
-            delta = hover - env.tcp_pose()[0]
-            execute_ee_delta(env, kin, np.concatenate([delta * min(1.0, 0.04 / max(np.linalg.norm(delta), 1e-9)),
-                                                       np.zeros(3), [0.0]]))
+        _, _, start = expert.push_line()
+        _drive_tcp_to(env, kin, np.append(start + 0.02 * np.array([np.cos(angle), np.sin(angle)]), APPROACH_HEIGHT))
         assert np.linalg.norm(env.tcp_pose()[0][:2] - start) < PUSH_LOWER_RADIUS
         expert.reset()
         seen = []

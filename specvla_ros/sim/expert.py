@@ -153,6 +153,15 @@ class ScriptedExpert:
         goal = np.array([tcp[0], tcp[1], max(LIFT_TCP_Z, env.layout.target.rest_z + LIFT_HEIGHT + 0.03)])
         return self._action(_toward(tcp, goal, MAX_STEP_M), 0.0), self._say(language.LIFT)
 
+    def push_line(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """The push as planned from the object's pose now -> (unit direction object -> goal (2,),
+        contact: TCP to object centre along it when touching [m], start point the push begins from (2,))."""
+        obj = self.env.target_position()
+        to_goal = np.asarray(self.env.layout.goal_xy, dtype=float) - obj[:2]
+        direction = to_goal / max(float(np.linalg.norm(to_goal)), 1e-9)
+        contact = self._extent_along(direction) + FINGER_HALF_WIDTH
+        return direction, contact, obj[:2] - direction * (contact + PUSH_STANDOFF)
+
     def _push(self) -> tuple[np.ndarray, str]:
         """Push from the far side along the object -> goal line.
 
@@ -165,10 +174,7 @@ class ScriptedExpert:
         tcp, _ = env.tcp_pose()
         obj = env.target_position()
         goal = np.asarray(env.layout.goal_xy, dtype=float)
-        to_goal = goal - obj[:2]
-        direction = to_goal / max(float(np.linalg.norm(to_goal)), 1e-9)
-        contact = self._extent_along(direction) + FINGER_HALF_WIDTH
-        start_xy = obj[:2] - direction * (contact + PUSH_STANDOFF)
+        direction, contact, start_xy = self.push_line()
         if env.robot_state().gripper > 0.01 and tcp[2] > APPROACH_HEIGHT - 0.03:
             return self._action(np.zeros(3), 0.0), self._say(language.CLOSE)  # push with closed fingers
         rel = tcp[:2] - obj[:2]
