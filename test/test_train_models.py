@@ -17,6 +17,7 @@ from specvla_ros.core.models.action_tokenizer import load_norm_stats
 from specvla_ros.core.models.loading import load_drafter, load_vla
 from specvla_ros.core.decoding.decoder import DecodeConfig, SpeculativeDecoder
 from specvla_ros.core.models.text_tokenizer import VLATextTokenizer
+from specvla_ros.core.models.tiny_vla import TinyVLA
 from specvla_ros.core.types import ACTION_DIM, Observation
 from specvla_ros.train.collect import CollectConfig, collect
 from specvla_ros.train.dataset import DATASET_KEY, IGNORE, STATS_FILE, epoch_batches, load_demos, make_batch
@@ -233,6 +234,10 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
     assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.0, abs=1e-10)
     on_goal[0, 4, 0] += 0.5
     assert float(heads.vision_loss(on_goal, aux)[1]) == pytest.approx(0.25, rel=1e-4)
+    # goal_weight scales the push target's term alone
+    weighted = AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=7, colour_keypoints=True, cells=32,
+                        goal_weight=3.0)
+    assert float(weighted.vision_loss(on_goal, aux)[1]) == pytest.approx(0.75, rel=1e-4)
     with pytest.raises(ValueError, match="colour_keypoints"):
         AuxHeads(n_patches=20, d_vision=32, d_model=64, n_keypoints=2, colour_keypoints=True)
 
@@ -241,6 +246,23 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
                             keypoint_pretrain_steps=60, colour_keypoints=True, progress=False)
     kp = train_target(cfg)["keypoint_pretraining"]
     assert kp["train_obj"] < 0.7 * kp["train_obj_before"], kp
+
+    # freeze_keypoint_stem: continuing that run, the decoder trains and the stem stays as it was
+    before = TinyVLA.from_pretrained(tmp_path / "t" / "final")
+    frozen = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "f"), preset="test_kp", steps=4, batch_size=8,
+                               lr=3e-3, warmup_steps=0, val_fraction=0.0, eval_every=4, ckpt_every=4,
+                               colour_keypoints=True, init_from=str(tmp_path / "t" / "final"),
+                               freeze_keypoint_stem=True, progress=False)
+    after = TinyVLA.from_pretrained(train_target(frozen)["final_dir"])
+    old, new = before.state_dict(), after.state_dict()
+    stem = [k for k in old if ".keypoints.stem." in k or k.endswith(".keypoints.log_temperature")]
+    assert stem and all(torch.equal(old[k], new[k]) for k in stem)
+    assert not torch.equal(old["lm_head.weight"], new["lm_head.weight"])
+    with pytest.raises(ValueError, match="keypoint_goal_weight"):
+        TargetTrainConfig(data=["d"], out="o", keypoint_goal_weight=-1.0)
+    with pytest.raises(ValueError, match="freeze_keypoint_stem"):
+        train_target(TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "g"), preset="test", steps=1,
+                                       freeze_keypoint_stem=True, progress=False))
 
 
 def test_projection_puts_each_object_on_its_colour_in_the_camera_image() -> None:

@@ -92,6 +92,13 @@ class TargetTrainConfig:
     # before it was raised from 0.02 cannot tell their keypoints apart)
     reset_keypoint_identity: bool = False
     keypoint_pretrain_lr: float = 3e-3
+    # weight of the push target's keypoint in the colour-keypoint loss: a flat white disc beside
+    # the white arm, it was the keypoint fixed worst (~2.6 px on held-out frames against ~0.8 for
+    # the objects) and the push ends where it says the target is
+    keypoint_goal_weight: float = 1.0
+    # keep the keypoint stem (its convolutions and temperature) as keypoint pretraining left it
+    # while the decoder trains: the action loss then cannot trade keypoint accuracy for a lower loss
+    freeze_keypoint_stem: bool = False
     # pull keypoint c onto the object of colour c (sim.language.COLOR_NAMES order) in the camera
     # image. The shared linear read-out spreads each object over all keypoints; a colour-bound
     # keypoint is one token the instruction's colour can attend to
@@ -122,6 +129,8 @@ class TargetTrainConfig:
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
             raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
                              f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
+        if self.keypoint_goal_weight < 0:
+            raise ValueError(f"TargetTrainConfig.keypoint_goal_weight must be >= 0, got {self.keypoint_goal_weight}")
         if not 0 <= self.jitter <= 0.5:
             raise ValueError(f"TargetTrainConfig.jitter must be in [0, 0.5], got {self.jitter}")
         if not 0 <= self.val_fraction < 1:
@@ -212,9 +221,11 @@ class AuxHeads(nn.Module):
     decoder state that predicts the first output token."""
 
     def __init__(self, n_patches: int, d_vision: int, d_model: int, n_colors: int = 4, n_keypoints: int = 0,
-                 colour_keypoints: bool = False, cells: int = 32, named_weight: float = 1.0) -> None:
+                 colour_keypoints: bool = False, cells: int = 32, named_weight: float = 1.0,
+                 goal_weight: float = 1.0) -> None:
         super().__init__()
         self.n_colors = n_colors
+        self.goal_weight = goal_weight
         if colour_keypoints and n_keypoints < n_colors:
             raise ValueError(f"colour_keypoints needs >= {n_colors} keypoints, the model has {n_keypoints}")
         self.colour_keypoints = colour_keypoints
@@ -250,7 +261,7 @@ class AuxHeads(nn.Module):
                 has_goal = aux["has_goal"].float()
                 goal = aux["goal_px"] * self.cells / (self.cells - 1)
                 g_err = ((vision_in.float()[:, self.n_colors, :2] - goal) ** 2).sum(-1)
-                l_px = l_px + (g_err * has_goal).sum() / has_goal.sum().clamp(min=1.0)
+                l_px = l_px + self.goal_weight * (g_err * has_goal).sum() / has_goal.sum().clamp(min=1.0)
             if self.tcp_keypoint:  # and the one after it to the gripper (the TCP's projection)
                 tcp = aux["tcp_px"] * self.cells / (self.cells - 1)
                 l_px = l_px + ((vision_in.float()[:, self.n_colors + 1, :2] - tcp) ** 2).sum(-1).mean()
@@ -324,7 +335,10 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
     with torch.no_grad():
         first = float(object_loss(train_idx[:512], False))
         fit_linear_readout(heads, kp, model, ds, rng.choice(train_idx, min(len(train_idx), 2048), replace=False))
+    warmup = min(50, cfg.keypoint_pretrain_steps // 10)  # a trained stem is knocked off by full-size first steps
     for i in range(1, cfg.keypoint_pretrain_steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = cfg.keypoint_pretrain_lr * lr_factor(i / cfg.keypoint_pretrain_steps, i, warmup, 0.05)
         loss = object_loss(rng.choice(train_idx, cfg.batch_size), True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -454,9 +468,14 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     mc = model.config
     heads = (AuxHeads(mc.n_patches, mc.d_vision, mc.d_model, n_keypoints=mc.vision_keypoints,
                       colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE,
-                      named_weight=cfg.named_aux_weight)
+                      named_weight=cfg.named_aux_weight, goal_weight=cfg.keypoint_goal_weight)
              if ds.aux is not None and cfg.aux_weight > 0 else None)
-    named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else [])
+    stem = model.vision_encoder.keypoints if model.vision_encoder is not None else None
+    if cfg.freeze_keypoint_stem and stem is None:
+        raise ValueError(f"freeze_keypoint_stem needs a keypoint preset, {cfg.preset!r} has no keypoint stem")
+    frozen = [*stem.stem.parameters(), stem.log_temperature] if cfg.freeze_keypoint_stem else []
+    named = ([(n, p) for n, p in model.named_parameters() if all(p is not f for f in frozen)]
+             + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else []))
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -480,6 +499,8 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     keypoint_pretraining: dict[str, float] = {}
     if step == 0 and cfg.keypoint_pretrain_steps > 0:
         keypoint_pretraining = pretrain_keypoints(model, heads, ds, train_idx, val_idx, cfg)
+    for p in frozen:
+        p.requires_grad_(False)
     print(f"target: preset {cfg.preset}, {count_parameters(model) / 1e6:.2f} M params; "
           f"{ds.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val steps (loaded in {load_s:.0f} s)",
           flush=True)
@@ -580,6 +601,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh-keypoints", action="store_true", help="re-initialise the keypoint stem after --init-from")
     p.add_argument("--keypoint-pretrain-steps", type=int, default=d.keypoint_pretrain_steps,
                    help="fit the keypoint stem to object positions first (keypoint presets)")
+    p.add_argument("--keypoint-pretrain-lr", type=float, default=d.keypoint_pretrain_lr,
+                   help="peak learning rate of keypoint pretraining (warmup, then cosine)")
+    p.add_argument("--keypoint-goal-weight", type=float, default=d.keypoint_goal_weight,
+                   help="weight of the push target's keypoint in the colour-keypoint loss")
+    p.add_argument("--freeze-keypoint-stem", action="store_true",
+                   help="keep the keypoint stem as keypoint pretraining left it while the decoder trains")
     p.add_argument("--colour-keypoints", action="store_true",
                    help="pull keypoint c onto the object of colour c in the image")
     p.add_argument("--named-aux-weight", type=float, default=d.named_aux_weight,
@@ -601,7 +628,8 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
         keypoint_pretrain_steps=a.keypoint_pretrain_steps, fresh_keypoints=a.fresh_keypoints,
         colour_keypoints=a.colour_keypoints, named_aux_weight=a.named_aux_weight,
         reset_keypoint_identity=a.reset_keypoint_identity, keep_init_stats=a.keep_init_stats,
-        chunk_horizon=a.chunk_horizon,
+        chunk_horizon=a.chunk_horizon, keypoint_pretrain_lr=a.keypoint_pretrain_lr,
+        keypoint_goal_weight=a.keypoint_goal_weight, freeze_keypoint_stem=a.freeze_keypoint_stem,
     )
 
 
