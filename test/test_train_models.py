@@ -258,6 +258,8 @@ def test_colour_keypoints_bind_one_keypoint_per_colour(demos, tmp_path) -> None:
     stem = [k for k in old if ".keypoints.stem." in k or k.endswith(".keypoints.log_temperature")]
     assert stem and all(torch.equal(old[k], new[k]) for k in stem)
     assert not torch.equal(old["lm_head.weight"], new["lm_head.weight"])
+    with pytest.raises(ValueError, match="stem would stay random"):
+        TargetTrainConfig(data=["d"], out="o", freeze_keypoint_stem=True, fresh_keypoints=True)
     with pytest.raises(ValueError, match="keypoint_goal_weight"):
         TargetTrainConfig(data=["d"], out="o", keypoint_goal_weight=-1.0)
     with pytest.raises(ValueError, match="freeze_keypoint_stem"):

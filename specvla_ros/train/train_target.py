@@ -93,11 +93,10 @@ class TargetTrainConfig:
     reset_keypoint_identity: bool = False
     keypoint_pretrain_lr: float = 3e-3
     # weight of the push target's keypoint in the colour-keypoint loss: a flat white disc beside
-    # the white arm, it was the keypoint fixed worst (~2.6 px on held-out frames against ~0.8 for
-    # the objects) and the push ends where it says the target is
+    # the white arm, it is the keypoint fixed worst, and a push ends where it puts the target
     keypoint_goal_weight: float = 1.0
-    # keep the keypoint stem (its convolutions and temperature) as keypoint pretraining left it
-    # while the decoder trains: the action loss then cannot trade keypoint accuracy for a lower loss
+    # keep the keypoint stem (its convolutions and temperature) as keypoint pretraining or
+    # init_from left it while the decoder trains on its keypoints
     freeze_keypoint_stem: bool = False
     # pull keypoint c onto the object of colour c (sim.language.COLOR_NAMES order) in the camera
     # image. The shared linear read-out spreads each object over all keypoints; a colour-bound
@@ -129,6 +128,9 @@ class TargetTrainConfig:
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
             raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
                              f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
+        if self.freeze_keypoint_stem and self.fresh_keypoints and self.keypoint_pretrain_steps == 0:
+            raise ValueError("freeze_keypoint_stem with fresh_keypoints needs keypoint_pretrain_steps > 0 "
+                             "(the stem would stay random)")
         if self.keypoint_goal_weight < 0:
             raise ValueError(f"TargetTrainConfig.keypoint_goal_weight must be >= 0, got {self.keypoint_goal_weight}")
         if not 0 <= self.jitter <= 0.5:
