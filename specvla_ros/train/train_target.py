@@ -128,6 +128,8 @@ class TargetTrainConfig:
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
             raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
                              f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
+        if self.freeze_keypoint_stem and not PRESETS[self.preset].get("vision_keypoints", 0):
+            raise ValueError(f"freeze_keypoint_stem needs a keypoint preset, {self.preset!r} has no keypoint stem")
         if self.freeze_keypoint_stem and self.fresh_keypoints and self.keypoint_pretrain_steps == 0:
             raise ValueError("freeze_keypoint_stem with fresh_keypoints needs keypoint_pretrain_steps > 0 "
                              "(the stem would stay random)")
@@ -472,11 +474,10 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
                       colour_keypoints=cfg.colour_keypoints, cells=mc.image_size // KEYPOINT_STRIDE,
                       named_weight=cfg.named_aux_weight, goal_weight=cfg.keypoint_goal_weight)
              if ds.aux is not None and cfg.aux_weight > 0 else None)
-    stem = model.vision_encoder.keypoints if model.vision_encoder is not None else None
-    if cfg.freeze_keypoint_stem and stem is None:
-        raise ValueError(f"freeze_keypoint_stem needs a keypoint preset, {cfg.preset!r} has no keypoint stem")
-    frozen = [*stem.stem.parameters(), stem.log_temperature] if cfg.freeze_keypoint_stem else []
-    named = ([(n, p) for n, p in model.named_parameters() if all(p is not f for f in frozen)]
+    stem = model.vision_encoder.keypoints if cfg.freeze_keypoint_stem else None  # the config checked it exists
+    frozen = [*stem.stem.parameters(), stem.log_temperature] if stem is not None else []
+    frozen_ids = {id(p) for p in frozen}
+    named = ([(n, p) for n, p in model.named_parameters() if id(p) not in frozen_ids]
              + ([(f"aux.{n}", p) for n, p in heads.named_parameters()] if heads else []))
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
