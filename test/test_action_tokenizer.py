@@ -107,3 +107,24 @@ def test_bad_stats_rejected(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read"):
         load_norm_stats(bad)
+
+
+def test_bin_stride_encodes_translations_onto_every_sth_bin():
+    stride = (8, 8, 8, 1, 1, 1, 1)
+    coarse, fine = ActionTokenizer(VOCAB, None, 256, stride), ActionTokenizer(VOCAB)
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, (2000, 7))
+    x[0, :3], x[1, :3] = -1.0, 1.0  # the range's ends stay inside the action ids
+    cb, fb = coarse.token_to_bin(coarse.encode_normalized(x)), fine.token_to_bin(fine.encode_normalized(x))
+    assert np.all(cb[:, :3] % 8 == 4) and np.all(np.abs(cb[:, :3] - fb[:, :3]) <= 4)
+    np.testing.assert_array_equal(cb[:, 3:], fb[:, 3:])  # stride 1 leaves a dimension as it was
+    assert coarse.is_action_token(coarse.encode_normalized(x)).all()
+    # decoding is unchanged: a coarse model's bins mean what they always meant
+    ids = fine.encode_normalized(x)
+    np.testing.assert_array_equal(coarse.decode_normalized(ids), fine.decode_normalized(ids))
+    assert ActionTokenizer(VOCAB, None, 256, (1,) * 7).bin_stride == ()
+
+
+@pytest.mark.parametrize("stride", [(8, 8, 8), (0, 1, 1, 1, 1, 1, 1), (200, 1, 1, 1, 1, 1, 1)])
+def test_bad_bin_stride_rejected(stride):
+    with pytest.raises(ValueError, match="bin_stride"):
+        ActionTokenizer(VOCAB, None, 256, stride)

@@ -121,7 +121,32 @@ def test_draft_distillation_improves_agreement_and_decodes_losslessly(trained_ta
     assert spec.token_ids == base.token_ids  # greedy speculative decoding is exact
 
 
+def test_translation_bin_stride_trains_on_coarse_bins_and_the_checkpoint_says_so(demos, tmp_path) -> None:
+    cfg = TargetTrainConfig(data=[str(demos)], out=str(tmp_path / "coarse"), preset="test", steps=4, batch_size=8,
+                            warmup_steps=0, val_fraction=0.0, eval_every=4, ckpt_every=4, progress=False,
+                            translation_bin_stride=8)
+    train_target(cfg)
+    saved = json.loads((tmp_path / "coarse" / "final" / "config.json").read_text())
+    assert saved["action_bin_stride"] == [8, 8, 8, 1, 1, 1, 1]
+    model = load_vla(tmp_path / "coarse" / "final", device="cpu", dtype="float32")
+    assert model.action_tokenizer.bin_stride == (8, 8, 8, 1, 1, 1, 1)
+    # the labels it trained on (and its draft distils on): x, y, z on every 8th bin, the rest as before
+    tok = model.text_tokenizer
+    coarse = load_demos(demos, tok, bin_stride=model.action_tokenizer.bin_stride)
+    fine = load_demos(demos, tok)
+    first = tok.vocab_size - tok.n_action_tokens
+    rows = np.arange(len(coarse))
+    c = coarse.target_ids[rows[:, None], coarse.n_text[:, None] + np.arange(ACTION_DIM)]
+    f = fine.target_ids[rows[:, None], fine.n_text[:, None] + np.arange(ACTION_DIM)]
+    cbins, fbins = tok.vocab_size - 1 - c, tok.vocab_size - 1 - f
+    assert np.all(c >= first) and np.all(cbins[:, :3] % 8 == 4) and np.all(np.abs(cbins - fbins)[:, :3] <= 4)
+    np.testing.assert_array_equal(c[:, 3:], f[:, 3:])
+    assert not np.array_equal(c[:, :3], f[:, :3])
+
+
 def test_configs_reject_bad_values(tmp_path) -> None:
+    with pytest.raises(ValueError, match="translation_bin_stride"):
+        TargetTrainConfig(data=["d"], out="o", translation_bin_stride=0)
     with pytest.raises(ValueError, match="preset"):
         TargetTrainConfig(data=["d"], out="o", preset="huge")
     with pytest.raises(ValueError, match="action_weight"):

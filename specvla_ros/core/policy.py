@@ -320,7 +320,7 @@ class Policy:
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
         old = self.target.action_tokenizer
-        self.target.action_tokenizer = ActionTokenizer(old.vocab_size, stats, old.n_bins)
+        self.target.action_tokenizer = ActionTokenizer(old.vocab_size, stats, old.n_bins, old.bin_stride)
 
 
 def _mask_for_interval(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

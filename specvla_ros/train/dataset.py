@@ -135,6 +135,7 @@ def load_demos(
     stats: ActionNormStats | None = None,
     aux: bool = False,
     chunk_horizon: int = 1,
+    bin_stride: tuple[int, ...] = (),
 ) -> DemoDataset:
     """Load episodes (successful or policy-driven ones) and tokenise their targets.
 
@@ -143,6 +144,7 @@ def load_demos(
     aux: also build privileged position targets (``AuxTargets``) for auxiliary losses.
     chunk_horizon: H > 1 tokenises each step's first H expert actions of ``action_chunks`` (files
         without chunk labels, or with shorter chunks, raise ValueError).
+    bin_stride: tokenise each action dimension onto every s-th bin only (ActionTokenizer).
     """
     if not 1 <= chunk_horizon <= MAX_CHUNK_HORIZON:
         raise ValueError(f"chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {chunk_horizon}")
@@ -194,7 +196,7 @@ def load_demos(
         stats, raw = _statistics(dirs, acts)
     else:
         raw = {DATASET_KEY: {"action": stats.to_json_dict(), "num_transitions": int(len(acts))}}
-    at = ActionTokenizer(tokenizer.vocab_size, stats, tokenizer.n_action_tokens)
+    at = ActionTokenizer(tokenizer.vocab_size, stats, tokenizer.n_action_tokens, bin_stride)
     instructions = sorted(set(instr))
     lookup = {s: i for i, s in enumerate(instructions)}
     text_cache: dict[str, list[int]] = {}

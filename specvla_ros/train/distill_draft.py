@@ -291,7 +291,7 @@ def distill_draft(cfg: DraftTrainConfig, ds: DemoDataset | None = None) -> dict:
     if ds is None:
         # the target's tokens, and its chunk length (a chunk target's draft learns the whole chunk)
         ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=target.action_tokenizer.stats,
-                        chunk_horizon=target.chunk_horizon)
+                        chunk_horizon=target.chunk_horizon, bin_stride=target.config.action_bin_stride)
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     t_env = time.perf_counter()
     masks = envelope_masks(ds, target.action_tokenizer) if cfg.safety_weight > 0 else None

@@ -63,6 +63,10 @@ class TargetTrainConfig:
     action_weight: float = 2.0  # loss weight of action tokens relative to text tokens
     action_label_sigma: float = 1.0  # [bins] Gaussian soft labels on action tokens (0 = one-hot)
     action_reg_weight: float = 0.0  # L1 of the expected action bin (in half-ranges) -- see expected_bin_error
+    # train the translation dims on every s-th action bin only (the checkpoint's action_bin_stride):
+    # where 256 bins are finer than the policy can tell apart its argmax among neighbouring bins
+    # is a coin toss that no draft can predict, and each miss costs exact speculation a pass
+    translation_bin_stride: int = 1
     jitter: float = 0.1  # brightness/contrast/colour jitter amplitude (0 = none)
     val_fraction: float = 0.05
     eval_every: int = 250
@@ -125,6 +129,8 @@ class TargetTrainConfig:
             raise ValueError(f"TargetTrainConfig.action_reg_weight must be >= 0, got {self.action_reg_weight}")
         if self.action_weight <= 0 or self.action_label_sigma < 0:
             raise ValueError(f"action_weight must be > 0 and action_label_sigma >= 0, got {self.action_weight}, {self.action_label_sigma}")
+        if not 1 <= self.translation_bin_stride <= 32:
+            raise ValueError(f"TargetTrainConfig.translation_bin_stride must be in [1, 32], got {self.translation_bin_stride}")
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
             raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
                              f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
@@ -157,6 +163,12 @@ def lr_factor(progress: float, step: int, warmup: int, min_ratio: float) -> floa
     warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     p = min(max(progress, 0.0), 1.0)
     return warm * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def bin_stride(translation_bin_stride: int) -> tuple[int, ...]:
+    """Per action dimension (x, y, z, 3 rotations, gripper): the labels' bin stride (empty = 1)."""
+    s = int(translation_bin_stride)
+    return (s, s, s, 1, 1, 1, 1) if s > 1 else ()
 
 
 def soft_action_targets(labels: torch.Tensor, is_action: torch.Tensor, vocab: int, n_bins: int,
@@ -356,8 +368,10 @@ def pretrain_keypoints(model: TinyVLA, heads: "AuxHeads | None", ds: DemoDataset
     return result
 
 
-def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset) -> TinyVLA:
-    cfg = TinyVLAConfig(vocab_size=tokenizer.vocab_size, chunk_horizon=ds.horizon, **PRESETS[preset])
+def build_target(preset: str, tokenizer: VLATextTokenizer, ds: DemoDataset,
+                 action_bin_stride: tuple[int, ...] = ()) -> TinyVLA:
+    cfg = TinyVLAConfig(vocab_size=tokenizer.vocab_size, chunk_horizon=ds.horizon, action_bin_stride=action_bin_stride,
+                        **PRESETS[preset])
     return TinyVLA(cfg, tokenizer, ds.stats)
 
 
@@ -438,11 +452,11 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     if ds is None:
         stats = load_norm_stats(Path(cfg.init_from) / STATS_FILE, DATASET_KEY) if cfg.keep_init_stats else None
         ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=stats, aux=cfg.aux_weight > 0,
-                        chunk_horizon=cfg.chunk_horizon)
+                        chunk_horizon=cfg.chunk_horizon, bin_stride=bin_stride(cfg.translation_bin_stride))
     load_s = time.perf_counter() - t_load
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_target(cfg.preset, tok, ds).train()
+    model = build_target(cfg.preset, tok, ds, bin_stride(cfg.translation_bin_stride)).train()
     if cfg.init_from:
         init = TinyVLA.from_pretrained(cfg.init_from)
         # a checkpoint without keypoints can seed a keypoint model: only modules it lacks start fresh
@@ -585,6 +599,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--action-weight", type=float, default=d.action_weight)
     p.add_argument("--action-label-sigma", type=float, default=d.action_label_sigma, help="[bins]")
+    p.add_argument("--translation-bin-stride", type=int, default=d.translation_bin_stride,
+                   help="train x, y, z on every s-th action bin only (a coarser resolution; 1 = every bin)")
     p.add_argument("--action-reg-weight", type=float, default=d.action_reg_weight,
                    help="weight of the expected-bin L1 on action tokens (0 = off)")
     p.add_argument("--jitter", type=float, default=d.jitter, help="image colour jitter amplitude")
@@ -624,7 +640,7 @@ def config_from_args(a: argparse.Namespace) -> TargetTrainConfig:
     return TargetTrainConfig(
         data=list(a.data), out=a.out, preset=a.preset, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
         warmup_steps=a.warmup_steps, action_weight=a.action_weight, action_label_sigma=a.action_label_sigma,
-        action_reg_weight=a.action_reg_weight,
+        action_reg_weight=a.action_reg_weight, translation_bin_stride=a.translation_bin_stride,
         jitter=a.jitter, val_fraction=a.val_fraction, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         time_budget_min=a.time_budget_min, max_episodes=a.max_episodes, seed=a.seed, threads=a.threads,
         bf16=bf16_from_args(a), aux_weight=a.aux_weight, init_from=a.init_from, progress=not a.no_progress,

@@ -101,6 +101,14 @@ def save_norm_stats(path: str | Path, stats: dict[str, ActionNormStats], actions
     Path(path).write_text(json.dumps(payload, indent=2))
 
 
+def validate_bin_stride(bin_stride: tuple[int, ...] | list[int], n_bins: int) -> tuple[int, ...]:
+    """Empty, or one stride per action dimension in [1, n_bins / 2]; returns it as a tuple."""
+    stride = tuple(int(s) for s in bin_stride)
+    if stride and (len(stride) != ACTION_DIM or any(not 1 <= s <= n_bins // 2 for s in stride)):
+        raise ValueError(f"bin_stride must be empty or {ACTION_DIM} strides in [1, {n_bins // 2}], got {stride}")
+    return stride if any(s > 1 for s in stride) else ()
+
+
 class ActionTokenizer:
     """Maps 7-DoF actions in robot units to the last ``n_bins`` vocabulary ids and back.
 
@@ -109,13 +117,18 @@ class ActionTokenizer:
             ``[vocab_size - n_bins, vocab_size)``.
         stats: normalisation statistics (identity when None).
         n_bins: number of bins (OpenVLA: 256).
+        bin_stride: per action dimension, encode onto every s-th bin only (the centre bin of each
+            run of s; empty = every bin). A model trained on such labels emits only those bins:
+            a coarser resolution where 256 bins are finer than the policy can tell apart.
     """
 
-    def __init__(self, vocab_size: int, stats: ActionNormStats | None = None, n_bins: int = 256) -> None:
+    def __init__(self, vocab_size: int, stats: ActionNormStats | None = None, n_bins: int = 256,
+                 bin_stride: tuple[int, ...] = ()) -> None:
         if n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {n_bins}")
         if vocab_size <= n_bins:
             raise ValueError(f"vocab_size ({vocab_size}) must exceed n_bins ({n_bins})")
+        self.bin_stride = validate_bin_stride(bin_stride, n_bins)
         self.vocab_size = int(vocab_size)
         self.n_bins = int(n_bins)
         self.stats = stats or ActionNormStats.identity()
@@ -146,6 +159,9 @@ class ActionTokenizer:
         """Normalised values in [-1, 1] -> token ids (NaN maps to the centre bin)."""
         n = np.nan_to_num(np.asarray(normalized, dtype=np.float64), nan=0.0)
         discretized = np.digitize(np.clip(n, -1.0, 1.0), self.bins)  # 1..n_bins
+        if self.bin_stride and discretized.shape[-1:] == (ACTION_DIM,):
+            s = np.asarray(self.bin_stride, dtype=np.int64)
+            discretized = np.minimum(((discretized - 1) // s) * s + s // 2, self.n_bins - 1) + 1
         return (self.vocab_size - discretized).astype(np.int64)
 
     def encode(self, action: np.ndarray) -> np.ndarray:

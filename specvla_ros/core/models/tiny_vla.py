@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
-from specvla_ros.core.models.action_tokenizer import ActionNormStats, ActionTokenizer, load_norm_stats, save_norm_stats
+from specvla_ros.core.models.action_tokenizer import (ActionNormStats, ActionTokenizer, load_norm_stats,
+                                                     save_norm_stats, validate_bin_stride)
 from specvla_ros.core.models.frame_resize import ResizeMethod
 from specvla_ros.core.models.checkpoint_io import (
     CONFIG_FILE, DRAFT_MODEL_TYPE, STATS_FILE, TARGET_MODEL_TYPE, WEIGHTS_FILE, load_weights, read_config, save_checkpoint,
@@ -115,6 +116,9 @@ class TinyVLAConfig:
     #: actions per decision: the output is narration, [EON], then chunk_horizon x 7 action tokens
     #: (the next chunk_horizon control steps; 1 = one action, as OpenVLA)
     chunk_horizon: int = 1
+    #: per action dimension, the model was trained on every s-th bin only (ActionTokenizer
+    #: bin_stride; empty = every bin). Its draft is distilled on the same labels
+    action_bin_stride: tuple[int, ...] = ()
     prompt_template: str = "what action should the robot take to {instruction} ?"
     unnorm_key: str = DEFAULT_UNNORM_KEY
 
@@ -135,6 +139,7 @@ class TinyVLAConfig:
                              "(proprio_dim 8) and takes no proprio_keep")
         if not 1 <= int(self.chunk_horizon) <= MAX_CHUNK_HORIZON:
             raise ValueError(f"TinyVLAConfig.chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {self.chunk_horizon}")
+        self.action_bin_stride = validate_bin_stride(self.action_bin_stride, self.n_action_bins)
         if self.vision_keypoints < 0:
             raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
@@ -341,7 +346,8 @@ class TinyVLA(nn.Module):
             raise ValueError(f"tokenizer has {text_tokenizer.vocab_size} ids but config.vocab_size = {cfg.vocab_size}")
         self.config = cfg
         self.text_tokenizer = text_tokenizer
-        self.action_tokenizer = ActionTokenizer(cfg.vocab_size, norm_stats, cfg.n_action_bins)
+        self.action_tokenizer = ActionTokenizer(cfg.vocab_size, norm_stats, cfg.n_action_bins,
+                                                cfg.action_bin_stride)
         self.vision_encoder = PatchVisionEncoder(cfg) if cfg.has_vision_encoder else None
         self.projector = nn.Sequential(nn.Linear(cfg.d_vision, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
         n_features = cfg.proprio_dim if cfg.proprio_features == "raw" else FEATURE_DIMS[cfg.proprio_features]
