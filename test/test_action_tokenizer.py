@@ -124,7 +124,17 @@ def test_bin_stride_encodes_translations_onto_every_sth_bin():
     assert ActionTokenizer(VOCAB, None, 256, (1,) * 7).bin_stride == ()
 
 
-@pytest.mark.parametrize("stride", [(8, 8, 8), (0, 1, 1, 1, 1, 1, 1), (200, 1, 1, 1, 1, 1, 1)])
+def test_bin_stride_snaps_action_chunks_and_refuses_flattened_ones():
+    tok = ActionTokenizer(VOCAB, None, 256, (8, 8, 8, 1, 1, 1, 1))
+    chunk = np.random.default_rng(4).uniform(-1.0, 1.0, (3, 8, 7))  # (N, H, 7): a batch of 8-action chunks
+    bins = tok.token_to_bin(tok.encode_normalized(chunk))
+    assert bins.shape == (3, 8, 7) and np.all(bins[..., :3] % 8 == 4)
+    with pytest.raises(ValueError, match="whole actions"):
+        tok.encode_normalized(chunk.reshape(3, 56))  # flattened: which value is x would be a guess
+
+
+@pytest.mark.parametrize("stride", [(8, 8, 8), (0, 1, 1, 1, 1, 1, 1), (256, 1, 1, 1, 1, 1, 1),
+                                    (3, 1, 1, 1, 1, 1, 1), (8.5, 1, 1, 1, 1, 1, 1)])
 def test_bad_bin_stride_rejected(stride):
     with pytest.raises(ValueError, match="bin_stride"):
         ActionTokenizer(VOCAB, None, 256, stride)

@@ -142,6 +142,18 @@ def test_translation_bin_stride_trains_on_coarse_bins_and_the_checkpoint_says_so
     assert np.all(c >= first) and np.all(cbins[:, :3] % 8 == 4) and np.all(np.abs(cbins - fbins)[:, :3] <= 4)
     np.testing.assert_array_equal(c[:, 3:], f[:, 3:])
     assert not np.array_equal(c[:, :3], f[:, :3])
+    # a run resumed with another stride would mix two label sets
+    with pytest.raises(ValueError, match="translation_bin_stride 8, not 1"):
+        train_target(TargetTrainConfig(**{**cfg.__dict__, "translation_bin_stride": 1, "steps": 6}))
+    # its draft learns the same bins, and says so; a dataset on other bins is refused
+    dcfg = DraftTrainConfig(data=[str(demos)], target=str(tmp_path / "coarse" / "final"), out=str(tmp_path / "d"),
+                            steps=2, batch_size=8, warmup_steps=0, val_fraction=0.34, eval_every=2, ckpt_every=2,
+                            progress=False, safety_weight=0.0)
+    with pytest.raises(ValueError, match="the draft must learn the target's bins"):
+        distill_draft(dcfg, ds=fine)
+    summary = distill_draft(dcfg)
+    draft_cfg = json.loads((tmp_path / "d" / "final" / "config.json").read_text())
+    assert summary["steps"] == 2 and draft_cfg["action_bin_stride"] == [8, 8, 8, 1, 1, 1, 1]
 
 
 def test_configs_reject_bad_values(tmp_path) -> None:

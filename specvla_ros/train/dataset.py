@@ -66,6 +66,7 @@ class DemoDataset:
     aux: "AuxTargets | None" = None
     horizon: int = 1  # actions per example (action chunk length H)
     chunks: np.ndarray | None = None  # (N,H,7) float32 robot units when horizon > 1
+    bin_stride: tuple[int, ...] = ()  # the action labels' bin stride per dimension (ActionTokenizer)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -221,7 +222,7 @@ def load_demos(
         instr_idx=np.array([lookup[s] for s in instr], dtype=np.int64), instructions=instructions,
         target_ids=target, n_text=n_text, episode=np.concatenate(episode), task=np.array(task),
         seeds=np.array(seeds, dtype=np.int64), stats=stats, pad_id=tokenizer.pad_token_id, raw_statistics=raw,
-        horizon=chunk_horizon, chunks=chunk_arr,
+        horizon=chunk_horizon, chunks=chunk_arr, bin_stride=at.bin_stride,
     )
     if aux:
         ds.aux = build_aux_targets(ds, narrations)

@@ -144,7 +144,8 @@ def build_draft_model(target: TinyVLA, preset: str) -> TinyVLA:
         vision_layers=0, vision_keypoints=tc.vision_keypoints, proprio_keep=tc.proprio_keep,
         proprio_features=tc.proprio_features, named_keypoint=tc.named_keypoint, named_relative=tc.named_relative,
         prompt_template=tc.prompt_template, rope_theta=tc.rope_theta,
-        max_positions=tc.max_positions, chunk_horizon=tc.chunk_horizon, **geometry,
+        max_positions=tc.max_positions, chunk_horizon=tc.chunk_horizon, action_bin_stride=tc.action_bin_stride,
+        **geometry,
     )
     draft = TinyVLA(cfg, target.text_tokenizer)
     if cfg.d_model == tc.d_model and cfg.intermediate_size == tc.intermediate_size and cfg.n_heads == tc.n_heads:
@@ -292,6 +293,9 @@ def distill_draft(cfg: DraftTrainConfig, ds: DemoDataset | None = None) -> dict:
         # the target's tokens, and its chunk length (a chunk target's draft learns the whole chunk)
         ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=target.action_tokenizer.stats,
                         chunk_horizon=target.chunk_horizon, bin_stride=target.config.action_bin_stride)
+    if ds.bin_stride != target.config.action_bin_stride:
+        raise ValueError(f"the dataset's labels have bin stride {ds.bin_stride}, the target was trained on "
+                         f"{target.config.action_bin_stride}: the draft must learn the target's bins")
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     t_env = time.perf_counter()
     masks = envelope_masks(ds, target.action_tokenizer) if cfg.safety_weight > 0 else None

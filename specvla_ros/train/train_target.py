@@ -456,7 +456,10 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     load_s = time.perf_counter() - t_load
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_target(cfg.preset, tok, ds, bin_stride(cfg.translation_bin_stride)).train()
+    if ds.bin_stride != bin_stride(cfg.translation_bin_stride):
+        raise ValueError(f"the dataset's labels have bin stride {ds.bin_stride}, translation_bin_stride "
+                         f"{cfg.translation_bin_stride} needs {bin_stride(cfg.translation_bin_stride)}")
+    model = build_target(cfg.preset, tok, ds, ds.bin_stride).train()
     if cfg.init_from:
         init = TinyVLA.from_pretrained(cfg.init_from)
         # a checkpoint without keypoints can seed a keypoint model: only modules it lacks start fresh
@@ -476,6 +479,9 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
                              f"unexpected {result.unexpected_keys[:5]}")
         note = f" ({len(result.missing_keys)} tensors start fresh)" if result.missing_keys else ""
         print(f"initialised from {cfg.init_from}{note}", flush=True)
+        if init.config.action_bin_stride != model.config.action_bin_stride:
+            print(f"note: {cfg.init_from} was trained on bin stride {init.config.action_bin_stride or 'none'}, "
+                  f"this run uses {model.config.action_bin_stride or 'none'} (--translation-bin-stride)", flush=True)
     if cfg.fresh_keypoints and model.vision_encoder is not None and model.vision_encoder.keypoints is not None:
         model.vision_encoder.keypoints = SpatialSoftmaxKeypoints(model.config.vision_keypoints, model.config.d_vision)
         print("keypoint stem re-initialised", flush=True)
@@ -504,6 +510,10 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
         state = torch.load(state_path, weights_only=False)
         if state["config"]["preset"] != cfg.preset:
             raise ValueError(f"{state_path}: was trained with preset {state['config']['preset']!r}, not {cfg.preset!r}")
+        was = state["config"].get("translation_bin_stride", 1)
+        if was != cfg.translation_bin_stride:
+            raise ValueError(f"{state_path}: was trained with translation_bin_stride {was}, not "
+                             f"{cfg.translation_bin_stride} (two label sets in one run)")
         model.load_state_dict(state["model"])
         if heads is not None and state.get("aux_heads") is not None:
             heads.load_state_dict(state["aux_heads"])

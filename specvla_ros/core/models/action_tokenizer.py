@@ -102,10 +102,14 @@ def save_norm_stats(path: str | Path, stats: dict[str, ActionNormStats], actions
 
 
 def validate_bin_stride(bin_stride: tuple[int, ...] | list[int], n_bins: int) -> tuple[int, ...]:
-    """Empty, or one stride per action dimension in [1, n_bins / 2]; returns it as a tuple."""
+    """Empty, or one stride per action dimension dividing n_bins (so every run of s bins is whole);
+    returns it as a tuple, empty when every stride is 1."""
+    if bin_stride is None or any(not float(s).is_integer() for s in bin_stride):
+        raise ValueError(f"bin_stride must be empty or {ACTION_DIM} integer strides, got {bin_stride}")
     stride = tuple(int(s) for s in bin_stride)
-    if stride and (len(stride) != ACTION_DIM or any(not 1 <= s <= n_bins // 2 for s in stride)):
-        raise ValueError(f"bin_stride must be empty or {ACTION_DIM} strides in [1, {n_bins // 2}], got {stride}")
+    if stride and (len(stride) != ACTION_DIM or any(s < 1 or s > n_bins // 2 or n_bins % s for s in stride)):
+        raise ValueError(f"bin_stride must be empty or {ACTION_DIM} strides that divide {n_bins} "
+                         f"(at most {n_bins // 2}), got {stride}")
     return stride if any(s > 1 for s in stride) else ()
 
 
@@ -118,8 +122,10 @@ class ActionTokenizer:
         stats: normalisation statistics (identity when None).
         n_bins: number of bins (OpenVLA: 256).
         bin_stride: per action dimension, encode onto every s-th bin only (the centre bin of each
-            run of s; empty = every bin). A model trained on such labels emits only those bins:
-            a coarser resolution where 256 bins are finer than the policy can tell apart.
+            run of s, the upper of the two middle ones for even s: half a fine bin up; empty =
+            every bin). A model trained on such labels emits only those bins: a coarser resolution
+            where 256 bins are finer than the policy can tell apart. Only arrays of whole actions
+            (..., 7) can be encoded then.
     """
 
     def __init__(self, vocab_size: int, stats: ActionNormStats | None = None, n_bins: int = 256,
@@ -159,7 +165,10 @@ class ActionTokenizer:
         """Normalised values in [-1, 1] -> token ids (NaN maps to the centre bin)."""
         n = np.nan_to_num(np.asarray(normalized, dtype=np.float64), nan=0.0)
         discretized = np.digitize(np.clip(n, -1.0, 1.0), self.bins)  # 1..n_bins
-        if self.bin_stride and discretized.shape[-1:] == (ACTION_DIM,):
+        if self.bin_stride:
+            if discretized.shape[-1:] != (ACTION_DIM,):
+                raise ValueError(f"a tokenizer with bin_stride encodes whole actions (..., {ACTION_DIM}), "
+                                 f"got shape {discretized.shape}")
             s = np.asarray(self.bin_stride, dtype=np.int64)
             discretized = np.minimum(((discretized - 1) // s) * s + s // 2, self.n_bins - 1) + 1
         return (self.vocab_size - discretized).astype(np.int64)

@@ -139,7 +139,10 @@ class TinyVLAConfig:
                              "(proprio_dim 8) and takes no proprio_keep")
         if not 1 <= int(self.chunk_horizon) <= MAX_CHUNK_HORIZON:
             raise ValueError(f"TinyVLAConfig.chunk_horizon must be in [1, {MAX_CHUNK_HORIZON}], got {self.chunk_horizon}")
-        self.action_bin_stride = validate_bin_stride(self.action_bin_stride, self.n_action_bins)
+        try:
+            self.action_bin_stride = validate_bin_stride(self.action_bin_stride, self.n_action_bins)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"TinyVLAConfig.action_bin_stride: {exc}") from exc
         if self.vision_keypoints < 0:
             raise ValueError(f"TinyVLAConfig.vision_keypoints must be >= 0, got {self.vision_keypoints}")
         if self.vision_keypoints and self.image_size % KEYPOINT_STRIDE:
