@@ -159,6 +159,8 @@ def test_translation_bin_stride_trains_on_coarse_bins_and_the_checkpoint_says_so
 def test_configs_reject_bad_values(tmp_path) -> None:
     with pytest.raises(ValueError, match="translation_bin_stride"):
         TargetTrainConfig(data=["d"], out="o", translation_bin_stride=0)
+    with pytest.raises(ValueError, match="translation_bin_stride"):
+        TargetTrainConfig(data=["d"], out="o", translation_bin_stride=3)  # runs of 3 do not tile 256 bins
     with pytest.raises(ValueError, match="preset"):
         TargetTrainConfig(data=["d"], out="o", preset="huge")
     with pytest.raises(ValueError, match="action_weight"):

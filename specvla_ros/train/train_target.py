@@ -129,8 +129,9 @@ class TargetTrainConfig:
             raise ValueError(f"TargetTrainConfig.action_reg_weight must be >= 0, got {self.action_reg_weight}")
         if self.action_weight <= 0 or self.action_label_sigma < 0:
             raise ValueError(f"action_weight must be > 0 and action_label_sigma >= 0, got {self.action_weight}, {self.action_label_sigma}")
-        if not 1 <= self.translation_bin_stride <= 32:
-            raise ValueError(f"TargetTrainConfig.translation_bin_stride must be in [1, 32], got {self.translation_bin_stride}")
+        if self.translation_bin_stride < 1 or TinyVLAConfig.n_action_bins % self.translation_bin_stride:
+            raise ValueError(f"TargetTrainConfig.translation_bin_stride must divide the {TinyVLAConfig.n_action_bins} "
+                             f"action bins, got {self.translation_bin_stride}")
         if self.keypoint_pretrain_steps < 0 or self.keypoint_pretrain_lr <= 0:
             raise ValueError(f"keypoint_pretrain_steps must be >= 0 and keypoint_pretrain_lr > 0, got "
                              f"{self.keypoint_pretrain_steps}, {self.keypoint_pretrain_lr}")
@@ -449,17 +450,18 @@ def train_target(cfg: TargetTrainConfig, ds: DemoDataset | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tok = VLATextTokenizer.build()
     t_load = time.perf_counter()
+    stride = bin_stride(cfg.translation_bin_stride)
     if ds is None:
         stats = load_norm_stats(Path(cfg.init_from) / STATS_FILE, DATASET_KEY) if cfg.keep_init_stats else None
         ds = load_demos(cfg.data, tok, cfg.max_episodes, stats=stats, aux=cfg.aux_weight > 0,
-                        chunk_horizon=cfg.chunk_horizon, bin_stride=bin_stride(cfg.translation_bin_stride))
+                        chunk_horizon=cfg.chunk_horizon, bin_stride=stride)
+    if ds.bin_stride != stride:
+        raise ValueError(f"the dataset's labels have bin stride {ds.bin_stride}, translation_bin_stride "
+                         f"{cfg.translation_bin_stride} needs {stride}")
     load_s = time.perf_counter() - t_load
     train_idx, val_idx = ds.split(cfg.val_fraction, cfg.seed)
     torch.manual_seed(cfg.seed)
-    if ds.bin_stride != bin_stride(cfg.translation_bin_stride):
-        raise ValueError(f"the dataset's labels have bin stride {ds.bin_stride}, translation_bin_stride "
-                         f"{cfg.translation_bin_stride} needs {bin_stride(cfg.translation_bin_stride)}")
-    model = build_target(cfg.preset, tok, ds, ds.bin_stride).train()
+    model = build_target(cfg.preset, tok, ds, stride).train()
     if cfg.init_from:
         init = TinyVLA.from_pretrained(cfg.init_from)
         # a checkpoint without keypoints can seed a keypoint model: only modules it lacks start fresh
